@@ -1,0 +1,206 @@
+//! Wires one server together: metrics, repository, initial load, watcher, listeners, shutdown.
+//!
+//! [`start`] binds the listeners first (so liveness answers while models load and readiness says
+//! 503 until they are ready), loads every model, starts the watcher and returns a [`Server`]
+//! handle. [`Server::shutdown`] is the graceful path: readiness turns 503 at once, the listeners
+//! stop accepting, in-flight requests finish within the grace period, the engines drain their
+//! queues and their threads are joined. `main.rs` and the integration tests both use this.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::{self, AppState, BodyLimits, Limits, ServeOptions};
+use crate::protocol::DecodeLimits;
+use crate::repository::watch::{self as watcher, Command, ConfigSource, WatchHandle};
+use crate::repository::{Repository, SyncMode};
+use crate::telemetry::Metrics;
+
+/// How many threads do what. `compute` follows the container's CPU limit unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadBudget {
+    /// Threads for the math: candle's rayon pool and its elementwise pool.
+    pub compute: usize,
+    /// tokio workers for HTTP; kept small, the forward passes run on their own threads.
+    pub tokio_workers: usize,
+}
+
+impl ThreadBudget {
+    /// `configured == 0` means: the CPUs this process may use. Rust's `available_parallelism`
+    /// honours the cgroup CPU quota and the affinity mask, unlike candle's default, which
+    /// counts the host's physical cores (candle.md §3).
+    pub fn resolve(configured: usize) -> ThreadBudget {
+        let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let compute = if configured == 0 { available } else { configured };
+        ThreadBudget {
+            compute,
+            tokio_workers: available.clamp(1, 4),
+        }
+    }
+}
+
+/// What `start` needs besides the config.
+pub struct StartOptions {
+    /// Bearer token of the repository API (required when `admin_listen` is set).
+    pub admin_token: Option<String>,
+    /// Watch the repository (and the config file, if the config came from one).
+    pub watch: bool,
+    /// `WICK_*` lookups for config reloads.
+    pub env: Box<dyn Fn(&str) -> Option<String> + Send>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            admin_token: None,
+            watch: true,
+            env: Box::new(|_| None),
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    watcher: Option<WatchHandle>,
+}
+
+impl Server {
+    pub fn repository(&self) -> &Arc<Repository> {
+        &self.state.repository
+    }
+
+    /// A channel into the watcher (SIGHUP sends `ReloadConfig`).
+    pub fn watcher(&self) -> Option<std::sync::mpsc::Sender<Command>> {
+        self.watcher.as_ref().map(WatchHandle::sender)
+    }
+
+    /// Graceful shutdown; see the module docs.
+    pub async fn shutdown(mut self) {
+        self.state.draining.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        for listener in self.listeners.drain(..) {
+            let _ = listener.await;
+        }
+        let watcher = self.watcher.take();
+        let repository = Arc::clone(&self.state.repository);
+        // Joining threads blocks: do it off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(watcher);
+            repository.shutdown();
+        })
+        .await;
+    }
+}
+
+/// Starts a server for `config`.
+pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Server> {
+    let metrics = Arc::new(Metrics::new());
+    let repository = Arc::new(Repository::new(&config, metrics).context("cannot start the compute threads")?);
+    let server = &config.server;
+    let state = AppState::new(
+        Arc::clone(&repository),
+        Limits {
+            body: BodyLimits {
+                max_bytes: server.limits.max_body_bytes,
+                deadline: server.limits.body_deadline,
+            },
+            decode: DecodeLimits::default(),
+        },
+    );
+    let serve_options = ServeOptions {
+        header_read_timeout: server.limits.header_read_timeout,
+        max_connections: server.limits.max_connections,
+        grace: server.shutdown_grace,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let listener = tokio::net::TcpListener::bind(server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", server.listen))?;
+    let addr = listener.local_addr()?;
+    let mut listeners = vec![tokio::spawn(http::serve(
+        listener,
+        http::router(state.clone()),
+        serve_options,
+        shutdown(stopped.clone()),
+    ))];
+
+    let mut admin_addr = None;
+    if let Some(admin) = server.admin_listen {
+        let token = options
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .context("admin_listen is set but WICK_ADMIN_TOKEN is empty: the repository API needs a bearer token")?;
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (admin_listen)"))?;
+        admin_addr = Some(listener.local_addr()?);
+        listeners.push(tokio::spawn(http::serve(
+            listener,
+            http::admin::router(state.clone(), token),
+            serve_options,
+            shutdown(stopped.clone()),
+        )));
+    }
+
+    // Initial load: off the runtime's workers; liveness already answers meanwhile.
+    let loader = Arc::clone(&repository);
+    tokio::task::spawn_blocking(move || loader.sync_all(SyncMode::Immediate))
+        .await
+        .context("the initial load panicked")?;
+
+    let watcher = if options.watch {
+        let source = config.source.clone().map(|path| ConfigSource {
+            path,
+            env: options.env,
+            running: config.server.clone(),
+        });
+        Some(watcher::start(Arc::clone(&repository), server.poll_interval, source)?)
+    } else {
+        None
+    };
+
+    Ok(Server {
+        addr,
+        admin_addr,
+        state,
+        stop,
+        listeners,
+        watcher,
+    })
+}
+
+/// One line per served version, for the startup log.
+pub fn describe_models(repository: &Repository) -> Vec<String> {
+    repository
+        .slots()
+        .iter()
+        .map(|slot| {
+            let serving = slot.serving();
+            if serving.versions.is_empty() {
+                return format!("{}: no ready version", slot.name);
+            }
+            let versions = serving
+                .versions
+                .values()
+                .map(|v| format!("v{} sha256={} ({} bytes)", v.version, v.sha256, v.param_bytes))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{} ({}): {versions}", slot.name, slot.config().architecture.name())
+        })
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! The CLI subcommands that are not the server itself: `check`, `inspect` and `health`.
+//!
+//! Each writes its human output to the writer it is given (stdout in `main`, a buffer in tests)
+//! and returns whether the check passed, so `main` only maps that to an exit code.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::repository::pipeline::target;
+use crate::state_dict::{self, LoadError};
+
+/// `wick check --config C --model NAME FILE`: the strict check of FILE against the model's
+/// architecture, without loading it. Returns `Ok(true)` when the checkpoint would load.
+pub fn check(config: &Config, model: &str, file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let Some(model_config) = config.model(model) else {
+        let known: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!("no model {model:?} in the config (models: {})", known.join(", "));
+    };
+    let expected = model_config
+        .architecture
+        .expected()
+        .map_err(|e| anyhow::anyhow!("cannot record the architecture's parameters: {e}"))?;
+    let label = target(model_config, 0).replace(" version 0", "");
+    let result = state_dict::check(file, &label, &expected, &model_config.mapping);
+    match result {
+        Ok((header, report)) => {
+            let clean = report.is_clean();
+            if as_json {
+                let value = json!({
+                    "ok": clean,
+                    "file": file.display().to_string(),
+                    "tensors": header.tensors.len(),
+                    "report": report,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                writeln!(out, "{report}")?;
+                if clean {
+                    if !report.ignored.is_empty() {
+                        writeln!(out, "  ignored by the key mapping: {}", report.ignored.len())?;
+                    }
+                    if !report.optional_present.is_empty() {
+                        writeln!(out, "  optional, present and unused: {}", report.optional_present.join(", "))?;
+                    }
+                    if !report.upcast.is_empty() {
+                        writeln!(out, "  widened to F32: {}", report.upcast.len())?;
+                    }
+                }
+            }
+            Ok(clean)
+        }
+        Err(error) => {
+            if as_json {
+                let value = json!({
+                    "ok": false,
+                    "file": file.display().to_string(),
+                    "kind": error.kind(),
+                    "error": error.to_string(),
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                writeln!(out, "Error(s) in loading state_dict for {label}:\n\t{error}")?;
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// `wick inspect FILE`: tensors, dtypes, shapes, bytes and metadata, from the header alone.
+pub fn inspect(file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let (header, identity) = match state_dict::read_header(file) {
+        Ok(ok) => ok,
+        Err(error @ (LoadError::Format { .. } | LoadError::NotAFile { .. } | LoadError::Io { .. })) => {
+            if as_json {
+                writeln!(out, "{}", json!({ "ok": false, "kind": error.kind(), "error": error.to_string() }))?;
+            } else {
+                writeln!(out, "{error}")?;
+            }
+            return Ok(false);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let mut tensors = header.tensors.clone();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let total: u64 = tensors.iter().map(|t| t.bytes()).sum();
+    if as_json {
+        let list: Vec<_> = tensors
+            .iter()
+            .map(|t| json!({ "name": t.name, "dtype": t.dtype.to_string(), "shape": t.shape, "bytes": t.bytes() }))
+            .collect();
+        let value = json!({
+            "ok": true,
+            "file": file.display().to_string(),
+            "file_bytes": identity.size,
+            "header_bytes": header.header_len,
+            "tensor_bytes": total,
+            "metadata": header.metadata,
+            "tensors": list,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(true);
+    }
+    let width = tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:<width$}  {:<7}  {:<20}  {:>12}", "name", "dtype", "shape", "bytes")?;
+    for t in &tensors {
+        writeln!(out, "{:<width$}  {:<7}  {:<20}  {:>12}", t.name, t.dtype.to_string(), format!("{:?}", t.shape), t.bytes())?;
+    }
+    writeln!(
+        out,
+        "{} tensors, {} bytes of tensor data, {} bytes in the file",
+        tensors.len(),
+        total,
+        identity.size
+    )?;
+    for (key, value) in &header.metadata {
+        writeln!(out, "metadata {key} = {value}")?;
+    }
+    Ok(true)
+}
+
+/// `wick health`: exits 0 when `url` answers 200 within `timeout`.
+pub async fn health(url: &str, timeout: Duration) -> anyhow::Result<bool> {
+    let target = crate::bench::Target::parse(url)?;
+    let status = tokio::time::timeout(timeout, target.get_status("/v2/health/ready")).await;
+    match status {
+        Ok(Ok(code)) => Ok(code == 200),
+        Ok(Err(_)) | Err(_) => Ok(false),
+    }
+}

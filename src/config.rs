@@ -1,0 +1,653 @@
+//! `config.toml` and `WICK_*` environment overrides, turned into one validated, typed [`Config`].
+//!
+//! This module owns parsing and validation only: every unknown key is an error that names the key
+//! and its line, model names follow a strict grammar, and each model's `config` table is checked
+//! by the architecture registry (so a typo in `hiden` is caught before anything is loaded). It never
+//! opens a model file or a socket; relative paths are resolved against the config file's folder
+//! so `wick serve --config some/dir/config.toml` works from anywhere.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::arch::{self, Configured};
+use crate::state_dict::KeyMapping;
+
+/// Everything that can be wrong with a configuration, with enough data to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// toml's message already names the key, the line and the column, with a snippet.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?}: {message}")]
+    Env { var: &'static str, value: String, message: String },
+}
+
+/// The validated configuration of one wick process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration came from (watched for changes by `serve`).
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+/// The `[server]` section after defaults and environment overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Repository API listener; `None` disables the API.
+    pub admin_listen: Option<SocketAddr>,
+    pub repository: PathBuf,
+    pub poll_interval: Duration,
+    /// Threads for the math (candle's pools); `0` in the file means "the container's CPU limit".
+    pub compute_threads: usize,
+    pub limits: HttpLimits,
+    /// How long in-flight requests get to finish after SIGTERM before the process exits anyway.
+    pub shutdown_grace: Duration,
+    /// Readiness is 200 only when every configured model has a ready version (Triton's default).
+    pub strict_readiness: bool,
+}
+
+/// Protective limits of the HTTP front end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_deadline: Duration,
+    pub max_connections: usize,
+}
+
+/// One `[[models]]` entry.
+#[derive(Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub architecture: Arc<Configured>,
+    /// The raw `config` table, kept to detect changes on reload.
+    pub arch_config: toml::Table,
+    pub mapping: KeyMapping,
+    pub version_policy: VersionPolicy,
+    pub batching: BatchingConfig,
+}
+
+impl std::fmt::Debug for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelConfig")
+            .field("name", &self.name)
+            .field("architecture", &self.architecture.name())
+            .field("arch_config", &self.arch_config)
+            .field("mapping", &self.mapping)
+            .field("version_policy", &self.version_policy)
+            .field("batching", &self.batching)
+            .finish()
+    }
+}
+
+impl PartialEq for ModelConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.architecture.name() == other.architecture.name()
+            && self.arch_config == other.arch_config
+            && self.mapping == other.mapping
+            && self.version_policy == other.version_policy
+            && self.batching == other.batching
+    }
+}
+
+impl ModelConfig {
+    /// True when a change from `self` to `other` needs the weights reloaded (the architecture or
+    /// the key mapping changed); batching and version-policy changes do not.
+    pub fn needs_reload(&self, other: &ModelConfig) -> bool {
+        self.architecture.name() != other.architecture.name()
+            || self.arch_config != other.arch_config
+            || self.mapping != other.mapping
+    }
+}
+
+/// Which versions of a model are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The `n` highest versions (default `n = 1`).
+    Latest(usize),
+    All,
+    /// Exactly these versions (pinning, rollback).
+    Specific(Vec<u64>),
+}
+
+impl VersionPolicy {
+    /// Which of the `available` versions (any order) this policy selects, highest first.
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut sorted: Vec<u64> = available.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        sorted.dedup();
+        match self {
+            VersionPolicy::Latest(n) => sorted.into_iter().take(*n).collect(),
+            VersionPolicy::All => sorted,
+            VersionPolicy::Specific(wanted) => {
+                sorted.into_iter().filter(|v| wanted.contains(v)).collect()
+            }
+        }
+    }
+}
+
+/// The per-model batcher and admission settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchingConfig {
+    /// Rows per forward pass; `1` disables batching. Requests with more rows are refused.
+    pub max_batch_size: usize,
+    /// How long a request that arrived while the model was busy may wait for batch-mates.
+    pub max_queue_delay: Duration,
+    /// Requests waiting at most; one more gets 429 at once.
+    pub max_queue_size: usize,
+    /// Queue timeout for requests that do not send Triton's `timeout` parameter (`None`: wait).
+    pub default_timeout: Option<Duration>,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch_size: 64,
+            max_queue_delay: Duration::ZERO,
+            max_queue_size: 1024,
+            default_timeout: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file format. Every table denies unknown fields so a typo is an error, never a default.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    admin_listen: Option<String>,
+    repository: PathBuf,
+    #[serde(default = "default_poll_interval_ms")]
+    poll_interval_ms: u64,
+    #[serde(default)]
+    compute_threads: usize,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+    #[serde(default = "default_header_read_timeout_ms")]
+    header_read_timeout_ms: u64,
+    #[serde(default = "default_body_deadline_ms")]
+    body_deadline_ms: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_shutdown_grace_ms")]
+    shutdown_grace_ms: u64,
+    #[serde(default = "default_true")]
+    strict_readiness: bool,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+fn default_max_body_bytes() -> usize {
+    64 << 20
+}
+fn default_header_read_timeout_ms() -> u64 {
+    // Also the idle keep-alive timeout: hyper starts this timer whenever it waits for a request.
+    30_000
+}
+fn default_body_deadline_ms() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    architecture: toml::Spanned<String>,
+    #[serde(default)]
+    config: Option<toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    load: Option<RawLoad>,
+    #[serde(default)]
+    version_policy: Option<RawVersionPolicy>,
+    #[serde(default)]
+    batching: Option<RawBatching>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    #[serde(default)]
+    strip_prefix: Option<String>,
+    #[serde(default)]
+    ignore: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersionPolicy {
+    latest: Option<usize>,
+    all: Option<bool>,
+    specific: Option<Vec<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatching {
+    max_batch_size: Option<usize>,
+    max_queue_delay_us: Option<u64>,
+    max_queue_size: Option<usize>,
+    default_timeout_us: Option<u64>,
+}
+
+/// Environment overrides for containers. They apply to the `[server]` section only.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WICK_LISTEN", "server.listen"),
+    ("WICK_ADMIN_LISTEN", "server.admin_listen (\"off\" disables)"),
+    ("WICK_REPOSITORY", "server.repository"),
+    ("WICK_POLL_INTERVAL_MS", "server.poll_interval_ms"),
+    ("WICK_COMPUTE_THREADS", "server.compute_threads"),
+    ("WICK_MAX_BODY_BYTES", "server.max_body_bytes"),
+    ("WICK_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
+];
+
+impl Config {
+    /// Reads and validates `path`, applying `WICK_*` overrides looked up through `env`.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut config = Config::parse(&text, path, &base, env)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses config text; `origin` names it in errors, `base` resolves relative paths.
+    pub fn parse(
+        text: &str,
+        origin: &Path,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let server = resolve_server(raw.server, base, env, &invalid)?;
+
+        let mut models = Vec::with_capacity(raw.models.len());
+        let mut seen = BTreeMap::new();
+        for (index, model) in raw.models.into_iter().enumerate() {
+            if let Some(first) = seen.insert(model.name.clone(), index) {
+                return Err(invalid(format!(
+                    "models[{index}]: model name {:?} is already used by models[{first}]",
+                    model.name
+                )));
+            }
+            models.push(resolve_model(index, model, text, &invalid)?);
+        }
+        Ok(Config {
+            source: None,
+            server,
+            models,
+        })
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+fn resolve_server(
+    raw: RawServer,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<ServerConfig, ConfigError> {
+    let env_or = |var: &'static str, value: String| env(var).unwrap_or(value);
+    let listen_text = env_or("WICK_LISTEN", raw.listen);
+    let listen = parse_addr(&listen_text).map_err(|m| invalid(format!("server.listen: {m}")))?;
+    let admin_listen = match env("WICK_ADMIN_LISTEN").or(raw.admin_listen) {
+        None => None,
+        Some(text) if text == "off" || text.is_empty() => None,
+        Some(text) => {
+            Some(parse_addr(&text).map_err(|m| invalid(format!("server.admin_listen: {m}")))?)
+        }
+    };
+    let repository = env("WICK_REPOSITORY")
+        .map(PathBuf::from)
+        .unwrap_or(raw.repository);
+    let repository = if repository.is_absolute() {
+        repository
+    } else {
+        base.join(repository)
+    };
+    let number = |var: &'static str, value: u64| -> Result<u64, ConfigError> {
+        match env(var) {
+            None => Ok(value),
+            Some(text) => text.trim().parse::<u64>().map_err(|e| ConfigError::Env {
+                var,
+                value: text.clone(),
+                message: e.to_string(),
+            }),
+        }
+    };
+    let poll_interval_ms = number("WICK_POLL_INTERVAL_MS", raw.poll_interval_ms)?;
+    if poll_interval_ms == 0 {
+        return Err(invalid(
+            "server.poll_interval_ms: must be at least 1".to_string(),
+        ));
+    }
+    let compute_threads = number("WICK_COMPUTE_THREADS", raw.compute_threads as u64)? as usize;
+    let max_body_bytes = number("WICK_MAX_BODY_BYTES", raw.max_body_bytes as u64)? as usize;
+    if max_body_bytes < 1024 {
+        return Err(invalid(
+            "server.max_body_bytes: must be at least 1024".to_string(),
+        ));
+    }
+    let shutdown_grace_ms = number("WICK_SHUTDOWN_GRACE_MS", raw.shutdown_grace_ms)?;
+    if raw.max_connections == 0 {
+        return Err(invalid(
+            "server.max_connections: must be at least 1".to_string(),
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        admin_listen,
+        repository,
+        poll_interval: Duration::from_millis(poll_interval_ms),
+        compute_threads,
+        limits: HttpLimits {
+            max_body_bytes,
+            header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.max(1)),
+            body_deadline: Duration::from_millis(raw.body_deadline_ms.max(1)),
+            max_connections: raw.max_connections,
+        },
+        shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+        strict_readiness: raw.strict_readiness,
+    })
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .map_err(|e| format!("{text:?} is not an IP:port address ({e})"))
+}
+
+fn resolve_model(
+    index: usize,
+    raw: RawModel,
+    text: &str,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<ModelConfig, ConfigError> {
+    let here = format!("models[{index}] ({:?})", raw.name);
+    validate_model_name(&raw.name).map_err(|m| invalid(format!("{here}: name: {m}")))?;
+
+    let arch_line = line_of(text, raw.architecture.span().start);
+    let (arch_config, config_line) = match raw.config {
+        Some(spanned) => {
+            let line = line_of(text, spanned.span().start);
+            (spanned.into_inner(), line)
+        }
+        None => (toml::Table::new(), arch_line),
+    };
+    let architecture = arch::configure(raw.architecture.get_ref(), &arch_config).map_err(|e| {
+        let line = match e {
+            arch::ConfigureError::UnknownArchitecture { .. } => arch_line,
+            arch::ConfigureError::InvalidConfig { .. } => config_line,
+        };
+        invalid(format!("{here}, line {line}: {e}"))
+    })?;
+
+    let mapping = match raw.load {
+        None => KeyMapping::default(),
+        Some(load) => KeyMapping::new(load.strip_prefix, load.ignore)
+            .map_err(|m| invalid(format!("{here}: load: {m}")))?,
+    };
+
+    let version_policy = match raw.version_policy {
+        None => VersionPolicy::Latest(1),
+        Some(p) => match (p.latest, p.all, p.specific) {
+            (Some(0), None, None) => {
+                return Err(invalid(format!(
+                    "{here}: version_policy.latest must be at least 1"
+                )));
+            }
+            (Some(n), None, None) => VersionPolicy::Latest(n),
+            (None, Some(true), None) => VersionPolicy::All,
+            (None, None, Some(list)) if !list.is_empty() && !list.contains(&0) => {
+                VersionPolicy::Specific(list)
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{here}: version_policy must be exactly one of {{ latest = N }}, \
+                     {{ all = true }} or {{ specific = [positive versions] }}"
+                )));
+            }
+        },
+    };
+
+    let defaults = BatchingConfig::default();
+    let batching = match raw.batching {
+        None => defaults,
+        Some(b) => {
+            let max_batch_size = b.max_batch_size.unwrap_or(defaults.max_batch_size);
+            let max_queue_size = b.max_queue_size.unwrap_or(defaults.max_queue_size);
+            if max_batch_size == 0 || max_queue_size == 0 {
+                return Err(invalid(format!(
+                    "{here}: batching.max_batch_size and batching.max_queue_size must be at least 1"
+                )));
+            }
+            BatchingConfig {
+                max_batch_size,
+                max_queue_delay: Duration::from_micros(b.max_queue_delay_us.unwrap_or(0)),
+                max_queue_size,
+                default_timeout: b
+                    .default_timeout_us
+                    .filter(|us| *us > 0)
+                    .map(Duration::from_micros),
+            }
+        }
+    };
+
+    Ok(ModelConfig {
+        name: raw.name,
+        architecture,
+        arch_config,
+        mapping,
+        version_policy,
+        batching,
+    })
+}
+
+/// Model names are looked up, never joined into paths; the grammar still keeps them boring:
+/// an ASCII letter or digit, then up to 63 letters, digits, `.`, `_` or `-`.
+pub fn validate_model_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err("must not be empty".to_string());
+    };
+    if !first.is_ascii_alphanumeric() {
+        return Err(format!("{name:?} must start with an ASCII letter or digit"));
+    }
+    if bytes.len() > 64 {
+        return Err(format!("{name:?} is longer than 64 characters"));
+    }
+    if let Some(bad) = bytes
+        .iter()
+        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    {
+        return Err(format!(
+            "{name:?} contains {:?}; only ASCII letters, digits, '.', '_' and '-' are allowed",
+            *bad as char
+        ));
+    }
+    Ok(())
+}
+
+/// Versions are positive integers without leading zeros: `1`, `2`, `10`, never `01` or `0`.
+pub fn parse_version(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || bytes.len() > 19 || bytes[0] == b'0' {
+        return None;
+    }
+    if !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.parse::<u64>().ok()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|prefix| prefix.bytes().filter(|b| *b == b'\n').count() + 1)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("/base"), &no_env)
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+repository = "models"
+
+[[models]]
+name = "simple"
+architecture = "linear"
+config = { in_features = 10, out_features = 1 }
+
+[[models]]
+name = "digits"
+architecture = "mlp"
+config = { in_features = 64, hidden = [128, 64], out_features = 10, activation = "relu", layer_names = ["fc1", "fc2", "fc3"] }
+load = { strip_prefix = "model.", ignore = ["optimizer.*"] }
+batching = { max_batch_size = 32, max_queue_delay_us = 2000, max_queue_size = 8 }
+version_policy = { latest = 2 }
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.server.repository, PathBuf::from("/base/models"));
+        assert_eq!(config.models.len(), 2);
+        let digits = config.model("digits").unwrap();
+        assert_eq!(digits.architecture.name(), "mlp");
+        assert_eq!(digits.batching.max_batch_size, 32);
+        assert_eq!(digits.batching.max_queue_delay, Duration::from_micros(2000));
+        assert_eq!(digits.version_policy, VersionPolicy::Latest(2));
+        assert_eq!(
+            config.model("simple").unwrap().version_policy,
+            VersionPolicy::Latest(1)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let text = GOOD.replace("repository = \"models\"", "repository = \"models\"\nlisten_port = 3");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("listen_port"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+
+        let text = GOOD.replace("out_features = 1 }", "out_feature = 1 }");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("out_feature"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let text = GOOD.replace("\"linear\"", "\"linaer\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("linaer") && err.contains("line 8"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_and_bad_names_are_refused() {
+        let text = GOOD.replace("name = \"digits\"", "name = \"simple\"");
+        assert!(parse(&text).unwrap_err().to_string().contains("already used"));
+        let text = GOOD.replace("name = \"digits\"", "name = \"../etc\"");
+        assert!(parse(&text).unwrap_err().to_string().contains("must start"));
+    }
+
+    #[test]
+    fn env_overrides_the_server_section() {
+        let env = |k: &str| match k {
+            "WICK_LISTEN" => Some("0.0.0.0:9000".to_string()),
+            "WICK_REPOSITORY" => Some("/models".to_string()),
+            "WICK_ADMIN_LISTEN" => Some("127.0.0.1:9001".to_string()),
+            _ => None,
+        };
+        let config = Config::parse(GOOD, Path::new("t"), Path::new("/base"), &env).unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.server.repository, PathBuf::from("/models"));
+        assert_eq!(config.server.admin_listen.unwrap().port(), 9001);
+        let bad = |k: &str| (k == "WICK_COMPUTE_THREADS").then(|| "many".to_string());
+        let err = Config::parse(GOOD, Path::new("t"), Path::new("/b"), &bad).unwrap_err();
+        assert!(err.to_string().contains("WICK_COMPUTE_THREADS"), "{err}");
+    }
+
+    #[test]
+    fn version_policy_forms() {
+        for (policy, expected) in [
+            ("{ all = true }", VersionPolicy::All),
+            ("{ specific = [1, 3] }", VersionPolicy::Specific(vec![1, 3])),
+        ] {
+            let text = GOOD.replace("{ latest = 2 }", policy);
+            assert_eq!(parse(&text).unwrap().model("digits").unwrap().version_policy, expected);
+        }
+        for bad in ["{ latest = 0 }", "{ latest = 1, all = true }", "{ specific = [] }", "{}"] {
+            let text = GOOD.replace("{ latest = 2 }", bad);
+            assert!(parse(&text).is_err(), "{bad} accepted");
+        }
+        assert_eq!(VersionPolicy::Latest(2).select(&[1, 5, 3]), vec![5, 3]);
+        assert_eq!(VersionPolicy::Specific(vec![1, 9]).select(&[1, 5, 3]), vec![1]);
+    }
+
+    #[test]
+    fn versions_have_no_leading_zeros() {
+        assert_eq!(parse_version("1"), Some(1));
+        assert_eq!(parse_version("120"), Some(120));
+        for bad in ["0", "01", "-1", "1.0", "1e3", "", "latest", "99999999999999999999"] {
+            assert_eq!(parse_version(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Serving a loaded model: the per-model queue, admission, the batching policy, the compute
+//! thread, deadlines, cancellation and replies.
+//!
+//! Each configured model has one [`Engine`]: a bounded queue that handlers submit prepared
+//! requests to (a full queue refuses at once), and one dedicated OS thread that takes batches
+//! chosen by the pure [`policy`], runs the forward pass, and answers each request over its own
+//! oneshot channel. Forward passes never run on tokio's workers. A request is bound to the model
+//! version it was admitted with, so a version swap never changes the weights under a queued
+//! request, and batches never mix versions. Requests whose client went away or whose timeout
+//! passed are dropped before compute; a batch that fails is retried request by request so one
+//! bad request cannot fail its batch-mates.
+
+pub mod policy;
+mod worker;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use crate::arch::{HostTensor, Model, Notes, Prepared, Signature};
+use crate::config::BatchingConfig;
+use crate::state_dict::LoadReport;
+use crate::telemetry::ModelMetrics;
+
+/// A model version with its weights in memory, ready to serve. Shared by `Arc`: the registry
+/// holds one, every queued request holds one, so the weights live until the last user is done.
+pub struct LoadedVersion {
+    pub model_name: String,
+    pub version: u64,
+    pub sha256: String,
+    pub param_bytes: u64,
+    pub signature: Signature,
+    pub model: Box<dyn Model>,
+    /// The clean load report (ignored, optional and upcast keys).
+    pub report: LoadReport,
+    pub loaded_at: SystemTime,
+    pub load_duration: Duration,
+}
+
+impl std::fmt::Debug for LoadedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedVersion")
+            .field("model_name", &self.model_name)
+            .field("version", &self.version)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+/// What a request gets back.
+#[derive(Debug)]
+pub struct Outputs {
+    /// Aligned with the signature's outputs.
+    pub tensors: Vec<HostTensor>,
+    pub notes: Notes,
+}
+
+/// Why a request was not answered with outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("model {model:?} has {limit} requests queued, its max_queue_size; retry later")]
+    QueueFull { model: String, limit: usize },
+    #[error("the request has {rows} rows; model {model:?} takes at most {max} per request (max_batch_size)")]
+    TooManyRows { model: String, rows: usize, max: usize },
+    #[error("the request waited {waited_us} µs in the queue, past its timeout of {timeout_us} µs")]
+    Timeout { waited_us: u128, timeout_us: u128 },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("inference failed: {0}")]
+    Compute(String),
+}
+
+/// One admitted request.
+pub struct Job {
+    pub version: Arc<LoadedVersion>,
+    pub prepared: Prepared,
+    pub reply: oneshot::Sender<Result<Outputs, EngineError>>,
+    pub enqueued: Instant,
+    /// Drop the request (with a timeout error) if it has not started by then.
+    pub deadline: Option<Instant>,
+    arrived_idle: bool,
+}
+
+impl Job {
+    pub fn new(
+        version: Arc<LoadedVersion>,
+        prepared: Prepared,
+        reply: oneshot::Sender<Result<Outputs, EngineError>>,
+        timeout: Option<Duration>,
+    ) -> Job {
+        let enqueued = Instant::now();
+        Job {
+            version,
+            prepared,
+            reply,
+            enqueued,
+            deadline: timeout.map(|t| enqueued + t),
+            arrived_idle: false,
+        }
+    }
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    /// A batch is being computed.
+    busy: bool,
+    closing: bool,
+    config: BatchingConfig,
+}
+
+struct Inner {
+    name: String,
+    state: Mutex<State>,
+    wake: Condvar,
+    metrics: ModelMetrics,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the queue half-updated in a way that
+        // matters (every mutation is a single push/drain), so recover the guard.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The queue and compute thread of one model.
+pub struct Engine {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.inner.name).finish()
+    }
+}
+
+impl Engine {
+    /// Starts the compute thread of model `name`.
+    pub fn start(name: &str, config: BatchingConfig, metrics: ModelMetrics) -> std::io::Result<Engine> {
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            state: Mutex::new(State {
+                jobs: VecDeque::with_capacity(config.max_queue_size.min(4096)),
+                busy: false,
+                closing: false,
+                config,
+            }),
+            wake: Condvar::new(),
+            metrics,
+        });
+        let worker_inner = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name(format!("wick-compute-{name}"))
+            .spawn(move || worker::run(&worker_inner))?;
+        Ok(Engine {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn config(&self) -> BatchingConfig {
+        self.inner.lock().config
+    }
+
+    /// Applies new batching settings (config reload); queued requests stay queued.
+    pub fn set_config(&self, config: BatchingConfig) {
+        self.inner.lock().config = config;
+        self.inner.wake.notify_one();
+    }
+
+    /// Whether a new request would be refused for a full queue (checked before decoding a body).
+    pub fn is_full(&self) -> bool {
+        let state = self.inner.lock();
+        state.jobs.len() >= state.config.max_queue_size
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.inner.lock().jobs.len()
+    }
+
+    /// Admits a request or refuses it at once. Never blocks on compute.
+    pub fn submit(&self, mut job: Job) -> Result<(), EngineError> {
+        let mut state = self.inner.lock();
+        if state.closing {
+            return Err(EngineError::ShuttingDown);
+        }
+        if job.prepared.rows > state.config.max_batch_size {
+            return Err(EngineError::TooManyRows {
+                model: self.inner.name.clone(),
+                rows: job.prepared.rows,
+                max: state.config.max_batch_size,
+            });
+        }
+        if state.jobs.len() >= state.config.max_queue_size {
+            return Err(EngineError::QueueFull {
+                model: self.inner.name.clone(),
+                limit: state.config.max_queue_size,
+            });
+        }
+        job.arrived_idle = !state.busy && state.jobs.is_empty();
+        state.jobs.push_back(job);
+        self.inner.metrics.set_queue_depth(state.jobs.len());
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stops admitting, lets the thread finish every queued request, and joins it.
+    pub fn shutdown(&self) {
+        self.inner.lock().closing = true;
+        self.inner.wake.notify_all();
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            // The worker catches model panics itself; a join error means a bug in the worker
+            // loop, and the process is shutting this engine down anyway.
+            if handle.join().is_err() {
+                tracing::error!(model = %self.inner.name, "compute thread ended with a panic");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,153 @@
+//! Triton's model-repository extension, on its own listener: index, load, unload.
+//!
+//! Off unless `admin_listen` is set, loopback by default, and every request needs
+//! `Authorization: Bearer <WICK_ADMIN_TOKEN>`, compared in constant time (both sides hashed
+//! first so not even the length leaks). The inference listener never routes these paths. No
+//! parameter names a file, a path or a URL: `load` re-reads the configured repository only
+//! (Triton's `config` and `file:` overrides are refused).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::post;
+use axum::Router;
+use http::{header, HeaderMap, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::parse_version;
+use crate::protocol::request::{ParamValue, Parameters};
+use crate::repository::Repository;
+
+use super::body::read_body;
+use super::error::ApiError;
+use super::AppState;
+
+#[derive(Clone)]
+struct AdminState {
+    app: AppState,
+    token_digest: Arc<[u8; 32]>,
+}
+
+/// The admin listener's routes. `token` must not be empty.
+pub fn router(app: AppState, token: &str) -> Router {
+    let state = AdminState {
+        app,
+        token_digest: Arc::new(Sha256::digest(token.as_bytes()).into()),
+    };
+    Router::new()
+        .route("/v2/repository/index", post(index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+        .fallback(|uri: http::Uri| async move { ApiError::NoRoute(uri.path().chars().take(200).collect()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
+    match presented {
+        Some(digest) if bool::from(digest.ct_eq(&*state.token_digest)) => next.run(request).await,
+        _ => {
+            let mut response = ApiError::Unauthorized.into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct ActionRequest {
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+/// Parses an optional JSON body; tritonclient sends an empty one.
+async fn json_body<T: Default + serde::de::DeserializeOwned>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, headers, &app.limits).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| crate::protocol::ProtocolError::Json(e.to_string()).into())
+}
+
+async fn index(State(state): State<AdminState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let request: IndexRequest = json_body(&state.app, &headers, body).await?;
+    Ok(Json(state.app.repository.index(request.ready)).into_response())
+}
+
+/// The optional `version` parameter (a wick extension: load or unload one version).
+fn version_param(params: &Parameters) -> Result<Option<u64>, ApiError> {
+    for key in params.keys() {
+        if key == "config" || key.starts_with("file:") {
+            return Err(crate::protocol::ProtocolError::Unsupported(
+                "loading a model from a config or files sent in the request",
+            )
+            .into());
+        }
+    }
+    match params.get("version") {
+        None => Ok(None),
+        Some(ParamValue::Str(s)) => parse_version(s)
+            .map(Some)
+            .ok_or_else(|| ApiError::InvalidVersion(s.clone())),
+        Some(ParamValue::Uint(u)) if *u > 0 => Ok(Some(*u)),
+        Some(_) => Err(ApiError::InvalidVersion("(not a positive integer)".to_string())),
+    }
+}
+
+async fn load(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: ActionRequest = json_body(&state.app, &headers, body).await?;
+    let version = version_param(&request.parameters)?;
+    state.app.slot(&model)?;
+    let repository: Arc<Repository> = Arc::clone(&state.app.repository);
+    // Loading reads and checks files and runs a warm-up pass: never on a tokio worker.
+    tokio::task::spawn_blocking(move || repository.load(&model, version))
+        .await
+        .map_err(|e| ApiError::Internal(format!("load task failed: {e}")))??;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn unload(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: ActionRequest = json_body(&state.app, &headers, body).await?;
+    let version = version_param(&request.parameters)?;
+    state.app.slot(&model)?;
+    let repository: Arc<Repository> = Arc::clone(&state.app.repository);
+    tokio::task::spawn_blocking(move || repository.unload(&model, version))
+        .await
+        .map_err(|e| ApiError::Internal(format!("unload task failed: {e}")))??;
+    Ok(StatusCode::OK.into_response())
+}

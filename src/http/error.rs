@@ -1,0 +1,142 @@
+//! Every error an HTTP client can see, and the one place that maps them to status codes.
+//!
+//! The mapping follows Triton's (`HttpCodeFromError`): client mistakes are 400, unknown models or
+//! versions 404, a full queue 429 with `Retry-After`, not-ready 503, our own bugs 500. Bodies are
+//! always `{"error": "..."}` so tritonclient raises a readable exception. 5xx details are logged,
+//! and messages never carry filesystem paths.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+use crate::arch::InputError;
+use crate::engine::EngineError;
+use crate::protocol::ProtocolError;
+use crate::repository::{RepositoryError, VersionState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error("invalid model name: {0}")]
+    InvalidModelName(String),
+    #[error("invalid version {0:?}: versions are positive integers without leading zeros")]
+    InvalidVersion(String),
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    #[error("unknown version {version} of model {model:?}")]
+    UnknownVersion { model: String, version: u64 },
+    #[error("model {0:?} has no ready version")]
+    ModelNotReady(String),
+    #[error("version {version} of model {model:?} is not ready ({state:?})")]
+    VersionNotReady {
+        model: String,
+        version: u64,
+        state: VersionState,
+    },
+    #[error("invalid {header} header: {message}")]
+    Header {
+        header: &'static str,
+        message: String,
+    },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body was not received within {seconds} s")]
+    BodyTimeout { seconds: u64 },
+    #[error("cannot read the request body: {0}")]
+    BodyRead(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Protocol(_)
+            | ApiError::Input(_)
+            | ApiError::InvalidModelName(_)
+            | ApiError::InvalidVersion(_)
+            | ApiError::Header { .. }
+            | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::Engine(e) => match e {
+                EngineError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                EngineError::TooManyRows { .. } => StatusCode::BAD_REQUEST,
+                EngineError::Timeout { .. } | EngineError::ShuttingDown => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                EngineError::Compute(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Repository(RepositoryError::UnknownModel(_)) => StatusCode::NOT_FOUND,
+            ApiError::Repository(RepositoryError::LoadFailed { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownModel(_) | ApiError::UnknownVersion { .. } | ApiError::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::ModelNotReady(_) | ApiError::VersionNotReady { .. } | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The request-metrics outcome label of this error.
+    pub fn outcome(&self) -> &'static str {
+        match self.status() {
+            StatusCode::TOO_MANY_REQUESTS => "rejected",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_server_error() => "error",
+            _ => "bad_request",
+        }
+    }
+}
+
+/// A JSON error response with `status`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                self.to_string()
+            }
+            ApiError::Engine(EngineError::Compute(detail)) => {
+                tracing::error!(%detail, "inference failed");
+                "inference failed; see the server log".to_string()
+            }
+            _ => self.to_string(),
+        };
+        let mut response = error_response(status, &message);
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

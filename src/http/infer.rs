@@ -1,0 +1,160 @@
+//! `POST /v2/models/{m}[/versions/{v}]/infer`: parse, submit, encode.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue};
+use tokio::sync::oneshot;
+
+use crate::engine::{Job, LoadedVersion, Outputs};
+use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
+use crate::repository::ModelSlot;
+
+use super::body::read_body;
+use super::error::ApiError;
+use super::AppState;
+
+/// Bodies above this size are decoded on the blocking pool rather than a tokio worker.
+const INLINE_DECODE_BYTES: usize = 512 << 10;
+
+pub async fn infer(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run(state, model, None, headers, body).await
+}
+
+pub async fn infer_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run(state, model, Some(version), headers, body).await
+}
+
+async fn run(
+    state: AppState,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let slot = state.slot(&model)?;
+    let result = serve(&state, &slot, version, &headers, body).await;
+    match &result {
+        Ok((_, version)) => slot.metrics.request(Some(version.version), "success", started.elapsed()),
+        Err(e) => slot.metrics.request(None, e.outcome(), started.elapsed()),
+    }
+    result.map(|(response, _)| response)
+}
+
+async fn serve(
+    state: &AppState,
+    slot: &Arc<ModelSlot>,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Response, Arc<LoadedVersion>), ApiError> {
+    let version = state.pick_version(slot, version.as_deref())?;
+    let header_len = inference_header_length(headers)?;
+    if slot.engine.is_full() {
+        // Refuse before reading and decoding the body: overload must be cheap to answer.
+        slot.metrics.rejected("queue_full");
+        return Err(crate::engine::EngineError::QueueFull {
+            model: slot.name.clone(),
+            limit: slot.engine.config().max_queue_size,
+        }
+        .into());
+    }
+    let body = read_body(body, headers, &state.limits).await?;
+    let (decoded, prepared) = decode(state, &version, body, header_len).await?;
+
+    let (tx, rx) = oneshot::channel();
+    let timeout = decoded.timeout.or(slot.engine.config().default_timeout);
+    if let Err(e) = slot.engine.submit(Job::new(Arc::clone(&version), prepared, tx, timeout)) {
+        slot.metrics.rejected(match e {
+            crate::engine::EngineError::QueueFull { .. } => "queue_full",
+            _ => "refused",
+        });
+        return Err(e.into());
+    }
+    let outputs = rx.await.map_err(|_| ApiError::ShuttingDown)??;
+    Ok((respond(&version, &decoded, outputs), version))
+}
+
+/// Decodes and prepares a request; large bodies go to the blocking pool.
+async fn decode(
+    state: &AppState,
+    version: &Arc<LoadedVersion>,
+    body: Bytes,
+    header_len: Option<u64>,
+) -> Result<(Decoded, crate::arch::Prepared), ApiError> {
+    let limits = state.limits.decode;
+    let body_len = body.len();
+    let work = {
+        let version = Arc::clone(version);
+        move || -> Result<_, ApiError> {
+            let mut decoded = protocol::decode(&body, header_len, &version.signature, &limits)?;
+            let inputs = std::mem::take(&mut decoded.inputs);
+            let prepared = version.model.prepare(inputs)?;
+            Ok((decoded, prepared))
+        }
+    };
+    if body_len <= INLINE_DECODE_BYTES {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))?
+}
+
+fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: Outputs) -> Response {
+    let meta = ResponseMeta {
+        model_name: &version.model_name,
+        model_version: version.version,
+        id: decoded.id.as_deref(),
+        weights_sha256: &version.sha256,
+        notes: &outputs.notes,
+    };
+    let encoded = encode_response(&meta, &version.signature, &outputs.tensors, &decoded.outputs);
+    let mut response = Response::new(Body::from(encoded.body));
+    let headers = response.headers_mut();
+    if let Ok(sha) = HeaderValue::from_str(&version.sha256) {
+        headers.insert("x-wick-weights-sha256", sha);
+    }
+    headers.insert("x-wick-model-version", HeaderValue::from(version.version));
+    match encoded.json_len {
+        Some(n) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    response
+}
+
+/// `Inference-Header-Content-Length`, parsed strictly (digits only, u64).
+fn inference_header_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(HEADER_CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let bad = |message: &str| ApiError::Header {
+        header: "Inference-Header-Content-Length",
+        message: message.to_string(),
+    };
+    let text = value.to_str().map_err(|_| bad("not ASCII"))?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("must be a non-negative integer"));
+    }
+    text.parse::<u64>().map(Some).map_err(|_| bad("too large"))
+}

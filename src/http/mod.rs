@@ -1,0 +1,144 @@
+//! The HTTP front end: axum routes, tower layers, the connection loop, and the single
+//! error → status mapping ([`error`]).
+//!
+//! Handlers are thin: they resolve the model and version, read the body within its limits,
+//! decode it ([`crate::protocol`]), submit it to the model's engine and encode the answer. No
+//! candle, no locks held across awaits, no environment lookups here. Connections are served by
+//! hyper directly (not `axum::serve`) because only that way do HTTP/1 header-read timeouts work
+//! (security.md F5), and the number of open connections is capped.
+
+pub mod admin;
+pub mod body;
+pub mod error;
+mod health;
+mod infer;
+mod server;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use http::StatusCode;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::parse_version;
+use crate::engine::LoadedVersion;
+use crate::protocol::DecodeLimits;
+use crate::repository::{ModelSlot, Repository, VersionState};
+use crate::telemetry::Metrics;
+
+pub use body::BodyLimits;
+pub use error::ApiError;
+pub use server::{serve, Listener, ServeOptions};
+
+/// Limits applied while handling a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body: BodyLimits,
+    pub decode: DecodeLimits,
+}
+
+/// Shared state of every handler: `Arc` handles only.
+#[derive(Clone)]
+pub struct AppState {
+    pub repository: Arc<Repository>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Set when shutdown begins: readiness turns 503 at once.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(repository: Arc<Repository>, limits: Limits) -> AppState {
+        AppState {
+            metrics: Arc::clone(repository.metrics()),
+            repository,
+            limits,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.repository.is_ready()
+    }
+
+    /// Looks a model up by name; names outside the grammar are refused without a lookup.
+    pub fn slot(&self, model: &str) -> Result<Arc<ModelSlot>, ApiError> {
+        crate::config::validate_model_name(model).map_err(ApiError::InvalidModelName)?;
+        self.repository
+            .get(model)
+            .ok_or_else(|| ApiError::UnknownModel(model.to_string()))
+    }
+
+    /// The version a request goes to: the one named, or the newest ready one.
+    pub fn pick_version(&self, slot: &ModelSlot, version: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
+        let serving = slot.serving();
+        match version {
+            None => serving
+                .newest()
+                .cloned()
+                .ok_or_else(|| ApiError::ModelNotReady(slot.name.clone())),
+            Some(text) => {
+                let v = parse_version(text).ok_or_else(|| ApiError::InvalidVersion(text.to_string()))?;
+                if let Some(loaded) = serving.versions.get(&v) {
+                    return Ok(Arc::clone(loaded));
+                }
+                match slot.version_state(v) {
+                    Some(state) if state != VersionState::Ready => Err(ApiError::VersionNotReady {
+                        model: slot.name.clone(),
+                        version: v,
+                        state,
+                    }),
+                    _ => Err(ApiError::UnknownVersion {
+                        model: slot.name.clone(),
+                        version: v,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The inference listener's routes: KServe v2 health, metadata and inference, and `/metrics`.
+/// The repository API is never served here (see [`admin`]).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(health::live))
+        .route("/v2/health/ready", get(health::ready))
+        .route("/v2", get(health::server))
+        .route("/v2/models/{model}", get(health::model))
+        .route("/v2/models/{model}/ready", get(health::model_ready))
+        .route("/v2/models/{model}/infer", post(infer::infer))
+        .route("/v2/models/{model}/versions/{version}", get(health::model_version))
+        .route("/v2/models/{model}/versions/{version}/ready", get(health::model_version_ready))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_version))
+        .route("/metrics", get(health::metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn no_route(uri: http::Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().chars().take(200).collect())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// A panic in a handler becomes a JSON 500; the connection and the process survive.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(%detail, "handler panicked");
+    error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}

@@ -1,0 +1,354 @@
+//! Reading a checkpoint from disk: header first, then the one memory map, copy out, unmap.
+//!
+//! Order of operations, each step able to refuse the file before the next costs anything:
+//! 1. `stat` the path: a regular file (never a FIFO or device), opened non-blocking;
+//! 2. read the 8-byte prefix and the JSON header with plain reads and validate them
+//!    ([`super::header`]); compare them with the model's expectations ([`super::report`]);
+//! 3. only for a clean report: map the file, let the safetensors crate re-validate it, copy every
+//!    planned tensor into candle-owned memory (widening F16/BF16 where the plan says so) while
+//!    another thread computes the file's sha256, then drop the mapping;
+//! 4. `fstat` again: a file that changed while it was read is refused (publishers must rename
+//!    files into place; see security.md F7).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::header::{self, FileDtype, FormatError, Header, HeaderLimits};
+use super::report::{self, Conversion, ExpectedSpec, LoadReport, PlanEntry};
+use super::KeyMapping;
+
+/// Why a checkpoint file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path}: {source}")]
+    Format { path: PathBuf, source: FormatError },
+    #[error("{0}")]
+    Mismatch(Box<LoadReport>),
+    #[error("{path} changed while it was being read; publish checkpoints by writing elsewhere and renaming them into place")]
+    Changed { path: PathBuf },
+    #[error("{path}: the safetensors crate refused the file: {message}")]
+    Crate { path: PathBuf, message: String },
+    #[error("{path}: tensor {name:?}: {message}")]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
+}
+
+impl LoadError {
+    /// A short label for metrics and the repository index.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Io { .. } | LoadError::NotAFile { .. } => "io",
+            LoadError::Format {
+                source: FormatError::Foreign(_),
+                ..
+            } => "foreign_format",
+            LoadError::Format {
+                source: FormatError::TruncatedData { .. } | FormatError::TruncatedHeader { .. },
+                ..
+            } => "truncated",
+            LoadError::Format {
+                source: FormatError::Empty,
+                ..
+            } => "empty",
+            LoadError::Format { .. } | LoadError::Crate { .. } => "format",
+            LoadError::Mismatch(report) => report.kind(),
+            LoadError::Changed { .. } => "changed",
+            LoadError::Tensor { .. } => "tensor",
+        }
+    }
+}
+
+/// Identifies one version of a file's contents: rename-replace changes the inode, an in-place
+/// write changes the size or the mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+
+    /// Stats `path` (following symlinks).
+    pub fn stat(path: &Path) -> std::io::Result<FileIdentity> {
+        std::fs::metadata(path).map(|m| FileIdentity::of(&m))
+    }
+}
+
+/// A checkpoint copied into memory, ready to build a model from.
+pub struct LoadedStateDict {
+    /// Model-side names to tensors on the CPU, already in the model's dtype.
+    pub tensors: HashMap<String, Tensor>,
+    /// The clean report (what was ignored, upcast, optional).
+    pub report: LoadReport,
+    /// Hex sha256 of the whole file, as `sha256sum` prints it.
+    pub sha256: String,
+    pub identity: FileIdentity,
+    /// Bytes held by the copied tensors.
+    pub param_bytes: u64,
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for LoadedStateDict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedStateDict")
+            .field("tensors", &self.tensors.len())
+            .field("sha256", &self.sha256)
+            .field("param_bytes", &self.param_bytes)
+            .finish()
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens `path` as a regular file without blocking on FIFOs, returning it with its identity.
+fn open_regular(path: &Path) -> Result<(File, FileIdentity), LoadError> {
+    let meta = std::fs::metadata(path).map_err(io_error(path))?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_error(path))?;
+    let meta = file.metadata().map_err(io_error(path))?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((file, FileIdentity::of(&meta)))
+}
+
+/// Reads and validates only the header of `path`.
+pub fn read_header(path: &Path) -> Result<(Header, FileIdentity), LoadError> {
+    let (mut file, identity) = open_regular(path)?;
+    let header = read_header_from(&mut file, path, identity.size)?;
+    Ok((header, identity))
+}
+
+fn read_header_from(file: &mut File, path: &Path, file_len: u64) -> Result<Header, LoadError> {
+    let format = |source| LoadError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
+    let limits = HeaderLimits::default();
+    let mut prefix = Vec::with_capacity(8);
+    file.by_ref()
+        .take(8)
+        .read_to_end(&mut prefix)
+        .map_err(io_error(path))?;
+    let n = header::header_len(&prefix, file_len, &limits).map_err(format)?;
+    // `n` is capped by `limits` and by the file's size, so this allocation is bounded.
+    let mut json = vec![0u8; n as usize];
+    file.read_exact(&mut json).map_err(io_error(path))?;
+    header::parse_header(&json, file_len, &limits).map_err(format)
+}
+
+/// The strict check without loading: header validation plus the key/shape/dtype comparison.
+/// Returns the report (clean or not); format problems are errors.
+pub fn check(
+    path: &Path,
+    target: &str,
+    expected: &ExpectedSpec,
+    mapping: &KeyMapping,
+) -> Result<(Header, LoadReport), LoadError> {
+    let (header, _) = read_header(path)?;
+    let (report, _) = report::compare(target, expected, &header, mapping);
+    Ok((header, report))
+}
+
+/// Validates and loads `path` for a model that expects `expected`.
+pub fn load(
+    path: &Path,
+    target: &str,
+    expected: &ExpectedSpec,
+    mapping: &KeyMapping,
+) -> Result<LoadedStateDict, LoadError> {
+    let (mut file, before) = open_regular(path)?;
+    let header = read_header_from(&mut file, path, before.size)?;
+    let (report, plan) = report::compare(target, expected, &header, mapping);
+    if !report.is_clean() {
+        return Err(LoadError::Mismatch(Box::new(report)));
+    }
+
+    // SAFETY: the mapping is read-only, lives only inside this function, and every byte we use
+    // is copied into owned memory before it is dropped. The remaining hazard is another process
+    // modifying or truncating the file while it is mapped (torn reads or SIGBUS; memmap2 and
+    // security.md F7). The publishing contract is write-elsewhere-then-rename, which never
+    // touches a mapped inode; the repository loads a file only after it has been stable across
+    // two checks, and the identity check below refuses a file that changed during the copy.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?;
+    if map.len() as u64 != before.size {
+        return Err(LoadError::Changed {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes: &[u8] = &map;
+    // Second opinion from the reference parser on exactly the bytes we are about to copy.
+    let parsed = safetensors::SafeTensors::deserialize(bytes).map_err(|e| LoadError::Crate {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let data = &bytes[header.data_offset() as usize..];
+
+    // Hash on one thread while copying on another: both are memory-bound passes over the file.
+    let (sha256, copied) = rayon::join(
+        || hex(&Sha256::digest(bytes)),
+        || copy_tensors(path, &header, &parsed, data, &plan),
+    );
+    let (tensors, param_bytes) = copied?;
+    drop(parsed);
+    drop(map);
+
+    let after = FileIdentity::of(&file.metadata().map_err(io_error(path))?);
+    if after != before {
+        return Err(LoadError::Changed {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(LoadedStateDict {
+        tensors,
+        report,
+        sha256,
+        identity: before,
+        param_bytes,
+        metadata: header.metadata,
+    })
+}
+
+fn copy_tensors(
+    path: &Path,
+    header: &Header,
+    parsed: &safetensors::SafeTensors<'_>,
+    data: &[u8],
+    plan: &[PlanEntry],
+) -> Result<(HashMap<String, Tensor>, u64), LoadError> {
+    let mut tensors = HashMap::with_capacity(plan.len());
+    let mut total = 0u64;
+    for entry in plan {
+        let stored = &header.tensors[entry.file_index];
+        let tensor_error = |message: String| LoadError::Tensor {
+            path: path.to_path_buf(),
+            name: stored.name.clone(),
+            message,
+        };
+        // Our header and the crate's must agree on every tensor we copy.
+        let view = parsed
+            .tensor(&stored.name)
+            .map_err(|e| tensor_error(e.to_string()))?;
+        if view.shape() != stored.shape.as_slice() || view.data().len() as u64 != stored.bytes() {
+            return Err(tensor_error(
+                "the safetensors crate and wick's header parser disagree".to_string(),
+            ));
+        }
+        let raw = data
+            .get(stored.start as usize..stored.end as usize)
+            .ok_or_else(|| tensor_error("data offsets outside the file".to_string()))?;
+        let tensor = decode(raw, stored.dtype, entry, &stored.shape)
+            .map_err(|e| tensor_error(e.to_string()))?;
+        total += (tensor.elem_count() * tensor.dtype().size_in_bytes()) as u64;
+        tensors.insert(entry.model_key.clone(), tensor);
+    }
+    Ok((tensors, total))
+}
+
+/// Decodes little-endian bytes into an owned candle tensor. `raw.len()` was checked against
+/// shape × dtype by the header validation; `chunks_exact` keeps this safe regardless (never
+/// `Tensor::from_raw_buffer`, security.md F1).
+fn decode(
+    raw: &[u8],
+    dtype: FileDtype,
+    entry: &PlanEntry,
+    shape: &[usize],
+) -> candle_core::Result<Tensor> {
+    let dev = &Device::Cpu;
+    match (dtype, entry.conversion, entry.dtype) {
+        (FileDtype::F32, Conversion::Exact, DType::F32) => {
+            Tensor::from_vec(le_values(raw, f32::from_le_bytes), shape, dev)
+        }
+        (FileDtype::F16, Conversion::Upcast, DType::F32) => Tensor::from_vec(
+            le_values(raw, |b| half::f16::from_le_bytes(b).to_f32()),
+            shape,
+            dev,
+        ),
+        (FileDtype::BF16, Conversion::Upcast, DType::F32) => Tensor::from_vec(
+            le_values(raw, |b| half::bf16::from_le_bytes(b).to_f32()),
+            shape,
+            dev,
+        ),
+        (FileDtype::F16, Conversion::Exact, DType::F16) => {
+            Tensor::from_vec(le_values(raw, half::f16::from_le_bytes), shape, dev)
+        }
+        (FileDtype::BF16, Conversion::Exact, DType::BF16) => {
+            Tensor::from_vec(le_values(raw, half::bf16::from_le_bytes), shape, dev)
+        }
+        (FileDtype::F64, Conversion::Exact, DType::F64) => {
+            Tensor::from_vec(le_values(raw, f64::from_le_bytes), shape, dev)
+        }
+        (FileDtype::I64, Conversion::Exact, DType::I64) => {
+            Tensor::from_vec(le_values(raw, i64::from_le_bytes), shape, dev)
+        }
+        (FileDtype::U32, Conversion::Exact, DType::U32) => {
+            Tensor::from_vec(le_values(raw, u32::from_le_bytes), shape, dev)
+        }
+        (FileDtype::U8, Conversion::Exact, DType::U8) => Tensor::from_vec(raw.to_vec(), shape, dev),
+        (file, conversion, model) => Err(candle_core::Error::Msg(format!(
+            "no decoder for {file} -> {model:?} ({conversion:?})"
+        ))),
+    }
+}
+
+fn le_values<T, const N: usize>(raw: &[u8], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
+    raw.chunks_exact(N)
+        .map(|chunk| {
+            let mut bytes = [0u8; N];
+            bytes.copy_from_slice(chunk);
+            convert(bytes)
+        })
+        .collect()
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}

@@ -1,0 +1,22 @@
+//! Checkpoints as data: safetensors state dicts, checked strictly before a byte is copied.
+//!
+//! - [`header`]: header-first validation of the file format (duplicates, unknown fields, caps,
+//!   exact tiling, truncation, trailing bytes, foreign formats such as pickles);
+//! - [`mapping`]: `strip_prefix` and `ignore` patterns between checkpoint and model names;
+//! - [`recording`]: the recording backend that learns what an architecture expects;
+//! - [`report`]: the comparison and the [`LoadReport`] that lists every problem at once;
+//! - [`load`]: reading from disk, the one memory map, copy out, sha256.
+//!
+//! Nothing here knows about HTTP or the model registry.
+
+pub mod header;
+pub mod load;
+pub mod mapping;
+pub mod recording;
+pub mod report;
+
+pub use header::{FileDtype, ForeignFormat, FormatError, Header, HeaderLimits, TensorEntry};
+pub use load::{check, hex, load, read_header, FileIdentity, LoadError, LoadedStateDict};
+pub use mapping::{Glob, KeyMapping};
+pub use recording::{record, RecordError};
+pub use report::{ExpectedSpec, LoadReport, ParamSpec};

@@ -1,0 +1,372 @@
+//! Logging setup and the Prometheus metrics: every metric name wick exports is defined here.
+//!
+//! [`Metrics`] is one registry shared by the HTTP layer (request outcomes and latency), the
+//! engine (queue, compute, batch sizes) and the repository (loads, failures, serving versions).
+//! Hot paths hold pre-resolved handles ([`ModelMetrics`]) so recording a request costs a few
+//! atomic adds, not a label lookup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    version: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    model: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionInfoLabels {
+    model: String,
+    version: String,
+    sha256: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoadLabels {
+    model: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    model: String,
+    kind: &'static str,
+}
+
+type HistogramFamily = Family<ModelLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+}
+
+fn load_histogram() -> Histogram {
+    Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+/// The process-wide metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily,
+    queue_duration: HistogramFamily,
+    compute_duration: HistogramFamily,
+    batch_size: HistogramFamily,
+    forward_calls: Family<ModelLabel, Counter>,
+    queue_depth: Family<ModelLabel, Gauge>,
+    rejections: Family<ReasonLabels, Counter>,
+    loads: Family<LoadLabels, Counter>,
+    load_failures: Family<FailureLabels, Counter>,
+    load_duration: HistogramFamily,
+    version_info: Family<VersionInfoLabels, Gauge>,
+    resident_bytes: Family<VersionLabels, Gauge>,
+    config_reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wick");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            queue_duration: Family::new_with_constructor(latency_histogram),
+            compute_duration: Family::new_with_constructor(latency_histogram),
+            batch_size: Family::new_with_constructor(batch_histogram),
+            forward_calls: Family::default(),
+            queue_depth: Family::default(),
+            rejections: Family::default(),
+            loads: Family::default(),
+            load_failures: Family::default(),
+            load_duration: Family::new_with_constructor(load_histogram),
+            version_info: Family::default(),
+            resident_bytes: Family::default(),
+            config_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Inference requests by model, version and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "End-to-end latency of inference requests, from body read to response",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "queue_duration_seconds",
+            "Time requests wait in the model's queue before compute",
+            m.queue_duration.clone(),
+        );
+        registry.register(
+            "compute_duration_seconds",
+            "Duration of forward passes (one per batch)",
+            m.compute_duration.clone(),
+        );
+        registry.register(
+            "batch_size_rows",
+            "Rows per forward pass",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "forward_calls",
+            "Forward passes run (batches)",
+            m.forward_calls.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting in the model's queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Requests refused or dropped before compute, by reason",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "model_loads",
+            "Version loads attempted, by result",
+            m.loads.clone(),
+        );
+        registry.register(
+            "model_load_failures",
+            "Version loads refused, by kind of problem",
+            m.load_failures.clone(),
+        );
+        registry.register(
+            "model_load_duration_seconds",
+            "Time from starting a version load to it being ready",
+            m.load_duration.clone(),
+        );
+        registry.register(
+            "model_version_info",
+            "1 for every version being served, labelled with its weights' sha256",
+            m.version_info.clone(),
+        );
+        registry.register(
+            "model_weights_resident_bytes",
+            "Bytes of weights held in memory per served version",
+            m.resident_bytes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config file reloads, by result",
+            m.config_reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one model's hot path.
+    pub fn for_model(self: &Arc<Self>, model: &str) -> ModelMetrics {
+        let label = ModelLabel {
+            model: model.to_string(),
+        };
+        ModelMetrics {
+            model: model.to_string(),
+            request_duration: self.request_duration.get_or_create_owned(&label),
+            queue_duration: self.queue_duration.get_or_create_owned(&label),
+            compute_duration: self.compute_duration.get_or_create_owned(&label),
+            batch_size: self.batch_size.get_or_create_owned(&label),
+            forward_calls: self.forward_calls.get_or_create_owned(&label),
+            queue_depth: self.queue_depth.get_or_create_owned(&label),
+            all: Arc::clone(self),
+        }
+    }
+
+    pub fn load_succeeded(&self, model: &str, duration: Duration) {
+        self.loads
+            .get_or_create(&LoadLabels {
+                model: model.to_string(),
+                result: "success",
+            })
+            .inc();
+        self.load_duration
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn load_failed(&self, model: &str, kind: &'static str) {
+        self.loads
+            .get_or_create(&LoadLabels {
+                model: model.to_string(),
+                result: "failure",
+            })
+            .inc();
+        self.load_failures
+            .get_or_create(&FailureLabels {
+                model: model.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Marks a version as served (`bytes` of weights) or, with `None`, as no longer served.
+    pub fn set_serving(&self, model: &str, version: u64, sha256: &str, bytes: Option<u64>) {
+        let info = VersionInfoLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            sha256: sha256.to_string(),
+        };
+        let resident = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        match bytes {
+            Some(b) => {
+                self.version_info.get_or_create(&info).set(1);
+                self.resident_bytes
+                    .get_or_create(&resident)
+                    .set(i64::try_from(b).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.version_info.remove(&info);
+                self.resident_bytes.remove(&resident);
+            }
+        }
+    }
+}
+
+/// Pre-resolved metric handles of one model.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    model: String,
+    request_duration: Histogram,
+    queue_duration: Histogram,
+    compute_duration: Histogram,
+    batch_size: Histogram,
+    forward_calls: Counter,
+    queue_depth: Gauge,
+    all: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ModelMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelMetrics").field("model", &self.model).finish()
+    }
+}
+
+impl ModelMetrics {
+    /// Counts a finished request. `version` is `None` when it failed before one was chosen.
+    pub fn request(&self, version: Option<u64>, outcome: &'static str, elapsed: Duration) {
+        self.all
+            .requests
+            .get_or_create(&RequestLabels {
+                model: self.model.clone(),
+                version: version.map(|v| v.to_string()).unwrap_or_default(),
+                outcome,
+            })
+            .inc();
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.all
+            .rejections
+            .get_or_create(&ReasonLabels {
+                model: self.model.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn queued(&self, waited: Duration) {
+        self.queue_duration.observe(waited.as_secs_f64());
+    }
+
+    pub fn batch(&self, rows: usize, compute: Duration) {
+        self.forward_calls.inc();
+        self.batch_size.observe(rows as f64);
+        self.compute_duration.observe(compute.as_secs_f64());
+    }
+
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth.set(depth as i64);
+    }
+}
