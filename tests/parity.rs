@@ -1,0 +1,86 @@
+//! Served outputs against PyTorch's, through HTTP: `simple` and `digits` within 1e-5, and the
+//! whole digits test split classified exactly as PyTorch does.
+
+mod common;
+
+use common::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
+use serde_json::json;
+
+#[tokio::test]
+async fn simple_matches_pytorch() {
+    let repo = Repo::demo();
+    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let io = read_tensors(&fixture("simple_io.safetensors"));
+    let (x_shape, x) = &io["x"];
+    let (_, y) = &io["y"];
+    let (status, answer) = server.infer_f32("simple", "input", x_shape, x.f32()).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = output_f32(&answer, "output");
+    assert_eq!(got.len(), y.f32().len());
+    for (g, e) in got.iter().zip(y.f32()) {
+        assert!((g - e).abs() <= 1e-5, "{g} vs {e}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn digits_test_split_matches_pytorch_exactly() {
+    let repo = Repo::demo();
+    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let split = read_tensors(&fixture("digits_test.safetensors"));
+    let (shape, x) = &split["x"];
+    let labels = split["label"].1.i64();
+    let logits = split["logits"].1.f32();
+    let expected_pred = split["pred"].1.i64();
+    let n = shape[0];
+    assert_eq!(n, 360);
+
+    // One request per sample (as clients send them) plus the whole split in one request.
+    let mut predictions = Vec::with_capacity(n);
+    for i in 0..n {
+        let row = &x.f32()[i * 64..(i + 1) * 64];
+        let (status, answer) = server.infer_f32("digits", "input", &[1, 64], row).await;
+        assert_eq!(status, 200);
+        let got = output_f32(&answer, "output");
+        for (g, e) in got.iter().zip(&logits[i * 10..(i + 1) * 10]) {
+            assert!((g - e).abs() <= 1e-5, "sample {i}: {g} vs {e}");
+        }
+        predictions.push(argmax(&got));
+    }
+    assert_eq!(predictions, expected_pred, "predictions differ from PyTorch's");
+    let correct = predictions.iter().zip(labels).filter(|(p, l)| *p == *l).count();
+    let accuracy = correct as f64 / n as f64;
+    assert!(accuracy >= 0.95, "accuracy {accuracy}");
+
+    // Multi-row requests up to max_batch_size (64) give the same answers...
+    let mut batched = Vec::with_capacity(n);
+    for chunk in x.f32().chunks(60 * 64) {
+        let rows = chunk.len() / 64;
+        let (status, answer) = server.infer_f32("digits", "input", &[rows, 64], chunk).await;
+        assert_eq!(status, 200);
+        batched.extend(output_f32(&answer, "output").chunks(10).map(argmax));
+    }
+    assert_eq!(batched, expected_pred);
+    // ...and a request above it is refused with the reason, as Triton does.
+    let (status, answer) = server.infer_f32("digits", "input", &[n, 64], x.f32()).await;
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("max_batch_size"), "{answer}");
+
+    // Raw pixels as integers convert losslessly into the FP32 input.
+    let ints: Vec<i64> = x.f32()[..64].iter().map(|v| *v as i64).collect();
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": ints}]});
+    let (status, answer) = server.post_json("/v2/models/digits/infer", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(argmax(&output_f32(&answer, "output")), expected_pred[0]);
+    server.shutdown().await;
+}
+
+fn argmax(values: &[f32]) -> i64 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as i64
+}
