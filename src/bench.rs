@@ -81,6 +81,18 @@ impl Conn {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let (status, _, body) = self.send_full(method, path, headers, body).await?;
+        Ok((status, body))
+    }
+
+    /// Like `send`, also returning the response headers.
+    pub async fn send_full(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, http::HeaderMap, Bytes)> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
@@ -92,8 +104,9 @@ impl Conn {
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 }
 

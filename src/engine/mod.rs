@@ -14,6 +14,7 @@ pub mod policy;
 mod worker;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -73,6 +74,36 @@ pub enum EngineError {
     Compute(String),
 }
 
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Who decides a queued request's fate: the compute thread (it starts the request) or the
+/// waiting handler (its deadline passed first). Exactly one of them wins.
+#[derive(Debug, Clone, Default)]
+pub struct Ticket(Arc<AtomicU8>);
+
+impl Ticket {
+    /// Called by the compute thread when it takes the request into a batch.
+    fn start(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Called by the handler when the request's deadline passes: true if the request had not
+    /// started and never will; false if it is being computed (then wait for the answer).
+    pub fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ABANDONED
+    }
+}
+
 /// One admitted request.
 pub struct Job {
     pub version: Arc<LoadedVersion>,
@@ -81,6 +112,7 @@ pub struct Job {
     pub enqueued: Instant,
     /// Drop the request (with a timeout error) if it has not started by then.
     pub deadline: Option<Instant>,
+    ticket: Ticket,
     arrived_idle: bool,
 }
 
@@ -98,8 +130,14 @@ impl Job {
             reply,
             enqueued,
             deadline: timeout.map(|t| enqueued + t),
+            ticket: Ticket::default(),
             arrived_idle: false,
         }
+    }
+
+    /// The handle the waiting handler keeps to give up on the request at its deadline.
+    pub fn ticket(&self) -> Ticket {
+        self.ticket.clone()
     }
 }
 

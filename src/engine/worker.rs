@@ -38,11 +38,15 @@ pub(super) fn run(inner: &Arc<Inner>) {
         };
         match decision {
             Decision::Run(n) => {
-                let batch: Vec<Job> = state.jobs.drain(..n).collect();
+                // A handler may have given up on a request at its deadline just now: such
+                // requests are dropped here, never computed.
+                let batch: Vec<Job> = state.jobs.drain(..n).filter(|job| job.ticket.start()).collect();
                 state.busy = true;
                 inner.metrics.set_queue_depth(state.jobs.len());
                 drop(state);
-                execute(inner, batch);
+                if !batch.is_empty() {
+                    execute(inner, batch);
+                }
                 state = inner.lock();
                 state.busy = false;
             }
@@ -87,15 +91,16 @@ fn batch_len_ignoring_delay(entries: &[Entry], limits: &Limits) -> usize {
 
 /// Drops requests whose client went away or whose deadline passed.
 fn prune(inner: &Inner, jobs: &mut std::collections::VecDeque<Job>, now: Instant) {
-    if !jobs
-        .iter()
-        .any(|j| j.reply.is_closed() || j.deadline.is_some_and(|d| d <= now))
-    {
+    if !jobs.iter().any(|j| {
+        j.reply.is_closed() || j.ticket.is_abandoned() || j.deadline.is_some_and(|d| d <= now)
+    }) {
         return;
     }
     let mut kept = std::collections::VecDeque::with_capacity(jobs.len());
     for job in jobs.drain(..) {
-        if job.reply.is_closed() {
+        if job.ticket.is_abandoned() {
+            // Its handler already answered (timeout) and counted it.
+        } else if job.reply.is_closed() {
             inner.metrics.rejected("client_disconnected");
         } else if job.deadline.is_some_and(|d| d <= now) {
             inner.metrics.rejected("timeout");

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 
-use crate::engine::{Job, LoadedVersion, Outputs};
+use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::ModelSlot;
 
@@ -68,7 +68,7 @@ async fn serve(
     if slot.engine.is_full() {
         // Refuse before reading and decoding the body: overload must be cheap to answer.
         slot.metrics.rejected("queue_full");
-        return Err(crate::engine::EngineError::QueueFull {
+        return Err(EngineError::QueueFull {
             model: slot.name.clone(),
             limit: slot.engine.config().max_queue_size,
         }
@@ -79,15 +79,43 @@ async fn serve(
 
     let (tx, rx) = oneshot::channel();
     let timeout = decoded.timeout.or(slot.engine.config().default_timeout);
-    if let Err(e) = slot.engine.submit(Job::new(Arc::clone(&version), prepared, tx, timeout)) {
+    let job = Job::new(Arc::clone(&version), prepared, tx, timeout);
+    let (ticket, deadline) = (job.ticket(), job.deadline);
+    if let Err(e) = slot.engine.submit(job) {
         slot.metrics.rejected(match e {
-            crate::engine::EngineError::QueueFull { .. } => "queue_full",
+            EngineError::QueueFull { .. } => "queue_full",
             _ => "refused",
         });
         return Err(e.into());
     }
-    let outputs = rx.await.map_err(|_| ApiError::ShuttingDown)??;
+    let outputs = wait(rx, ticket, deadline, timeout, slot).await?;
     Ok((respond(&version, &decoded, outputs), version))
+}
+
+/// Waits for the answer; at the request's deadline, gives up on it if it has not started
+/// (a request already being computed is waited for: its work is done anyway).
+async fn wait(
+    mut rx: oneshot::Receiver<Result<Outputs, EngineError>>,
+    ticket: crate::engine::Ticket,
+    deadline: Option<std::time::Instant>,
+    timeout: Option<std::time::Duration>,
+    slot: &ModelSlot,
+) -> Result<Outputs, ApiError> {
+    let closed = |_| ApiError::ShuttingDown;
+    let Some(deadline) = deadline else {
+        return Ok(rx.await.map_err(closed)??);
+    };
+    tokio::select! {
+        answer = &mut rx => Ok(answer.map_err(closed)??),
+        () = tokio::time::sleep_until(deadline.into()) => {
+            if ticket.abandon() {
+                slot.metrics.rejected("timeout");
+                let timeout_us = timeout.unwrap_or_default().as_micros();
+                return Err(EngineError::Timeout { waited_us: timeout_us, timeout_us }.into());
+            }
+            Ok(rx.await.map_err(closed)??)
+        }
+    }
 }
 
 /// Decodes and prepares a request; large bodies go to the blocking pool.

@@ -1,0 +1,255 @@
+//! Dynamic batching, admission control, deadlines, cancellation and failure isolation, observed
+//! through a real server whose `linear` model takes a known time per forward pass.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::slow::{Probe, Slow, POISON};
+use common::{demo_model, output_f32, read_tensors, Repo, TestServer};
+use http::Method;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+const SIMPLE: &str = r#"
+[[models]]
+name = "simple"
+architecture = "linear"
+config = { in_features = 10, out_features = 1 }
+"#;
+
+/// A server whose `simple` model sleeps `delay` per forward pass.
+async fn slow_server(delay: Duration, batching: &str) -> (TestServer, Repo, Arc<Probe>) {
+    let repo = Repo::new();
+    repo.install("simple", 1, &demo_model("simple", 1));
+    let mut config = repo.config("", &format!("{SIMPLE}batching = {batching}\n"));
+    let probe = Arc::new(Probe::default());
+    config.models[0].architecture = Slow::configured(10, delay, Arc::clone(&probe));
+    let server = TestServer::start(config).await;
+    probe.reset();
+    (server, repo, probe)
+}
+
+/// Rows whose first value identifies them.
+fn rows(marker: f32, count: usize) -> Vec<f32> {
+    (0..count)
+        .flat_map(|r| (0..10).map(move |j| if j == 0 { marker + r as f32 } else { 0.1 * j as f32 + 0.01 * r as f32 }))
+        .collect()
+}
+
+fn body(data: &[f32], extra: Value) -> Vec<u8> {
+    let mut request = json!({"inputs": [{"name": "input", "shape": [data.len() / 10, 10], "datatype": "FP32", "data": data}]});
+    if let Value::Object(map) = extra {
+        for (k, v) in map {
+            request[k] = v;
+        }
+    }
+    serde_json::to_vec(&request).unwrap()
+}
+
+/// `linear` computed here in f64 from the checkpoint.
+fn expected(data: &[f32]) -> Vec<f32> {
+    let weights = read_tensors(&demo_model("simple", 1));
+    let w = weights["linear.weight"].1.f32().to_vec();
+    let b = weights["linear.bias"].1.f32()[0];
+    data.chunks(10)
+        .map(|row| (row.iter().zip(&w).map(|(x, w)| *x as f64 * *w as f64).sum::<f64>() + b as f64) as f32)
+        .collect()
+}
+
+async fn post(server: &TestServer, body: Vec<u8>) -> (u16, http::HeaderMap, Value) {
+    let mut conn = server.target.connect().await.unwrap();
+    let (status, headers, bytes) = conn.send_full(Method::POST, "/v2/models/simple/infer", &[], body.into()).await.unwrap();
+    (status.as_u16(), headers, serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
+    let (server, _repo, probe) = slow_server(Duration::from_millis(40), "{ max_batch_size = 64 }").await;
+    let server = Arc::new(server);
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            // 1 to 3 rows per request, each row marked by its request.
+            let data = rows(100.0 * (i + 1) as f32, 1 + i % 3);
+            let (status, _, answer) = post(&server, body(&data, json!({}))).await;
+            (status, data, answer)
+        }));
+    }
+    for task in tasks {
+        let (status, data, answer) = task.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let got = output_f32(&answer, "output");
+        let want = expected(&data);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3, "a client got someone else's rows: {got:?} vs {want:?}");
+        }
+    }
+    let calls = probe.calls();
+    assert!(calls < 32, "{calls} forward passes for 32 concurrent requests");
+    assert!(probe.batches.lock().unwrap().iter().any(|rows| *rows > 3), "no batch held several requests");
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_server_never_waits_for_batch_mates() {
+    // A huge queue delay must not delay a request that finds the model idle.
+    let (server, _repo, _probe) = slow_server(Duration::ZERO, "{ max_batch_size = 64, max_queue_delay_us = 2000000 }").await;
+    let started = Instant::now();
+    let (status, _, _) = post(&server, body(&rows(1.0, 1), json!({}))).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
+    let (server, _repo, probe) = slow_server(Duration::from_millis(100), "{ max_batch_size = 64, max_queue_delay_us = 300000 }").await;
+    let server = Arc::new(server);
+    let first = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { post(&server, body(&rows(1.0, 1), json!({}))).await })
+    };
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    let sent = Instant::now();
+    let second = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { post(&server, body(&rows(2.0, 1), json!({}))).await })
+    };
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(second.await.unwrap().0, 200);
+    // The second arrived while the model was busy: it waited for batch-mates up to the delay,
+    // not just for the first request's 100 ms.
+    assert!(sent.elapsed() >= Duration::from_millis(280), "{:?}", sent.elapsed());
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_at_once_and_admitted_requests_succeed() {
+    let (server, _repo, probe) = slow_server(Duration::from_millis(300), "{ max_batch_size = 1, max_queue_size = 3 }").await;
+    let server = Arc::new(server);
+    let mut admitted = Vec::new();
+    let spawn = |marker: f32| {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { post(&server, body(&rows(marker, 1), json!({}))).await })
+    };
+    admitted.push(spawn(1.0));
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    for marker in [2.0, 3.0, 4.0] {
+        admitted.push(spawn(marker));
+    }
+    let slot = server.server().repository().get("simple").unwrap();
+    wait_for("three queued requests", || slot.engine.queue_len() == 3).await;
+    for marker in [5.0, 6.0] {
+        let started = Instant::now();
+        let (status, headers, answer) = post(&server, body(&rows(marker, 1), json!({}))).await;
+        assert_eq!(status, 429, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("max_queue_size"), "{answer}");
+        assert_eq!(headers.get("retry-after").unwrap(), "1");
+        assert!(started.elapsed() < Duration::from_millis(200), "429 took {:?}", started.elapsed());
+    }
+    for task in admitted {
+        assert_eq!(task.await.unwrap().0, 200);
+    }
+    assert!(!probe.computed().contains(&5.0) && !probe.computed().contains(&6.0));
+    let metrics = server.get("/metrics").await.1.text();
+    assert!(metrics.contains(r#"wick_rejections_total{model="simple",reason="queue_full"} 2"#), "{metrics}");
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn timeouts_drop_queued_requests_before_compute() {
+    let (server, _repo, probe) = slow_server(Duration::from_millis(400), "{ max_batch_size = 1, default_timeout_us = 150000 }").await;
+    let server = Arc::new(server);
+    let first = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { post(&server, body(&rows(1.0, 1), json!({"parameters": {"timeout": 10_000_000}}))).await })
+    };
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    // Triton's per-request timeout parameter (µs)...
+    let started = Instant::now();
+    let (status, headers, answer) = post(&server, body(&rows(2.0, 1), json!({"parameters": {"timeout": 50_000}}))).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("timeout of 50000 µs"), "{answer}");
+    assert!(headers.get("retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_millis(300), "the timeout answer took {:?}", started.elapsed());
+    // ...and the configured default.
+    let (status, _, answer) = post(&server, body(&rows(3.0, 1), json!({}))).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("150000"), "{answer}");
+    assert_eq!(first.await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(probe.computed(), vec![1.0], "a timed-out request was computed");
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_has_its_work_dropped() {
+    let (server, _repo, probe) = slow_server(Duration::from_millis(400), "{ max_batch_size = 1 }").await;
+    let server = Arc::new(server);
+    let first = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { post(&server, body(&rows(1.0, 1), json!({}))).await })
+    };
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    let slot = server.server().repository().get("simple").unwrap();
+    // A raw client sends a complete request, then goes away before it is computed.
+    let payload = body(&rows(2.0, 1), json!({}));
+    let mut stream = tokio::net::TcpStream::connect(server.server().addr).await.unwrap();
+    let head = format!("POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", payload.len());
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&payload).await.unwrap();
+    wait_for("the second request to queue", || slot.engine.queue_len() == 1).await;
+    drop(stream);
+    assert_eq!(first.await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(probe.computed(), vec![1.0], "the abandoned request was computed");
+    let metrics = server.get("/metrics").await.1.text();
+    assert!(metrics.contains(r#"wick_rejections_total{model="simple",reason="client_disconnected"} 1"#), "{metrics}");
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn one_failing_request_does_not_fail_its_batch_mates() {
+    let (server, _repo, probe) = slow_server(Duration::from_millis(150), "{ max_batch_size = 64 }").await;
+    let server = Arc::new(server);
+    let spawn = |data: Vec<f32>| {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { (post(&server, body(&data, json!({}))).await, data) })
+    };
+    let first = spawn(rows(1.0, 1));
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    let poisoned = spawn(rows(POISON, 1));
+    let good: Vec<_> = (0..3).map(|i| spawn(rows(10.0 * (i + 2) as f32, 2))).collect();
+    let slot = server.server().repository().get("simple").unwrap();
+    wait_for("four queued requests", || slot.engine.queue_len() == 4).await;
+    assert_eq!(first.await.unwrap().0 .0, 200);
+    let ((status, _, answer), _) = poisoned.await.unwrap();
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].is_string());
+    for task in good {
+        let ((status, _, answer), data) = task.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let got = output_f32(&answer, "output");
+        for (g, w) in got.iter().zip(expected(&data)) {
+            assert!((g - w).abs() < 1e-3);
+        }
+    }
+    // The failed batch held all four; then each ran alone.
+    let batches = probe.batches.lock().unwrap().clone();
+    assert_eq!(batches, vec![1, 7, 1, 2, 2, 2], "{batches:?}");
+    // The compute thread survived: the model still answers.
+    assert_eq!(post(&server, body(&rows(5.0, 1), json!({}))).await.0, 200);
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
