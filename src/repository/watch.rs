@@ -154,19 +154,19 @@ fn run(
             Ok(Command::Changed) => {
                 let at = Instant::now() + DEBOUNCE;
                 due = Some(due.map_or(at, |d| d.min(at)));
-                continue;
             }
             Ok(Command::ReloadConfig) => {
                 if let Some(source) = config.as_mut() {
                     reload_config(repository, source);
                     config_identity = FileIdentity::stat(&source.path).ok();
                 }
-                continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
+        // Decide from the clock, not from why we woke: a steady stream of events must not
+        // postpone the scan forever.
         let now = Instant::now();
-        if due.is_some_and(|d| now < d) && now < next_poll {
+        if due.is_none_or(|d| now < d) && now < next_poll {
             continue;
         }
         due = None;
@@ -176,6 +176,7 @@ fn run(
 
         if let Some(source) = config.as_mut() {
             let identity = FileIdentity::stat(&source.path).ok();
+            tracing::debug!(?identity, ?config_identity, "config check");
             if identity.is_some() && identity != config_identity {
                 config_identity = identity;
                 reload_config(repository, source);

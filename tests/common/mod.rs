@@ -232,3 +232,43 @@ where
     }
 }
 pub mod slow;
+
+/// The admin token tests use.
+pub const TOKEN: &str = "test-token-1234";
+
+impl TestServer {
+    /// Starts with the repository API on a loopback port, protected by [`TOKEN`].
+    pub async fn start_admin(config: Config) -> TestServer {
+        let options = StartOptions {
+            admin_token: Some(TOKEN.to_string()),
+            ..StartOptions::default()
+        };
+        TestServer::start_with(config, options).await
+    }
+
+    /// POSTs to the admin listener with `token` (None: no Authorization header).
+    pub async fn admin(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+        let addr = self.server().admin_addr.expect("admin listener");
+        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let mut conn = target.connect().await.expect("connect admin");
+        let headers: Vec<(&str, String)> = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
+        let (status, body) = conn.send(Method::POST, path, &headers, Bytes::from(body.to_string())).await.expect("admin request");
+        let value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+        (status.as_u16(), value)
+    }
+
+    /// The repository index (through the admin API).
+    pub async fn index(&self) -> Vec<Value> {
+        let (status, value) = self.admin("/v2/repository/index", "", Some(TOKEN)).await;
+        assert_eq!(status, 200, "{value}");
+        value.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The index entry of `model` version `version`.
+    pub async fn index_entry(&self, model: &str, version: u64) -> Option<Value> {
+        self.index()
+            .await
+            .into_iter()
+            .find(|e| e["name"] == model && e["version"] == version.to_string())
+    }
+}
