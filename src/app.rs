@@ -36,7 +36,11 @@ impl ThreadBudget {
     /// counts the host's physical cores (candle.md §3).
     pub fn resolve(configured: usize) -> ThreadBudget {
         let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let compute = if configured == 0 { available } else { configured };
+        let compute = if configured == 0 {
+            available
+        } else {
+            configured
+        };
         ThreadBudget {
             compute,
             tokio_workers: available.clamp(1, 4),
@@ -51,7 +55,7 @@ pub struct StartOptions {
     /// Watch the repository (and the config file, if the config came from one).
     pub watch: bool,
     /// `WICK_*` lookups for config reloads.
-    pub env: Box<dyn Fn(&str) -> Option<String> + Send>,
+    pub env: crate::config::EnvLookup,
 }
 
 impl Default for StartOptions {
@@ -105,7 +109,8 @@ impl Server {
 /// Starts a server for `config`.
 pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
-    let repository = Arc::new(Repository::new(&config, metrics).context("cannot start the compute threads")?);
+    let repository =
+        Arc::new(Repository::new(&config, metrics).context("cannot start the compute threads")?);
     let server = &config.server;
     let state = AppState::new(
         Arc::clone(&repository),
@@ -169,7 +174,11 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
             env: options.env,
             running: config.server.clone(),
         });
-        Some(watcher::start(Arc::clone(&repository), server.poll_interval, source)?)
+        Some(watcher::start(
+            Arc::clone(&repository),
+            server.poll_interval,
+            source,
+        )?)
     } else {
         None
     };
@@ -197,10 +206,19 @@ pub fn describe_models(repository: &Repository) -> Vec<String> {
             let versions = serving
                 .versions
                 .values()
-                .map(|v| format!("v{} sha256={} ({} bytes)", v.version, v.sha256, v.param_bytes))
+                .map(|v| {
+                    format!(
+                        "v{} sha256={} ({} bytes)",
+                        v.version, v.sha256, v.param_bytes
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!("{} ({}): {versions}", slot.name, slot.config().architecture.name())
+            format!(
+                "{} ({}): {versions}",
+                slot.name,
+                slot.config().architecture.name()
+            )
         })
         .collect()
 }

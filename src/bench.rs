@@ -42,7 +42,8 @@ impl Target {
             .await
             .with_context(|| format!("cannot connect to {}", self.authority))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -54,7 +55,11 @@ impl Target {
 
     pub async fn get_status(&self, path: &str) -> anyhow::Result<u16> {
         let mut conn = self.connect().await?;
-        Ok(conn.send(Method::GET, path, &[], Bytes::new()).await?.0.as_u16())
+        Ok(conn
+            .send(Method::GET, path, &[], Bytes::new())
+            .await?
+            .0
+            .as_u16())
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
@@ -201,7 +206,10 @@ async fn prepare(target: &Target, options: &BenchOptions) -> anyhow::Result<Prep
             .map(|s| s.iter().skip(1).filter_map(Value::as_i64).collect())
             .unwrap_or_default();
         let mut shape = vec![options.rows];
-        shape.extend(dims.iter().map(|d| if *d < 0 { options.seq_len } else { *d as usize }));
+        shape.extend(
+            dims.iter()
+                .map(|d| if *d < 0 { options.seq_len } else { *d as usize }),
+        );
         let count: usize = shape.iter().product();
         // Optional text-model inputs that are not the text itself are left out.
         if datatype == "INT64" && inputs.iter().any(|i| i["datatype"] == "BYTES") {
@@ -234,14 +242,17 @@ async fn prepare(target: &Target, options: &BenchOptions) -> anyhow::Result<Prep
                 }
                 (json!(values), bytes)
             }
-            other => bail!("input {name:?} has datatype {other}, which wick bench does not generate"),
+            other => {
+                bail!("input {name:?} has datatype {other}, which wick bench does not generate")
+            }
         };
         if options.binary {
             json_inputs.push(json!({"name": name, "shape": shape, "datatype": datatype,
                 "parameters": {"binary_data_size": bytes.len()}}));
             tail.extend_from_slice(&bytes);
         } else {
-            json_inputs.push(json!({"name": name, "shape": shape, "datatype": datatype, "data": data}));
+            json_inputs
+                .push(json!({"name": name, "shape": shape, "datatype": datatype, "data": data}));
         }
     }
     let json_outputs: Vec<Value> = outputs
@@ -272,16 +283,26 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     // Check once that the request works, so a misconfiguration fails loudly, not as N errors.
     let mut probe = target.connect().await?;
     let (status, body) = probe
-        .send(Method::POST, &prepared.path, &prepared.headers, prepared.body.clone())
+        .send(
+            Method::POST,
+            &prepared.path,
+            &prepared.headers,
+            prepared.body.clone(),
+        )
         .await?;
     if status != StatusCode::OK {
-        bail!("the probe request failed: {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "the probe request failed: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     drop(probe);
 
     let start = Instant::now() + options.warmup;
     let end = start + options.duration;
-    let per_client_cap = options.max_requests.map(|m| m.div_ceil(options.clients as u64));
+    let per_client_cap = options
+        .max_requests
+        .map(|m| m.div_ceil(options.clients as u64));
     let mut tasks = Vec::with_capacity(options.clients);
     for _ in 0..options.clients {
         let target = target.clone();
@@ -301,7 +322,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
         last = last.max(result.finished);
     }
-    let seconds = last.saturating_duration_since(start).as_secs_f64().max(1e-9);
+    let seconds = last
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
     latencies.sort_unstable();
     let pct = |p: f64| -> u64 {
         if latencies.is_empty() {
@@ -353,14 +377,24 @@ async fn client(
             break;
         }
         let result = conn
-            .send(Method::POST, &prepared.path, &prepared.headers, prepared.body.clone())
+            .send(
+                Method::POST,
+                &prepared.path,
+                &prepared.headers,
+                prepared.body.clone(),
+            )
             .await;
         let after = Instant::now();
         let measured = before >= start;
         match result {
             Ok((StatusCode::OK, _)) if measured => {
                 sent += 1;
-                latencies.push(after.duration_since(before).as_micros().min(u32::MAX as u128) as u32);
+                latencies.push(
+                    after
+                        .duration_since(before)
+                        .as_micros()
+                        .min(u32::MAX as u128) as u32,
+                );
             }
             Ok((StatusCode::OK, _)) => {}
             Ok((status, _)) => {

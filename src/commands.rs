@@ -15,10 +15,19 @@ use crate::state_dict::{self, LoadError};
 
 /// `wick check --config C --model NAME FILE`: the strict check of FILE against the model's
 /// architecture, without loading it. Returns `Ok(true)` when the checkpoint would load.
-pub fn check(config: &Config, model: &str, file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
+pub fn check(
+    config: &Config,
+    model: &str,
+    file: &Path,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
     let Some(model_config) = config.model(model) else {
         let known: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
-        anyhow::bail!("no model {model:?} in the config (models: {})", known.join(", "));
+        anyhow::bail!(
+            "no model {model:?} in the config (models: {})",
+            known.join(", ")
+        );
     };
     let expected = model_config
         .architecture
@@ -41,10 +50,18 @@ pub fn check(config: &Config, model: &str, file: &Path, as_json: bool, out: &mut
                 writeln!(out, "{report}")?;
                 if clean {
                     if !report.ignored.is_empty() {
-                        writeln!(out, "  ignored by the key mapping: {}", report.ignored.len())?;
+                        writeln!(
+                            out,
+                            "  ignored by the key mapping: {}",
+                            report.ignored.len()
+                        )?;
                     }
                     if !report.optional_present.is_empty() {
-                        writeln!(out, "  optional, present and unused: {}", report.optional_present.join(", "))?;
+                        writeln!(
+                            out,
+                            "  optional, present and unused: {}",
+                            report.optional_present.join(", ")
+                        )?;
                     }
                     if !report.upcast.is_empty() {
                         writeln!(out, "  widened to F32: {}", report.upcast.len())?;
@@ -63,7 +80,10 @@ pub fn check(config: &Config, model: &str, file: &Path, as_json: bool, out: &mut
                 });
                 writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
             } else {
-                writeln!(out, "Error(s) in loading state_dict for {label}:\n\t{error}")?;
+                writeln!(
+                    out,
+                    "Error(s) in loading state_dict for {label}:\n\t{error}"
+                )?;
             }
             Ok(false)
         }
@@ -74,9 +94,15 @@ pub fn check(config: &Config, model: &str, file: &Path, as_json: bool, out: &mut
 pub fn inspect(file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
     let (header, identity) = match state_dict::read_header(file) {
         Ok(ok) => ok,
-        Err(error @ (LoadError::Format { .. } | LoadError::NotAFile { .. } | LoadError::Io { .. })) => {
+        Err(
+            error @ (LoadError::Format { .. } | LoadError::NotAFile { .. } | LoadError::Io { .. }),
+        ) => {
             if as_json {
-                writeln!(out, "{}", json!({ "ok": false, "kind": error.kind(), "error": error.to_string() }))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "ok": false, "kind": error.kind(), "error": error.to_string() })
+                )?;
             } else {
                 writeln!(out, "{error}")?;
             }
@@ -104,10 +130,26 @@ pub fn inspect(file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Resul
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(true);
     }
-    let width = tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:<width$}  {:<7}  {:<20}  {:>12}", "name", "dtype", "shape", "bytes")?;
+    let width = tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<width$}  {:<7}  {:<20}  {:>12}",
+        "name", "dtype", "shape", "bytes"
+    )?;
     for t in &tensors {
-        writeln!(out, "{:<width$}  {:<7}  {:<20}  {:>12}", t.name, t.dtype.to_string(), format!("{:?}", t.shape), t.bytes())?;
+        writeln!(
+            out,
+            "{:<width$}  {:<7}  {:<20}  {:>12}",
+            t.name,
+            t.dtype.to_string(),
+            format!("{:?}", t.shape),
+            t.bytes()
+        )?;
     }
     writeln!(
         out,

@@ -21,14 +21,21 @@ use crate::state_dict::KeyMapping;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// toml's message already names the key, the line and the column, with a snippet.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("environment variable {var}={value:?}: {message}")]
-    Env { var: &'static str, value: String, message: String },
+    Env {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
 }
 
 /// The validated configuration of one wick process.
@@ -261,10 +268,17 @@ struct RawBatching {
     default_timeout_us: Option<u64>,
 }
 
+/// Looks up `WICK_*` environment overrides (the process environment in production, a closure
+/// in tests).
+pub type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send>;
+
 /// Environment overrides for containers. They apply to the `[server]` section only.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WICK_LISTEN", "server.listen"),
-    ("WICK_ADMIN_LISTEN", "server.admin_listen (\"off\" disables)"),
+    (
+        "WICK_ADMIN_LISTEN",
+        "server.admin_listen (\"off\" disables)",
+    ),
     ("WICK_REPOSITORY", "server.repository"),
     ("WICK_POLL_INTERVAL_MS", "server.poll_interval_ms"),
     ("WICK_COMPUTE_THREADS", "server.compute_threads"),
@@ -582,7 +596,10 @@ version_policy = { latest = 2 }
 
     #[test]
     fn unknown_keys_name_the_key_and_line() {
-        let text = GOOD.replace("repository = \"models\"", "repository = \"models\"\nlisten_port = 3");
+        let text = GOOD.replace(
+            "repository = \"models\"",
+            "repository = \"models\"\nlisten_port = 3",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("listen_port"), "{err}");
         assert!(err.contains("line 5"), "{err}");
@@ -603,7 +620,10 @@ version_policy = { latest = 2 }
     #[test]
     fn duplicate_and_bad_names_are_refused() {
         let text = GOOD.replace("name = \"digits\"", "name = \"simple\"");
-        assert!(parse(&text).unwrap_err().to_string().contains("already used"));
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("already used"));
         let text = GOOD.replace("name = \"digits\"", "name = \"../etc\"");
         assert!(parse(&text).unwrap_err().to_string().contains("must start"));
     }
@@ -632,21 +652,45 @@ version_policy = { latest = 2 }
             ("{ specific = [1, 3] }", VersionPolicy::Specific(vec![1, 3])),
         ] {
             let text = GOOD.replace("{ latest = 2 }", policy);
-            assert_eq!(parse(&text).unwrap().model("digits").unwrap().version_policy, expected);
+            assert_eq!(
+                parse(&text)
+                    .unwrap()
+                    .model("digits")
+                    .unwrap()
+                    .version_policy,
+                expected
+            );
         }
-        for bad in ["{ latest = 0 }", "{ latest = 1, all = true }", "{ specific = [] }", "{}"] {
+        for bad in [
+            "{ latest = 0 }",
+            "{ latest = 1, all = true }",
+            "{ specific = [] }",
+            "{}",
+        ] {
             let text = GOOD.replace("{ latest = 2 }", bad);
             assert!(parse(&text).is_err(), "{bad} accepted");
         }
         assert_eq!(VersionPolicy::Latest(2).select(&[1, 5, 3]), vec![5, 3]);
-        assert_eq!(VersionPolicy::Specific(vec![1, 9]).select(&[1, 5, 3]), vec![1]);
+        assert_eq!(
+            VersionPolicy::Specific(vec![1, 9]).select(&[1, 5, 3]),
+            vec![1]
+        );
     }
 
     #[test]
     fn versions_have_no_leading_zeros() {
         assert_eq!(parse_version("1"), Some(1));
         assert_eq!(parse_version("120"), Some(120));
-        for bad in ["0", "01", "-1", "1.0", "1e3", "", "latest", "99999999999999999999"] {
+        for bad in [
+            "0",
+            "01",
+            "-1",
+            "1.0",
+            "1e3",
+            "",
+            "latest",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_version(bad), None, "{bad}");
         }
     }

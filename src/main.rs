@@ -11,7 +11,11 @@ use wick::config::Config;
 use wick::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "wick", version, about = "Serve PyTorch state dicts (safetensors) over the Open Inference Protocol")]
+#[command(
+    name = "wick",
+    version,
+    about = "Serve PyTorch state dicts (safetensors) over the Open Inference Protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,20 +92,47 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, log_format } => serve(&config, log_format),
-        Command::Check { config, model, file, json } => {
-            let result = load_config(&config)
-                .and_then(|c| wick::commands::check(&c, &model, &file, json, &mut std::io::stdout()));
+        Command::Check {
+            config,
+            model,
+            file,
+            json,
+        } => {
+            let result = load_config(&config).and_then(|c| {
+                wick::commands::check(&c, &model, &file, json, &mut std::io::stdout())
+            });
             exit(result)
         }
-        Command::Inspect { file, json } => exit(wick::commands::inspect(&file, json, &mut std::io::stdout())),
+        Command::Inspect { file, json } => {
+            exit(wick::commands::inspect(&file, json, &mut std::io::stdout()))
+        }
         Command::Health { url, timeout_ms } => {
             let url = url.unwrap_or_else(|| {
-                let listen = std::env::var("WICK_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+                let listen =
+                    std::env::var("WICK_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
                 format!("http://{}", listen.replace("0.0.0.0", "127.0.0.1"))
             });
-            exit(runtime(1).and_then(|rt| rt.block_on(wick::commands::health(&url, Duration::from_millis(timeout_ms)))))
+            exit(runtime(1).and_then(|rt| {
+                rt.block_on(wick::commands::health(
+                    &url,
+                    Duration::from_millis(timeout_ms),
+                ))
+            }))
         }
-        Command::Bench { url, model, version, clients, duration, warmup, binary, rows, text, seq_len, max_requests, json } => {
+        Command::Bench {
+            url,
+            model,
+            version,
+            clients,
+            duration,
+            warmup,
+            binary,
+            rows,
+            text,
+            seq_len,
+            max_requests,
+            json,
+        } => {
             let options = wick::bench::BenchOptions {
                 url,
                 model,
@@ -117,7 +148,9 @@ fn main() -> ExitCode {
             };
             let result = runtime(2).and_then(|rt| rt.block_on(wick::bench::run(&options)));
             match result {
-                Ok(report) if json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                Ok(report) if json => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default())
+                }
                 Ok(report) => println!("{report}"),
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -328,7 +328,9 @@ pub struct ModelMetrics {
 
 impl std::fmt::Debug for ModelMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelMetrics").field("model", &self.model).finish()
+        f.debug_struct("ModelMetrics")
+            .field("model", &self.model)
+            .finish()
     }
 }
 

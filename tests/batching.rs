@@ -34,7 +34,15 @@ async fn slow_server(delay: Duration, batching: &str) -> (TestServer, Repo, Arc<
 /// Rows whose first value identifies them.
 fn rows(marker: f32, count: usize) -> Vec<f32> {
     (0..count)
-        .flat_map(|r| (0..10).map(move |j| if j == 0 { marker + r as f32 } else { 0.1 * j as f32 + 0.01 * r as f32 }))
+        .flat_map(|r| {
+            (0..10).map(move |j| {
+                if j == 0 {
+                    marker + r as f32
+                } else {
+                    0.1 * j as f32 + 0.01 * r as f32
+                }
+            })
+        })
         .collect()
 }
 
@@ -54,14 +62,27 @@ fn expected(data: &[f32]) -> Vec<f32> {
     let w = weights["linear.weight"].1.f32().to_vec();
     let b = weights["linear.bias"].1.f32()[0];
     data.chunks(10)
-        .map(|row| (row.iter().zip(&w).map(|(x, w)| *x as f64 * *w as f64).sum::<f64>() + b as f64) as f32)
+        .map(|row| {
+            (row.iter()
+                .zip(&w)
+                .map(|(x, w)| *x as f64 * *w as f64)
+                .sum::<f64>()
+                + b as f64) as f32
+        })
         .collect()
 }
 
 async fn post(server: &TestServer, body: Vec<u8>) -> (u16, http::HeaderMap, Value) {
     let mut conn = server.target.connect().await.unwrap();
-    let (status, headers, bytes) = conn.send_full(Method::POST, "/v2/models/simple/infer", &[], body.into()).await.unwrap();
-    (status.as_u16(), headers, serde_json::from_slice(&bytes).unwrap())
+    let (status, headers, bytes) = conn
+        .send_full(Method::POST, "/v2/models/simple/infer", &[], body.into())
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        headers,
+        serde_json::from_slice(&bytes).unwrap(),
+    )
 }
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -74,7 +95,8 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
-    let (server, _repo, probe) = slow_server(Duration::from_millis(40), "{ max_batch_size = 64 }").await;
+    let (server, _repo, probe) =
+        slow_server(Duration::from_millis(40), "{ max_batch_size = 64 }").await;
     let server = Arc::new(server);
     let mut tasks = Vec::new();
     for i in 0..32 {
@@ -93,29 +115,50 @@ async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
         let want = expected(&data);
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-3, "a client got someone else's rows: {got:?} vs {want:?}");
+            assert!(
+                (g - w).abs() < 1e-3,
+                "a client got someone else's rows: {got:?} vs {want:?}"
+            );
         }
     }
     let calls = probe.calls();
-    assert!(calls < 32, "{calls} forward passes for 32 concurrent requests");
-    assert!(probe.batches.lock().unwrap().iter().any(|rows| *rows > 3), "no batch held several requests");
+    assert!(
+        calls < 32,
+        "{calls} forward passes for 32 concurrent requests"
+    );
+    assert!(
+        probe.batches.lock().unwrap().iter().any(|rows| *rows > 3),
+        "no batch held several requests"
+    );
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
 }
 
 #[tokio::test]
 async fn an_idle_server_never_waits_for_batch_mates() {
     // A huge queue delay must not delay a request that finds the model idle.
-    let (server, _repo, _probe) = slow_server(Duration::ZERO, "{ max_batch_size = 64, max_queue_delay_us = 2000000 }").await;
+    let (server, _repo, _probe) = slow_server(
+        Duration::ZERO,
+        "{ max_batch_size = 64, max_queue_delay_us = 2000000 }",
+    )
+    .await;
     let started = Instant::now();
     let (status, _, _) = post(&server, body(&rows(1.0, 1), json!({}))).await;
     assert_eq!(status, 200);
-    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
-    let (server, _repo, probe) = slow_server(Duration::from_millis(100), "{ max_batch_size = 64, max_queue_delay_us = 300000 }").await;
+    let (server, _repo, probe) = slow_server(
+        Duration::from_millis(100),
+        "{ max_batch_size = 64, max_queue_delay_us = 300000 }",
+    )
+    .await;
     let server = Arc::new(server);
     let first = {
         let server = Arc::clone(&server);
@@ -131,13 +174,21 @@ async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
     assert_eq!(second.await.unwrap().0, 200);
     // The second arrived while the model was busy: it waited for batch-mates up to the delay,
     // not just for the first request's 100 ms.
-    assert!(sent.elapsed() >= Duration::from_millis(280), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        sent.elapsed()
+    );
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
 }
 
 #[tokio::test]
 async fn a_full_queue_answers_429_at_once_and_admitted_requests_succeed() {
-    let (server, _repo, probe) = slow_server(Duration::from_millis(300), "{ max_batch_size = 1, max_queue_size = 3 }").await;
+    let (server, _repo, probe) = slow_server(
+        Duration::from_millis(300),
+        "{ max_batch_size = 1, max_queue_size = 3 }",
+    )
+    .await;
     let server = Arc::new(server);
     let mut admitted = Vec::new();
     let spawn = |marker: f32| {
@@ -155,48 +206,93 @@ async fn a_full_queue_answers_429_at_once_and_admitted_requests_succeed() {
         let started = Instant::now();
         let (status, headers, answer) = post(&server, body(&rows(marker, 1), json!({}))).await;
         assert_eq!(status, 429, "{answer}");
-        assert!(answer["error"].as_str().unwrap().contains("max_queue_size"), "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("max_queue_size"),
+            "{answer}"
+        );
         assert_eq!(headers.get("retry-after").unwrap(), "1");
-        assert!(started.elapsed() < Duration::from_millis(200), "429 took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "429 took {:?}",
+            started.elapsed()
+        );
     }
     for task in admitted {
         assert_eq!(task.await.unwrap().0, 200);
     }
     assert!(!probe.computed().contains(&5.0) && !probe.computed().contains(&6.0));
     let metrics = server.get("/metrics").await.1.text();
-    assert!(metrics.contains(r#"wick_rejections_total{model="simple",reason="queue_full"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"wick_rejections_total{model="simple",reason="queue_full"} 2"#),
+        "{metrics}"
+    );
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
 }
 
 #[tokio::test]
 async fn timeouts_drop_queued_requests_before_compute() {
-    let (server, _repo, probe) = slow_server(Duration::from_millis(400), "{ max_batch_size = 1, default_timeout_us = 150000 }").await;
+    let (server, _repo, probe) = slow_server(
+        Duration::from_millis(400),
+        "{ max_batch_size = 1, default_timeout_us = 150000 }",
+    )
+    .await;
     let server = Arc::new(server);
     let first = {
         let server = Arc::clone(&server);
-        tokio::spawn(async move { post(&server, body(&rows(1.0, 1), json!({"parameters": {"timeout": 10_000_000}}))).await })
+        tokio::spawn(async move {
+            post(
+                &server,
+                body(
+                    &rows(1.0, 1),
+                    json!({"parameters": {"timeout": 10_000_000}}),
+                ),
+            )
+            .await
+        })
     };
     wait_for("the first request to start", || probe.calls() == 1).await;
     // Triton's per-request timeout parameter (µs)...
     let started = Instant::now();
-    let (status, headers, answer) = post(&server, body(&rows(2.0, 1), json!({"parameters": {"timeout": 50_000}}))).await;
+    let (status, headers, answer) = post(
+        &server,
+        body(&rows(2.0, 1), json!({"parameters": {"timeout": 50_000}})),
+    )
+    .await;
     assert_eq!(status, 503, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("timeout of 50000 µs"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("timeout of 50000 µs"),
+        "{answer}"
+    );
     assert!(headers.get("retry-after").is_some());
-    assert!(started.elapsed() < Duration::from_millis(300), "the timeout answer took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the timeout answer took {:?}",
+        started.elapsed()
+    );
     // ...and the configured default.
     let (status, _, answer) = post(&server, body(&rows(3.0, 1), json!({}))).await;
     assert_eq!(status, 503, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("150000"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("150000"),
+        "{answer}"
+    );
     assert_eq!(first.await.unwrap().0, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(probe.computed(), vec![1.0], "a timed-out request was computed");
+    assert_eq!(
+        probe.computed(),
+        vec![1.0],
+        "a timed-out request was computed"
+    );
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
 }
 
 #[tokio::test]
 async fn a_client_that_disconnects_has_its_work_dropped() {
-    let (server, _repo, probe) = slow_server(Duration::from_millis(400), "{ max_batch_size = 1 }").await;
+    let (server, _repo, probe) =
+        slow_server(Duration::from_millis(400), "{ max_batch_size = 1 }").await;
     let server = Arc::new(server);
     let first = {
         let server = Arc::clone(&server);
@@ -206,23 +302,39 @@ async fn a_client_that_disconnects_has_its_work_dropped() {
     let slot = server.server().repository().get("simple").unwrap();
     // A raw client sends a complete request, then goes away before it is computed.
     let payload = body(&rows(2.0, 1), json!({}));
-    let mut stream = tokio::net::TcpStream::connect(server.server().addr).await.unwrap();
-    let head = format!("POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", payload.len());
+    let mut stream = tokio::net::TcpStream::connect(server.server().addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&payload).await.unwrap();
-    wait_for("the second request to queue", || slot.engine.queue_len() == 1).await;
+    wait_for("the second request to queue", || {
+        slot.engine.queue_len() == 1
+    })
+    .await;
     drop(stream);
     assert_eq!(first.await.unwrap().0, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(probe.computed(), vec![1.0], "the abandoned request was computed");
+    assert_eq!(
+        probe.computed(),
+        vec![1.0],
+        "the abandoned request was computed"
+    );
     let metrics = server.get("/metrics").await.1.text();
-    assert!(metrics.contains(r#"wick_rejections_total{model="simple",reason="client_disconnected"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"wick_rejections_total{model="simple",reason="client_disconnected"} 1"#),
+        "{metrics}"
+    );
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
 }
 
 #[tokio::test]
 async fn one_failing_request_does_not_fail_its_batch_mates() {
-    let (server, _repo, probe) = slow_server(Duration::from_millis(150), "{ max_batch_size = 64 }").await;
+    let (server, _repo, probe) =
+        slow_server(Duration::from_millis(150), "{ max_batch_size = 64 }").await;
     let server = Arc::new(server);
     let spawn = |data: Vec<f32>| {
         let server = Arc::clone(&server);
@@ -231,7 +343,9 @@ async fn one_failing_request_does_not_fail_its_batch_mates() {
     let first = spawn(rows(1.0, 1));
     wait_for("the first request to start", || probe.calls() == 1).await;
     let poisoned = spawn(rows(POISON, 1));
-    let good: Vec<_> = (0..3).map(|i| spawn(rows(10.0 * (i + 2) as f32, 2))).collect();
+    let good: Vec<_> = (0..3)
+        .map(|i| spawn(rows(10.0 * (i + 2) as f32, 2)))
+        .collect();
     let slot = server.server().repository().get("simple").unwrap();
     wait_for("four queued requests", || slot.engine.queue_len() == 4).await;
     assert_eq!(first.await.unwrap().0 .0, 200);

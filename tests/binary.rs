@@ -10,17 +10,30 @@ use serde_json::{json, Value};
 const IHCL: &str = "inference-header-content-length";
 
 /// Sends a binary-extension request: a JSON header followed by `tail`.
-async fn send(server: &TestServer, header: &Value, tail: &[u8]) -> (u16, http::HeaderMap, bytes::Bytes) {
+async fn send(
+    server: &TestServer,
+    header: &Value,
+    tail: &[u8],
+) -> (u16, http::HeaderMap, bytes::Bytes) {
     let json = serde_json::to_vec(header).unwrap();
     let mut body = json.clone();
     body.extend_from_slice(tail);
     send_raw(server, body, &json.len().to_string()).await
 }
 
-async fn send_raw(server: &TestServer, body: Vec<u8>, ihcl: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
+async fn send_raw(
+    server: &TestServer,
+    body: Vec<u8>,
+    ihcl: &str,
+) -> (u16, http::HeaderMap, bytes::Bytes) {
     let mut conn = server.target.connect().await.unwrap();
     let (status, headers, body) = conn
-        .send_full(Method::POST, "/v2/models/simple/infer", &[(IHCL, ihcl.to_string())], body.into())
+        .send_full(
+            Method::POST,
+            "/v2/models/simple/infer",
+            &[(IHCL, ihcl.to_string())],
+            body.into(),
+        )
         .await
         .unwrap();
     (status.as_u16(), headers, body)
@@ -31,7 +44,10 @@ fn split(headers: &http::HeaderMap, body: &[u8]) -> (Value, Vec<u8>) {
     match headers.get(IHCL) {
         Some(n) => {
             let n: usize = n.to_str().unwrap().parse().unwrap();
-            (serde_json::from_slice(&body[..n]).unwrap(), body[n..].to_vec())
+            (
+                serde_json::from_slice(&body[..n]).unwrap(),
+                body[n..].to_vec(),
+            )
         }
         None => (serde_json::from_slice(body).unwrap(), Vec::new()),
     }
@@ -71,8 +87,15 @@ async fn every_accepted_datatype_round_trips() {
     let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
     let signed = integer_rows();
     let unsigned: Vec<f32> = signed.iter().map(|v| v + 5.0).collect();
-    for datatype in ["FP32", "FP16", "BF16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"] {
-        let values = if datatype.starts_with("UINT") { &unsigned } else { &signed };
+    for datatype in [
+        "FP32", "FP16", "BF16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+        "UINT64",
+    ] {
+        let values = if datatype.starts_with("UINT") {
+            &unsigned
+        } else {
+            &signed
+        };
         let (status, reference) = server.infer_f32("simple", "input", &[2, 10], values).await;
         assert_eq!(status, 200);
         let tail = encode(datatype, values);
@@ -81,11 +104,25 @@ async fn every_accepted_datatype_round_trips() {
             "outputs": [{"name": "output", "parameters": {"binary_data": true}}]
         });
         let (status, headers, body) = send(&server, &header, &tail).await;
-        assert_eq!(status, 200, "{datatype}: {}", String::from_utf8_lossy(&body));
-        assert_eq!(headers.get("content-type").unwrap(), "application/octet-stream");
+        assert_eq!(
+            status,
+            200,
+            "{datatype}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            headers.get("content-type").unwrap(),
+            "application/octet-stream"
+        );
         let (json, out) = split(&headers, &body);
-        assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8, "{datatype}");
-        let got: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(
+            json["outputs"][0]["parameters"]["binary_data_size"], 8,
+            "{datatype}"
+        );
+        let got: Vec<f32> = out
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(got, output_f32(&reference, "output"), "{datatype}");
     }
     server.shutdown().await;
@@ -110,7 +147,10 @@ async fn binary_output_follows_tritonclient_defaults() {
     let (json, out) = split(&headers, &body);
     assert_eq!(json["id"], "b1");
     assert_eq!(json["outputs"][0]["shape"], json!([8, 1]));
-    let got: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let got: Vec<f32> = out
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     for (g, e) in got.iter().zip(y) {
         assert!((g - e).abs() <= 1e-5);
     }
@@ -171,7 +211,12 @@ async fn malformed_framing_is_a_400() {
     expect(status, &answer, "raw binary");
     // BYTES sent to a numeric input.
     let bytes_header = json!({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]});
-    let (status, _, answer) = send(&server, &bytes_header, &[4, 0, 0, 0, b'a', b'b', b'c', b'd']).await;
+    let (status, _, answer) = send(
+        &server,
+        &bytes_header,
+        &[4, 0, 0, 0, b'a', b'b', b'c', b'd'],
+    )
+    .await;
     expect(status, &answer, "BYTES");
     // The server is fine afterwards.
     let (status, _, _) = send(&server, &header(40), &good_tail).await;

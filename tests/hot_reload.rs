@@ -46,7 +46,7 @@ fn v2() -> std::path::PathBuf {
 }
 
 /// (status, version, outputs) of one inference of the fixture input.
-async fn infer(server: &TestServer, x: &[f32]) -> (u16, String, Vec<f32>) {
+async fn infer(server: &TestServer, x: &[f32]) -> Answer {
     let (status, answer) = server.infer_f32("simple", "input", &[8, 10], x).await;
     if status != 200 {
         return (status, String::new(), Vec::new());
@@ -59,11 +59,14 @@ fn close(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5)
 }
 
+/// (status, version, outputs) of one answer.
+type Answer = (u16, String, Vec<f32>);
+
 /// Clients that query continuously until stopped, recording every answer.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    answers: Arc<Mutex<Vec<(u16, String, Vec<f32>)>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
 }
 
 impl Load {
@@ -72,7 +75,12 @@ impl Load {
         let answers = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..clients)
             .map(|_| {
-                let (server, stop, answers, x) = (Arc::clone(server), Arc::clone(&stop), Arc::clone(&answers), x.to_vec());
+                let (server, stop, answers, x) = (
+                    Arc::clone(server),
+                    Arc::clone(&stop),
+                    Arc::clone(&answers),
+                    x.to_vec(),
+                );
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let answer = infer(&server, &x).await;
@@ -81,14 +89,22 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, tasks, answers }
+        Load {
+            stop,
+            tasks,
+            answers,
+        }
     }
 
     fn seen(&self, version: &str) -> bool {
-        self.answers.lock().unwrap().iter().any(|(_, v, _)| v == version)
+        self.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, v, _)| v == version)
     }
 
-    async fn finish(self) -> Vec<(u16, String, Vec<f32>)> {
+    async fn finish(self) -> Vec<Answer> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();
@@ -98,7 +114,7 @@ impl Load {
 }
 
 /// Every answer succeeded and carries the outputs of the version it names.
-fn check_answers(answers: &[(u16, String, Vec<f32>)], io: &Io) {
+fn check_answers(answers: &[Answer], io: &Io) {
     assert!(!answers.is_empty());
     for (status, version, output) in answers {
         assert_eq!(*status, 200, "a request failed during the swap");
@@ -125,7 +141,10 @@ async fn a_new_version_goes_live_under_load_without_a_failed_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let published = Instant::now();
     repo.install("simple", 2, &v2());
-    assert!(eventually(WAIT, || async { load.seen("2") }).await, "version 2 never answered");
+    assert!(
+        eventually(WAIT, || async { load.seen("2") }).await,
+        "version 2 never answered"
+    );
     let live_after = published.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let answers = load.finish().await;
@@ -135,7 +154,10 @@ async fn a_new_version_goes_live_under_load_without_a_failed_request() {
     assert!(serving(&server, &io.x, "2", &io.y2).await);
     let (status, _) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
     assert_eq!(status, 200);
-    assert_eq!(server.get("/v2/models/simple/versions/1/ready").await.0, 503);
+    assert_eq!(
+        server.get("/v2/models/simple/versions/1/ready").await.0,
+        503
+    );
     eprintln!("version 2 answered {live_after:?} after its rename");
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
 }
@@ -145,14 +167,24 @@ async fn broken_versions_never_replace_the_good_one() {
     let io = io();
     let repo = Repo::new();
     repo.install("simple", 1, &v1());
-    let server = TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await;
+    let server =
+        TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await;
     let cases = [
-        ("broken/missing_bias.safetensors", "Missing key(s) in state_dict: \"linear.bias\""),
-        ("broken/wrong_shape.safetensors", "size mismatch for linear.weight"),
+        (
+            "broken/missing_bias.safetensors",
+            "Missing key(s) in state_dict: \"linear.bias\"",
+        ),
+        (
+            "broken/wrong_shape.safetensors",
+            "size mismatch for linear.weight",
+        ),
         ("broken/truncated.safetensors", "truncated"),
         ("broken/pickle_zip.safetensors", "zip archive"),
         ("broken/empty.safetensors", "empty file"),
-        ("broken/int_bias.safetensors", "dtype mismatch for linear.bias"),
+        (
+            "broken/int_bias.safetensors",
+            "dtype mismatch for linear.bias",
+        ),
     ];
     for (i, (file, needle)) in cases.iter().enumerate() {
         let version = 2 + i as u64;
@@ -161,11 +193,21 @@ async fn broken_versions_never_replace_the_good_one() {
             server
                 .index_entry("simple", version)
                 .await
-                .is_some_and(|e| e["state"] == "UNAVAILABLE" && e["reason"].as_str().unwrap_or("").contains(needle))
+                .is_some_and(|e| {
+                    e["state"] == "UNAVAILABLE"
+                        && e["reason"].as_str().unwrap_or("").contains(needle)
+                })
         })
         .await;
-        assert!(reported, "{file}: not reported: {:?}", server.index_entry("simple", version).await);
-        assert!(serving(&server, &io.x, "1", &io.y1).await, "{file}: version 1 stopped serving");
+        assert!(
+            reported,
+            "{file}: not reported: {:?}",
+            server.index_entry("simple", version).await
+        );
+        assert!(
+            serving(&server, &io.x, "1", &io.y1).await,
+            "{file}: version 1 stopped serving"
+        );
         assert_eq!(server.get("/v2/health/ready").await.0, 200);
     }
     let entry = server.index_entry("simple", 2).await.unwrap();
@@ -173,19 +215,34 @@ async fn broken_versions_never_replace_the_good_one() {
     let v1 = server.index_entry("simple", 1).await.unwrap();
     assert_eq!(v1["state"], "READY");
     let metrics = server.get("/metrics").await.1.text();
-    assert!(metrics.contains(r#"wick_model_load_failures_total{model="simple",kind="missing_key"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"wick_model_load_failures_total{model="simple",kind="foreign_format"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"wick_model_load_failures_total{model="simple",kind="missing_key"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"wick_model_load_failures_total{model="simple",kind="foreign_format"} 1"#),
+        "{metrics}"
+    );
     // A failed file is not retried until it changes: wait several polls, the count stays.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = server.get("/metrics").await.1.text();
-    assert!(again.contains(r#"wick_model_load_failures_total{model="simple",kind="missing_key"} 1"#), "{again}");
+    assert!(
+        again.contains(r#"wick_model_load_failures_total{model="simple",kind="missing_key"} 1"#),
+        "{again}"
+    );
     server.shutdown().await;
 }
 
 /// Writes `bytes` into `path` in place, `chunks` pieces with `pause` between them.
 async fn write_slowly(path: &Path, bytes: &[u8], chunks: usize, pause: Duration) {
     use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
     for piece in bytes.chunks(bytes.len().div_ceil(chunks)) {
         file.write_all(piece).unwrap();
         file.flush().unwrap();
@@ -203,8 +260,17 @@ async fn a_slow_in_place_writer_is_never_loaded_half_written() {
     let dir = repo.version_dir("simple", 2);
     std::fs::create_dir_all(&dir).unwrap();
     let bytes = std::fs::read(v2()).unwrap();
-    write_slowly(&dir.join("model.safetensors"), &bytes, 10, Duration::from_millis(70)).await;
-    assert!(eventually(WAIT, || async { load.seen("2") }).await, "version 2 never went live");
+    write_slowly(
+        &dir.join("model.safetensors"),
+        &bytes,
+        10,
+        Duration::from_millis(70),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || async { load.seen("2") }).await,
+        "version 2 never went live"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     check_answers(&load.finish().await, &io);
     Arc::try_unwrap(server).ok().unwrap().shutdown().await;
@@ -215,15 +281,27 @@ async fn overwriting_the_served_file_in_place_does_not_disturb_serving() {
     let io = io();
     let repo = Repo::new();
     repo.install("simple", 1, &v1());
-    let server = Arc::new(TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await);
+    let server = Arc::new(
+        TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await,
+    );
     let load = Load::start(&server, 4, &io.x);
     let file = repo.version_dir("simple", 1).join("model.safetensors");
     let original = std::fs::read(&file).unwrap();
     // Garbage of the same length, written in place over the file version 1 was loaded from.
-    write_slowly(&file, &vec![0x5a; original.len()], 3, Duration::from_millis(30)).await;
+    write_slowly(
+        &file,
+        &vec![0x5a; original.len()],
+        3,
+        Duration::from_millis(30),
+    )
+    .await;
     let refused = eventually(WAIT, || async {
         server.index_entry("simple", 1).await.is_some_and(|e| {
-            e["state"] == "READY" && e["reason"].as_str().unwrap_or("").contains("newer file for this version was refused")
+            e["state"] == "READY"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("newer file for this version was refused")
         })
     })
     .await;
@@ -231,7 +309,10 @@ async fn overwriting_the_served_file_in_place_does_not_disturb_serving() {
     // Writing the real weights back in place is picked up as a change and loads again.
     write_slowly(&file, &original, 2, Duration::from_millis(10)).await;
     let reloaded = eventually(WAIT, || async {
-        server.index_entry("simple", 1).await.is_some_and(|e| e["state"] == "READY" && e["reason"].as_str().unwrap_or("").is_empty())
+        server
+            .index_entry("simple", 1)
+            .await
+            .is_some_and(|e| e["state"] == "READY" && e["reason"].as_str().unwrap_or("").is_empty())
     })
     .await;
     assert!(reloaded, "{:?}", server.index_entry("simple", 1).await);
@@ -250,10 +331,19 @@ async fn delete_and_readd_a_version() {
     let server = TestServer::start(repo.config("", SIMPLE)).await;
     assert!(serving(&server, &io.x, "2", &io.y2).await);
     std::fs::remove_dir_all(repo.version_dir("simple", 2)).unwrap();
-    assert!(eventually(WAIT, || serving(&server, &io.x, "1", &io.y1)).await, "version 1 did not take over");
-    assert_eq!(server.get("/v2/models/simple/versions/2/ready").await.0, 404);
+    assert!(
+        eventually(WAIT, || serving(&server, &io.x, "1", &io.y1)).await,
+        "version 1 did not take over"
+    );
+    assert_eq!(
+        server.get("/v2/models/simple/versions/2/ready").await.0,
+        404
+    );
     repo.install("simple", 2, &v2());
-    assert!(eventually(WAIT, || serving(&server, &io.x, "2", &io.y2)).await, "version 2 did not come back");
+    assert!(
+        eventually(WAIT, || serving(&server, &io.x, "2", &io.y2)).await,
+        "version 2 did not come back"
+    );
     server.shutdown().await;
 }
 
@@ -267,7 +357,10 @@ async fn a_burst_of_versions_ends_on_the_newest() {
         let file = if version % 2 == 0 { v2() } else { v1() };
         repo.install("simple", version, &file);
     }
-    assert!(eventually(WAIT, || serving(&server, &io.x, "5", &io.y1)).await, "version 5 never served");
+    assert!(
+        eventually(WAIT, || serving(&server, &io.x, "5", &io.y1)).await,
+        "version 5 never served"
+    );
     let metadata = server.get("/v2/models/simple").await.1.json();
     assert_eq!(metadata["versions"], json!(["5"]));
     server.shutdown().await;
@@ -290,7 +383,10 @@ async fn a_symlink_swap_of_the_model_directory_is_seen() {
     let tmp = repo.path().join(".simple-swap");
     std::os::unix::fs::symlink(store.path().join("b"), &tmp).unwrap();
     std::fs::rename(&tmp, repo.path().join("simple")).unwrap();
-    assert!(eventually(WAIT, || serving(&server, &io.x, "1", &io.y2)).await, "the swapped weights were not loaded");
+    assert!(
+        eventually(WAIT, || serving(&server, &io.x, "1", &io.y2)).await,
+        "the swapped weights were not loaded"
+    );
     server.shutdown().await;
 }
 
@@ -321,9 +417,17 @@ async fn starting_without_versions_then_one_arrives() {
     assert_eq!(server.get("/v2/models/simple/ready").await.0, 503);
     let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
     assert_eq!(status, 503, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("no ready version"));
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("no ready version"));
     repo.install("simple", 1, &v1());
-    assert!(eventually(WAIT, || async { server.get("/v2/health/ready").await.0 == 200 }).await);
+    assert!(
+        eventually(WAIT, || async {
+            server.get("/v2/health/ready").await.0 == 200
+        })
+        .await
+    );
     assert!(serving(&server, &io.x, "1", &io.y1).await);
     server.shutdown().await;
 }
@@ -344,7 +448,6 @@ fn write_config(repo: &Repo, models: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn config_changes_apply_without_a_restart_all_or_nothing() {
-    wick::telemetry::init_logging(wick::telemetry::LogFormat::Text);
     let io = io();
     let repo = Repo::demo();
     let path = write_config(&repo, SIMPLE);
@@ -354,13 +457,24 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
 
     // A model added to the file goes live.
     write_config(&repo, common::DEMO_MODELS);
-    assert!(eventually(WAIT, || async { server.get("/v2/models/digits/ready").await.0 == 200 }).await, "digits was not added");
+    assert!(
+        eventually(WAIT, || async {
+            server.get("/v2/models/digits/ready").await.0 == 200
+        })
+        .await,
+        "digits was not added"
+    );
 
     // An invalid file changes nothing (and is reported in the metrics).
     let broken = common::DEMO_MODELS.replace("out_features = 10", "out_feature = 10");
     write_config(&repo, &broken);
     let counted = eventually(WAIT, || async {
-        server.get("/metrics").await.1.text().contains(r#"wick_config_reloads_total{result="failure"} 1"#)
+        server
+            .get("/metrics")
+            .await
+            .1
+            .text()
+            .contains(r#"wick_config_reloads_total{result="failure"} 1"#)
     })
     .await;
     assert!(counted);
@@ -370,15 +484,34 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
     // Batching changes apply to the running engine; removing a model unloads it.
     let smaller = format!("{SIMPLE}batching = {{ max_batch_size = 4 }}\n");
     write_config(&repo, &smaller);
-    assert!(eventually(WAIT, || async { server.get("/v2/models/digits").await.0 == 404 }).await, "digits was not removed");
+    assert!(
+        eventually(WAIT, || async {
+            server.get("/v2/models/digits").await.0 == 404
+        })
+        .await,
+        "digits was not removed"
+    );
     let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("at most 4"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most 4"),
+        "{answer}"
+    );
 
     // SIGHUP (what `wick serve` turns it into): a reload on demand.
     write_config(&repo, SIMPLE);
-    server.server().watcher().unwrap().send(wick::repository::watch::Command::ReloadConfig).unwrap();
-    assert!(eventually(WAIT, || async { server.infer_f32("simple", "input", &[8, 10], &io.x).await.0 == 200 }).await);
+    server
+        .server()
+        .watcher()
+        .unwrap()
+        .send(wick::repository::watch::Command::ReloadConfig)
+        .unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            server.infer_f32("simple", "input", &[8, 10], &io.x).await.0 == 200
+        })
+        .await
+    );
     server.shutdown().await;
 }
 
@@ -391,6 +524,9 @@ async fn every_response_names_the_weights_that_computed_it() {
     let server = TestServer::start(repo.config("", SIMPLE)).await;
     let (_, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
     let expected = wick::state_dict::hex(&sha2::Sha256::digest(std::fs::read(v1()).unwrap()));
-    assert_eq!(answer["parameters"]["weights_sha256"], Value::String(expected));
+    assert_eq!(
+        answer["parameters"]["weights_sha256"],
+        Value::String(expected)
+    );
     server.shutdown().await;
 }

@@ -47,8 +47,15 @@ async fn digits_test_split_matches_pytorch_exactly() {
         }
         predictions.push(argmax(&got));
     }
-    assert_eq!(predictions, expected_pred, "predictions differ from PyTorch's");
-    let correct = predictions.iter().zip(labels).filter(|(p, l)| *p == *l).count();
+    assert_eq!(
+        predictions, expected_pred,
+        "predictions differ from PyTorch's"
+    );
+    let correct = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| *p == *l)
+        .count();
     let accuracy = correct as f64 / n as f64;
     assert!(accuracy >= 0.95, "accuracy {accuracy}");
 
@@ -56,7 +63,9 @@ async fn digits_test_split_matches_pytorch_exactly() {
     let mut batched = Vec::with_capacity(n);
     for chunk in x.f32().chunks(60 * 64) {
         let rows = chunk.len() / 64;
-        let (status, answer) = server.infer_f32("digits", "input", &[rows, 64], chunk).await;
+        let (status, answer) = server
+            .infer_f32("digits", "input", &[rows, 64], chunk)
+            .await;
         assert_eq!(status, 200);
         batched.extend(output_f32(&answer, "output").chunks(10).map(argmax));
     }
@@ -64,11 +73,15 @@ async fn digits_test_split_matches_pytorch_exactly() {
     // ...and a request above it is refused with the reason, as Triton does.
     let (status, answer) = server.infer_f32("digits", "input", &[n, 64], x.f32()).await;
     assert_eq!(status, 400);
-    assert!(answer["error"].as_str().unwrap().contains("max_batch_size"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_batch_size"),
+        "{answer}"
+    );
 
     // Raw pixels as integers convert losslessly into the FP32 input.
     let ints: Vec<i64> = x.f32()[..64].iter().map(|v| *v as i64).collect();
-    let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": ints}]});
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": ints}]});
     let (status, answer) = server.post_json("/v2/models/digits/infer", &body).await;
     assert_eq!(status, 200);
     assert_eq!(argmax(&output_f32(&answer, "output")), expected_pred[0]);

@@ -25,9 +25,14 @@ fn ten() -> Vec<f32> {
 async fn expect_error(server: &TestServer, path: &str, body: Vec<u8>, status: u16, needle: &str) {
     let (got, bytes) = server.post(path, body).await;
     let value = bytes.json();
-    let message = value["error"].as_str().unwrap_or_else(|| panic!("no error field: {value}"));
+    let message = value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field: {value}"));
     assert_eq!(got, status, "{path}: {message}");
-    assert!(message.contains(needle), "{path}: {message:?} does not mention {needle:?}");
+    assert!(
+        message.contains(needle),
+        "{path}: {message:?} does not mention {needle:?}"
+    );
 }
 
 #[tokio::test]
@@ -40,7 +45,10 @@ async fn health_and_metadata_endpoints() {
     assert_eq!(status, 200);
     let meta = body.json();
     assert_eq!(meta["name"], "wick");
-    assert!(meta["extensions"].as_array().unwrap().contains(&json!("binary_tensor_data")));
+    assert!(meta["extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("binary_tensor_data")));
 
     for path in ["/v2/models/digits", "/v2/models/digits/versions/1"] {
         let (status, body) = server.get(path).await;
@@ -48,12 +56,24 @@ async fn health_and_metadata_endpoints() {
         let meta = body.json();
         assert_eq!(meta["name"], "digits");
         assert_eq!(meta["versions"], json!(["1"]));
-        assert_eq!(meta["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]));
-        assert_eq!(meta["outputs"], json!([{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]));
+        assert_eq!(
+            meta["inputs"],
+            json!([{"name": "input", "datatype": "FP32", "shape": [-1, 64]}])
+        );
+        assert_eq!(
+            meta["outputs"],
+            json!([{"name": "output", "datatype": "FP32", "shape": [-1, 10]}])
+        );
     }
     assert_eq!(server.get("/v2/models/digits/ready").await.0, 200);
-    assert_eq!(server.get("/v2/models/digits/versions/1/ready").await.0, 200);
-    assert_eq!(server.get("/v2/models/digits/versions/7/ready").await.0, 404);
+    assert_eq!(
+        server.get("/v2/models/digits/versions/1/ready").await.0,
+        200
+    );
+    assert_eq!(
+        server.get("/v2/models/digits/versions/7/ready").await.0,
+        404
+    );
     assert_eq!(server.get("/v2/models/nope/ready").await.0, 404);
     server.shutdown().await;
 }
@@ -66,7 +86,15 @@ async fn infer_answers_with_version_sha_and_id() {
     let bytes = serde_json::to_vec(&body).unwrap();
     // No Content-Type header at all, as tritonclient sends it.
     let mut conn = server.target.connect().await.unwrap();
-    let (status, answer) = conn.send(Method::POST, "/v2/models/simple/infer", &[], bytes.clone().into()).await.unwrap();
+    let (status, answer) = conn
+        .send(
+            Method::POST,
+            "/v2/models/simple/infer",
+            &[],
+            bytes.clone().into(),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(answer["model_name"], "simple");
@@ -79,7 +107,9 @@ async fn infer_answers_with_version_sha_and_id() {
     assert_eq!(answer["outputs"][0]["shape"], json!([1, 1]));
 
     // The same through the versioned path; the header carries the sha too.
-    let (status, answer) = server.post_json("/v2/models/simple/versions/1/infer", &body).await;
+    let (status, answer) = server
+        .post_json("/v2/models/simple/versions/1/infer", &body)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(answer["parameters"]["weights_sha256"], sha);
     server.shutdown().await;
@@ -88,10 +118,35 @@ async fn infer_answers_with_version_sha_and_id() {
 #[tokio::test]
 async fn nested_data_and_lossless_datatype_conversion() {
     let (server, _repo) = demo().await;
-    let flat = simple_request(json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), json!([2, 10]), "FP32");
-    let nested = simple_request(json!([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]), json!([2, 10]), "FP32");
-    let ints = simple_request(json!([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]), json!([2, 10]), "INT32");
-    let bytes = simple_request(json!([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]), json!([2, 10]), "UINT8");
+    let flat = simple_request(
+        json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        json!([2, 10]),
+        "FP32",
+    );
+    let nested = simple_request(
+        json!([
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        ]),
+        json!([2, 10]),
+        "FP32",
+    );
+    let ints = simple_request(
+        json!([
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        ]),
+        json!([2, 10]),
+        "INT32",
+    );
+    let bytes = simple_request(
+        json!([
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        ]),
+        json!([2, 10]),
+        "UINT8",
+    );
     let (s1, a) = server.post_json("/v2/models/simple/infer", &flat).await;
     let (s2, b) = server.post_json("/v2/models/simple/infer", &nested).await;
     let (s3, c) = server.post_json("/v2/models/simple/infer", &ints).await;
@@ -113,9 +168,23 @@ async fn output_selection_and_unknown_outputs() {
     assert_eq!(status, 200);
     assert_eq!(answer["outputs"].as_array().unwrap().len(), 1);
     body["outputs"] = json!([{"name": "logits"}]);
-    expect_error(&server, "/v2/models/simple/infer", serde_json::to_vec(&body).unwrap(), 400, "unknown output \"logits\"").await;
+    expect_error(
+        &server,
+        "/v2/models/simple/infer",
+        serde_json::to_vec(&body).unwrap(),
+        400,
+        "unknown output \"logits\"",
+    )
+    .await;
     body["outputs"] = json!([{"name": "output"}, {"name": "output"}]);
-    expect_error(&server, "/v2/models/simple/infer", serde_json::to_vec(&body).unwrap(), 400, "more than once").await;
+    expect_error(
+        &server,
+        "/v2/models/simple/infer",
+        serde_json::to_vec(&body).unwrap(),
+        400,
+        "more than once",
+    )
+    .await;
     server.shutdown().await;
 }
 
@@ -156,13 +225,21 @@ async fn bad_requests_are_400_with_a_reason() {
         expect_error(&server, path, body, 400, needle).await;
     }
     // Deep nesting is refused by the parser's depth limit, without a stack overflow.
-    let deep = format!(r#"{{"inputs": [{{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": {}}}]}}"#, "[".repeat(200_000));
+    let deep = format!(
+        r#"{{"inputs": [{{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": {}}}]}}"#,
+        "[".repeat(200_000)
+    );
     let (status, body) = server.post(path, deep).await;
     assert_eq!(status, 413, "{}", body.text()); // 200 KB is over this server's 64 KB limit
-    let deep = format!(r#"{{"inputs": [{{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": {}}}]}}"#, "[".repeat(10_000));
+    let deep = format!(
+        r#"{{"inputs": [{{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": {}}}]}}"#,
+        "[".repeat(10_000)
+    );
     expect_error(&server, path, deep.into_bytes(), 400, "invalid JSON").await;
     // The server still answers normally afterwards.
-    let (status, _) = server.post_json(path, &simple_request(json!(ten()), json!([1, 10]), "FP32")).await;
+    let (status, _) = server
+        .post_json(path, &simple_request(json!(ten()), json!([1, 10]), "FP32"))
+        .await;
     assert_eq!(status, 200);
     server.shutdown().await;
 }
@@ -171,20 +248,52 @@ async fn bad_requests_are_400_with_a_reason() {
 async fn routing_errors() {
     let (server, _repo) = demo().await;
     let body = serde_json::to_vec(&simple_request(json!(ten()), json!([1, 10]), "FP32")).unwrap();
-    expect_error(&server, "/v2/models/nope/infer", body.clone(), 404, "unknown model \"nope\"").await;
-    expect_error(&server, "/v2/models/simple/versions/2/infer", body.clone(), 404, "unknown version 2").await;
+    expect_error(
+        &server,
+        "/v2/models/nope/infer",
+        body.clone(),
+        404,
+        "unknown model \"nope\"",
+    )
+    .await;
+    expect_error(
+        &server,
+        "/v2/models/simple/versions/2/infer",
+        body.clone(),
+        404,
+        "unknown version 2",
+    )
+    .await;
     for bad in ["0", "01", "-1", "1.0", "latest", "99999999999999999999"] {
-        expect_error(&server, &format!("/v2/models/simple/versions/{bad}/infer"), body.clone(), 400, "invalid version").await;
+        expect_error(
+            &server,
+            &format!("/v2/models/simple/versions/{bad}/infer"),
+            body.clone(),
+            400,
+            "invalid version",
+        )
+        .await;
     }
-    for bad in ["..", "%2e%2e", "..%2F..%2Fetc", "a%00b", "%EF%BD%8Dodel", "-x"] {
-        let (status, answer) = server.post(&format!("/v2/models/{bad}/infer"), body.clone()).await;
+    for bad in [
+        "..",
+        "%2e%2e",
+        "..%2F..%2Fetc",
+        "a%00b",
+        "%EF%BD%8Dodel",
+        "-x",
+    ] {
+        let (status, answer) = server
+            .post(&format!("/v2/models/{bad}/infer"), body.clone())
+            .await;
         assert!(status == 400 || status == 404, "{bad}: {status}");
         assert!(answer.json()["error"].is_string());
     }
     let (status, answer) = server.get("/v2/models/simple/infer").await;
     assert_eq!(status, 405);
     assert!(answer.json()["error"].is_string());
-    let (status, answer) = server.request(Method::DELETE, "/v2/health/live", &[], "").await;
+    let (status, answer) = server
+        .request(Method::DELETE, "/v2/health/live", &[], "")
+        .await;
     assert_eq!(status, 405);
     assert!(answer.json()["error"].is_string());
     let (status, answer) = server.get("/v3/whatever").await;
@@ -200,8 +309,20 @@ async fn routing_errors() {
 async fn oversized_bodies_are_413() {
     let (server, _repo) = demo().await;
     let big = vec![b' '; 100_000];
-    expect_error(&server, "/v2/models/simple/infer", big, 413, "larger than the limit").await;
-    let (status, _) = server.post_json("/v2/models/simple/infer", &simple_request(json!(ten()), json!([1, 10]), "FP32")).await;
+    expect_error(
+        &server,
+        "/v2/models/simple/infer",
+        big,
+        413,
+        "larger than the limit",
+    )
+    .await;
+    let (status, _) = server
+        .post_json(
+            "/v2/models/simple/infer",
+            &simple_request(json!(ten()), json!([1, 10]), "FP32"),
+        )
+        .await;
     assert_eq!(status, 200);
     server.shutdown().await;
 }
@@ -212,8 +333,14 @@ async fn non_finite_outputs_are_explicit_tokens() {
     // values as tokens Python's json reads, never `null` (serde_json's silent default).
     let (server, _repo) = demo().await;
     let huge = vec![3.0e38f32; 64];
-    let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": huge}]});
-    let (status, bytes) = server.post("/v2/models/digits/infer", serde_json::to_vec(&body).unwrap()).await;
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": huge}]});
+    let (status, bytes) = server
+        .post(
+            "/v2/models/digits/infer",
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
     assert_eq!(status, 200);
     let text = bytes.text();
     assert!(text.contains("Infinity") || text.contains("NaN"), "{text}");

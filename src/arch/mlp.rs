@@ -108,7 +108,10 @@ impl Mlp {
             Some(names) => names,
             None => (0..count).map(|i| format!("layers.{}", 2 * i)).collect(),
         };
-        if let Some(bad) = names.iter().find(|n| n.is_empty() || n.starts_with('.') || n.ends_with('.')) {
+        if let Some(bad) = names
+            .iter()
+            .find(|n| n.is_empty() || n.starts_with('.') || n.ends_with('.'))
+        {
             return Err(format!("layer name {bad:?} is not a valid key prefix"));
         }
         let layers = names
@@ -219,11 +222,28 @@ mod tests {
 
     #[test]
     fn sequential_names_skip_the_activations() {
-        let arch = configure("mlp", &table("in_features = 4\nhidden = [3, 2]\nout_features = 1")).unwrap();
-        let names: Vec<String> = arch.expected().unwrap().params.iter().map(|p| p.name.clone()).collect();
+        let arch = configure(
+            "mlp",
+            &table("in_features = 4\nhidden = [3, 2]\nout_features = 1"),
+        )
+        .unwrap();
+        let names: Vec<String> = arch
+            .expected()
+            .unwrap()
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         assert_eq!(
             names,
-            ["layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias", "layers.4.weight", "layers.4.bias"]
+            [
+                "layers.0.weight",
+                "layers.0.bias",
+                "layers.2.weight",
+                "layers.2.bias",
+                "layers.4.weight",
+                "layers.4.bias"
+            ]
         );
     }
 
@@ -238,29 +258,63 @@ mod tests {
 
     #[test]
     fn config_errors() {
-        let err = configure("mlp", &table("in_features = 4\nhidden = [3]\nout_features = 1\nlayer_names = [\"a\"]")).unwrap_err();
-        assert!(err.to_string().contains("layer_names has 1 entries"), "{err}");
-        let err = configure("mlp", &table("in_features = 4\nhiden = [3]\nout_features = 1")).unwrap_err();
+        let err = configure(
+            "mlp",
+            &table("in_features = 4\nhidden = [3]\nout_features = 1\nlayer_names = [\"a\"]"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("layer_names has 1 entries"),
+            "{err}"
+        );
+        let err = configure(
+            "mlp",
+            &table("in_features = 4\nhiden = [3]\nout_features = 1"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("hiden"), "{err}");
-        let err = configure("mlp", &table("in_features = 4\nhidden = []\nout_features = 1\nactivation = \"swish\"")).unwrap_err();
+        let err = configure(
+            "mlp",
+            &table("in_features = 4\nhidden = []\nout_features = 1\nactivation = \"swish\""),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("swish"), "{err}");
     }
 
     #[test]
     fn forward_matches_hand_computation_and_splits_rows() {
-        let arch = configure("mlp", &table("in_features = 2\nhidden = [2]\nout_features = 1")).unwrap();
+        let arch = configure(
+            "mlp",
+            &table("in_features = 2\nhidden = [2]\nout_features = 1"),
+        )
+        .unwrap();
         let dev = candle_core::Device::Cpu;
         let mut ts = std::collections::HashMap::new();
-        ts.insert("layers.0.weight".to_string(), Tensor::new(&[[1f32, -1.], [2., 0.]], &dev).unwrap());
-        ts.insert("layers.0.bias".to_string(), Tensor::new(&[0f32, -1.], &dev).unwrap());
-        ts.insert("layers.2.weight".to_string(), Tensor::new(&[[1f32, 1.]], &dev).unwrap());
-        ts.insert("layers.2.bias".to_string(), Tensor::new(&[0.5f32], &dev).unwrap());
+        ts.insert(
+            "layers.0.weight".to_string(),
+            Tensor::new(&[[1f32, -1.], [2., 0.]], &dev).unwrap(),
+        );
+        ts.insert(
+            "layers.0.bias".to_string(),
+            Tensor::new(&[0f32, -1.], &dev).unwrap(),
+        );
+        ts.insert(
+            "layers.2.weight".to_string(),
+            Tensor::new(&[[1f32, 1.]], &dev).unwrap(),
+        );
+        ts.insert(
+            "layers.2.bias".to_string(),
+            Tensor::new(&[0.5f32], &dev).unwrap(),
+        );
         let vb = VarBuilder::from_tensors(ts, candle_core::DType::F32, &dev);
         let model = arch.build(vb, &Assets::default()).unwrap();
         let req = |v: Vec<f32>| {
             let rows = v.len() / 2;
             model
-                .prepare(vec![Some(HostTensor { shape: vec![rows, 2], data: HostData::F32(v) })])
+                .prepare(vec![Some(HostTensor {
+                    shape: vec![rows, 2],
+                    data: HostData::F32(v),
+                })])
                 .unwrap()
         };
         let a = req(vec![1.0, 0.0]);
@@ -270,7 +324,10 @@ mod tests {
         assert_eq!(out[0][0].data, HostData::F32(vec![2.5]));
         assert_eq!(out[1][0].data, HostData::F32(vec![0.5, 7.5]));
         assert_eq!(out[1][0].shape, vec![2, 1]);
-        let wrong = model.prepare(vec![Some(HostTensor { shape: vec![1, 3], data: HostData::F32(vec![0.0; 3]) })]);
+        let wrong = model.prepare(vec![Some(HostTensor {
+            shape: vec![1, 3],
+            data: HostData::F32(vec![0.0; 3]),
+        })]);
         assert!(wrong.is_err());
     }
 }

@@ -132,7 +132,11 @@ pub fn zeros_request(signature: &Signature) -> Vec<Option<HostTensor>> {
                 return None;
             }
             let mut shape = vec![1usize];
-            shape.extend(spec.dims.iter().map(|d| if *d < 0 { 1 } else { *d as usize }));
+            shape.extend(
+                spec.dims
+                    .iter()
+                    .map(|d| if *d < 0 { 1 } else { *d as usize }),
+            );
             Some(HostTensor::zeros(spec.kind, shape))
         })
         .collect()
@@ -146,7 +150,9 @@ pub struct Configured {
 
 impl fmt::Debug for Configured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Configured").field("name", &self.inner.name()).finish()
+        f.debug_struct("Configured")
+            .field("name", &self.inner.name())
+            .finish()
     }
 }
 
@@ -188,7 +194,11 @@ impl Configured {
             .clone()
     }
 
-    pub fn build(&self, vb: VarBuilder<'_>, assets: &Assets) -> candle_core::Result<Box<dyn Model>> {
+    pub fn build(
+        &self,
+        vb: VarBuilder<'_>,
+        assets: &Assets,
+    ) -> candle_core::Result<Box<dyn Model>> {
         self.inner.build(vb, assets)
     }
 }
@@ -243,12 +253,18 @@ pub fn shape_text(dims: &[i64]) -> String {
 /// Checks the parts of a request every model needs checked: required inputs present, kinds and
 /// fixed dimensions as the signature says, and every present input with the same number of
 /// rows. Returns that row count.
-pub fn common_rows(signature: &Signature, inputs: &[Option<HostTensor>]) -> Result<usize, InputError> {
+pub fn common_rows(
+    signature: &Signature,
+    inputs: &[Option<HostTensor>],
+) -> Result<usize, InputError> {
     let mut rows: Option<(usize, &str)> = None;
     for (spec, input) in signature.inputs.iter().zip(inputs) {
         match input {
             None if !spec.optional => {
-                return Err(InputError(format!("missing required input {:?}", spec.name)));
+                return Err(InputError(format!(
+                    "missing required input {:?}",
+                    spec.name
+                )));
             }
             None => {}
             Some(t) => {
@@ -334,7 +350,9 @@ pub fn split_rows(
         let end = offset + r * row_len;
         let part = values
             .get(offset..end)
-            .ok_or_else(|| candle_core::Error::Msg("model returned fewer rows than it was given".into()))?
+            .ok_or_else(|| {
+                candle_core::Error::Msg("model returned fewer rows than it was given".into())
+            })?
             .to_vec();
         let mut shape = dims.clone();
         shape[0] = r;

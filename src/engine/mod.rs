@@ -65,7 +65,11 @@ pub enum EngineError {
     #[error("model {model:?} has {limit} requests queued, its max_queue_size; retry later")]
     QueueFull { model: String, limit: usize },
     #[error("the request has {rows} rows; model {model:?} takes at most {max} per request (max_batch_size)")]
-    TooManyRows { model: String, rows: usize, max: usize },
+    TooManyRows {
+        model: String,
+        rows: usize,
+        max: usize,
+    },
     #[error("the request waited {waited_us} µs in the queue, past its timeout of {timeout_us} µs")]
     Timeout { waited_us: u128, timeout_us: u128 },
     #[error("the server is shutting down")]
@@ -172,13 +176,19 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.inner.name).finish()
+        f.debug_struct("Engine")
+            .field("model", &self.inner.name)
+            .finish()
     }
 }
 
 impl Engine {
     /// Starts the compute thread of model `name`.
-    pub fn start(name: &str, config: BatchingConfig, metrics: ModelMetrics) -> std::io::Result<Engine> {
+    pub fn start(
+        name: &str,
+        config: BatchingConfig,
+        metrics: ModelMetrics,
+    ) -> std::io::Result<Engine> {
         let inner = Arc::new(Inner {
             name: name.to_string(),
             state: Mutex::new(State {

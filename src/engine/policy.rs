@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn empty_queue_waits_for_arrivals() {
-        assert_eq!(next_batch(&[], Instant::now(), &limits(8, 2)), Decision::Wait(None));
+        assert_eq!(
+            next_batch(&[], Instant::now(), &limits(8, 2)),
+            Decision::Wait(None)
+        );
     }
 
     #[test]
@@ -111,7 +114,10 @@ mod tests {
     fn requests_gathered_while_busy_wait_for_the_delay() {
         let t0 = Instant::now();
         let q = [entry(t0, 0, 1, 1, false), entry(t0, 1, 1, 1, false)];
-        assert_eq!(next_batch(&q, t0 + MS, &limits(8, 2)), Decision::Wait(Some(t0 + 2 * MS)));
+        assert_eq!(
+            next_batch(&q, t0 + MS, &limits(8, 2)),
+            Decision::Wait(Some(t0 + 2 * MS))
+        );
         assert_eq!(next_batch(&q, t0 + 2 * MS, &limits(8, 2)), Decision::Run(2));
         // A zero delay means "run what has gathered as soon as the thread is free".
         assert_eq!(next_batch(&q, t0 + MS, &limits(8, 0)), Decision::Run(2));
@@ -127,7 +133,11 @@ mod tests {
     #[test]
     fn a_request_that_does_not_fit_closes_the_batch() {
         let t0 = Instant::now();
-        let q = [entry(t0, 0, 3, 1, false), entry(t0, 0, 6, 1, false), entry(t0, 0, 1, 1, false)];
+        let q = [
+            entry(t0, 0, 3, 1, false),
+            entry(t0, 0, 6, 1, false),
+            entry(t0, 0, 1, 1, false),
+        ];
         // 3 + 6 > 8: the batch is [3] and runs now; FIFO order is kept (the 1-row request does
         // not jump ahead of the 6-row one).
         assert_eq!(next_batch(&q, t0, &limits(8, 1000)), Decision::Run(1));
@@ -136,7 +146,11 @@ mod tests {
     #[test]
     fn batches_never_mix_versions() {
         let t0 = Instant::now();
-        let q = [entry(t0, 0, 1, 1, false), entry(t0, 0, 1, 2, false), entry(t0, 0, 1, 1, false)];
+        let q = [
+            entry(t0, 0, 1, 1, false),
+            entry(t0, 0, 1, 2, false),
+            entry(t0, 0, 1, 1, false),
+        ];
         assert_eq!(next_batch(&q, t0, &limits(8, 1000)), Decision::Run(1));
         let q = [entry(t0, 0, 1, 2, false), entry(t0, 0, 1, 1, false)];
         assert_eq!(next_batch(&q, t0, &limits(8, 1000)), Decision::Run(1));

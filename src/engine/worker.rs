@@ -40,7 +40,11 @@ pub(super) fn run(inner: &Arc<Inner>) {
             Decision::Run(n) => {
                 // A handler may have given up on a request at its deadline just now: such
                 // requests are dropped here, never computed.
-                let batch: Vec<Job> = state.jobs.drain(..n).filter(|job| job.ticket.start()).collect();
+                let batch: Vec<Job> = state
+                    .jobs
+                    .drain(..n)
+                    .filter(|job| job.ticket.start())
+                    .collect();
                 state.busy = true;
                 inner.metrics.set_queue_depth(state.jobs.len());
                 drop(state);

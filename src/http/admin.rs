@@ -43,7 +43,9 @@ pub fn router(app: AppState, token: &str) -> Router {
         .route("/v2/repository/index", post(index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
-        .fallback(|uri: http::Uri| async move { ApiError::NoRoute(uri.path().chars().take(200).collect()) })
+        .fallback(|uri: http::Uri| async move {
+            ApiError::NoRoute(uri.path().chars().take(200).collect())
+        })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -60,9 +62,10 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         Some(digest) if bool::from(digest.ct_eq(&*state.token_digest)) => next.run(request).await,
         _ => {
             let mut response = ApiError::Unauthorized.into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
             response
         }
     }
@@ -94,7 +97,11 @@ async fn json_body<T: Default + serde::de::DeserializeOwned>(
         .map_err(|e| crate::protocol::ProtocolError::Json(e.to_string()).into())
 }
 
-async fn index(State(state): State<AdminState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn index(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let request: IndexRequest = json_body(&state.app, &headers, body).await?;
     Ok(Json(state.app.repository.index(request.ready)).into_response())
 }
@@ -115,7 +122,9 @@ fn version_param(params: &Parameters) -> Result<Option<u64>, ApiError> {
             .map(Some)
             .ok_or_else(|| ApiError::InvalidVersion(s.clone())),
         Some(ParamValue::Uint(u)) if *u > 0 => Ok(Some(*u)),
-        Some(_) => Err(ApiError::InvalidVersion("(not a positive integer)".to_string())),
+        Some(_) => Err(ApiError::InvalidVersion(
+            "(not a positive integer)".to_string(),
+        )),
     }
 }
 

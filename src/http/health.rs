@@ -27,7 +27,10 @@ pub async fn server(State(_): State<AppState>) -> Json<crate::protocol::metadata
     Json(server_metadata())
 }
 
-pub async fn model(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+pub async fn model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
     metadata(&state, &model, None)
 }
 
@@ -53,7 +56,10 @@ fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Resp
     Ok(Json(model_metadata(model, &versions, &signature)).into_response())
 }
 
-pub async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn model_ready(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let slot = state.slot(&model)?;
     Ok(if slot.is_ready() && !state.is_draining() {
         StatusCode::OK

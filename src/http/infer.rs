@@ -50,7 +50,10 @@ async fn run(
     let slot = state.slot(&model)?;
     let result = serve(&state, &slot, version, &headers, body).await;
     match &result {
-        Ok((_, version)) => slot.metrics.request(Some(version.version), "success", started.elapsed()),
+        Ok((_, version)) => {
+            slot.metrics
+                .request(Some(version.version), "success", started.elapsed())
+        }
         Err(e) => slot.metrics.request(None, e.outcome(), started.elapsed()),
     }
     result.map(|(response, _)| response)
@@ -152,7 +155,12 @@ fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: Outputs) -> Resp
         weights_sha256: &version.sha256,
         notes: &outputs.notes,
     };
-    let encoded = encode_response(&meta, &version.signature, &outputs.tensors, &decoded.outputs);
+    let encoded = encode_response(
+        &meta,
+        &version.signature,
+        &outputs.tensors,
+        &decoded.outputs,
+    );
     let mut response = Response::new(Body::from(encoded.body));
     let headers = response.headers_mut();
     if let Ok(sha) = HeaderValue::from_str(&version.sha256) {
@@ -161,11 +169,17 @@ fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: Outputs) -> Resp
     headers.insert("x-wick-model-version", HeaderValue::from(version.version));
     match encoded.json_len {
         Some(n) => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             headers.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
         }
         None => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     response

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 
 use crate::config::parse_version;
 use crate::engine::LoadedVersion;
@@ -76,7 +77,11 @@ impl AppState {
     }
 
     /// The version a request goes to: the one named, or the newest ready one.
-    pub fn pick_version(&self, slot: &ModelSlot, version: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
+    pub fn pick_version(
+        &self,
+        slot: &ModelSlot,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>, ApiError> {
         let serving = slot.serving();
         match version {
             None => serving
@@ -84,7 +89,8 @@ impl AppState {
                 .cloned()
                 .ok_or_else(|| ApiError::ModelNotReady(slot.name.clone())),
             Some(text) => {
-                let v = parse_version(text).ok_or_else(|| ApiError::InvalidVersion(text.to_string()))?;
+                let v = parse_version(text)
+                    .ok_or_else(|| ApiError::InvalidVersion(text.to_string()))?;
                 if let Some(loaded) = serving.versions.get(&v) {
                     return Ok(Arc::clone(loaded));
                 }
@@ -114,12 +120,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}", get(health::model))
         .route("/v2/models/{model}/ready", get(health::model_ready))
         .route("/v2/models/{model}/infer", post(infer::infer))
-        .route("/v2/models/{model}/versions/{version}", get(health::model_version))
-        .route("/v2/models/{model}/versions/{version}/ready", get(health::model_version_ready))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_version))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(health::model_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(health::model_version_ready),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer::infer_version),
+        )
         .route("/metrics", get(health::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // Compresses only when the client asks (Accept-Encoding), as tritonclient can.
+        .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }

@@ -76,7 +76,10 @@ impl Datatype {
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, Datatype::Fp16 | Datatype::Bf16 | Datatype::Fp32 | Datatype::Fp64)
+        matches!(
+            self,
+            Datatype::Fp16 | Datatype::Bf16 | Datatype::Fp32 | Datatype::Fp64
+        )
     }
 
     pub fn is_integer(self) -> bool {

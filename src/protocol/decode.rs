@@ -53,7 +53,9 @@ pub struct Decoded {
 pub enum ProtocolError {
     #[error("invalid JSON in request: {0}")]
     Json(String),
-    #[error("Inference-Header-Content-Length {header_len} is larger than the body ({body_len} bytes)")]
+    #[error(
+        "Inference-Header-Content-Length {header_len} is larger than the body ({body_len} bytes)"
+    )]
     HeaderLength { header_len: u64, body_len: u64 },
     #[error("raw binary requests (Inference-Header-Content-Length: 0) are not supported; send a JSON header first")]
     RawBinary,
@@ -87,7 +89,9 @@ pub enum ProtocolError {
         expected: u64,
         actual: u64,
     },
-    #[error("input {input:?}: nested data has shape {nested:?} but the declared shape is {shape:?}")]
+    #[error(
+        "input {input:?}: nested data has shape {nested:?} but the declared shape is {shape:?}"
+    )]
     NestedShape {
         input: String,
         nested: Vec<usize>,
@@ -113,7 +117,11 @@ pub enum ProtocolError {
         expected: u64,
     },
     #[error("input {input:?}: binary_data_size {size} runs past the end of the body ({available} bytes left)")]
-    BinaryPastEnd { input: String, size: u64, available: u64 },
+    BinaryPastEnd {
+        input: String,
+        size: u64,
+        available: u64,
+    },
     #[error("the body has {0} bytes after the last binary input")]
     TrailingBinary(u64),
     #[error("parameter {name:?}: {reason}")]
@@ -220,7 +228,11 @@ pub fn decode(
             .shape
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-            .filter(|c| elements.checked_add(*c).is_some_and(|t| t <= limits.max_elements))
+            .filter(|c| {
+                elements
+                    .checked_add(*c)
+                    .is_some_and(|t| t <= limits.max_elements)
+            })
             .ok_or(ProtocolError::TooManyElements {
                 elements: input.shape.iter().fold(1u64, |a, d| a.saturating_mul(*d)),
                 limit: limits.max_elements,
@@ -302,10 +314,13 @@ fn refusal_hint(datatype: Datatype, kind: ElemKind) -> &'static str {
 fn bool_param(params: &Parameters, name: &str) -> Result<Option<bool>, ProtocolError> {
     match params.get(name) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| ProtocolError::Parameter {
-            name: name.to_string(),
-            reason: "must be true or false".into(),
-        }),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| ProtocolError::Parameter {
+                name: name.to_string(),
+                reason: "must be true or false".into(),
+            }),
     }
 }
 
@@ -355,7 +370,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn value_error(&self, index: usize, value: impl ToString, reason: &'static str) -> ProtocolError {
+    fn value_error(
+        &self,
+        index: usize,
+        value: impl ToString,
+        reason: &'static str,
+    ) -> ProtocolError {
         ProtocolError::Value {
             input: self.input.to_string(),
             index,
@@ -388,7 +408,12 @@ fn int_range(d: Datatype) -> (i128, i128) {
     }
 }
 
-fn from_json(ctx: &Ctx, data: JsonData, shape: &[u64], count: u64) -> Result<HostData, ProtocolError> {
+fn from_json(
+    ctx: &Ctx,
+    data: JsonData,
+    shape: &[u64],
+    count: u64,
+) -> Result<HostData, ProtocolError> {
     if let Some(nested) = &data.nested_shape {
         if nested.len() != shape.len() || nested.iter().zip(shape).any(|(a, b)| *a as u64 != *b) {
             return Err(ProtocolError::NestedShape {
@@ -413,13 +438,15 @@ fn from_json(ctx: &Ctx, data: JsonData, shape: &[u64], count: u64) -> Result<Hos
             let mut out = Vec::with_capacity(nums.len());
             for (i, n) in nums.into_iter().enumerate() {
                 let v = json_integer(ctx, i, n)?;
-                out.push(i64::try_from(v).map_err(|_| ctx.value_error(i, v, "does not fit in INT64"))?);
+                out.push(
+                    i64::try_from(v).map_err(|_| ctx.value_error(i, v, "does not fit in INT64"))?,
+                );
             }
             Ok(HostData::I64(out))
         }
-        (JsonValues::Strings(strings), ElemKind::Bytes) => {
-            Ok(HostData::Bytes(strings.into_iter().map(String::into_bytes).collect()))
-        }
+        (JsonValues::Strings(strings), ElemKind::Bytes) => Ok(HostData::Bytes(
+            strings.into_iter().map(String::into_bytes).collect(),
+        )),
         (values, _) => Err(ProtocolError::Data {
             input: ctx.input.to_string(),
             reason: format!(
@@ -441,10 +468,14 @@ fn json_integer(ctx: &Ctx, index: usize, n: Num) -> Result<i128, ProtocolError> 
         Num::U(u) => u as i128,
         Num::I(i) => i as i128,
         Num::F(f) => {
-            return Err(ctx.value_error(index, f, match ctx.datatype.is_integer() {
-                true => "is not an integer",
-                false => "is not valid for this datatype",
-            }));
+            return Err(ctx.value_error(
+                index,
+                f,
+                match ctx.datatype.is_integer() {
+                    true => "is not an integer",
+                    false => "is not valid for this datatype",
+                },
+            ));
         }
     };
     let (lo, hi) = int_range(ctx.datatype);
@@ -485,7 +516,12 @@ fn exact_f32(ctx: &Ctx, index: usize, v: i128) -> Result<f32, ProtocolError> {
     Ok(f)
 }
 
-fn from_binary(ctx: &Ctx, bytes: &[u8], shape: &[u64], count: u64) -> Result<HostData, ProtocolError> {
+fn from_binary(
+    ctx: &Ctx,
+    bytes: &[u8],
+    shape: &[u64],
+    count: u64,
+) -> Result<HostData, ProtocolError> {
     if ctx.datatype == Datatype::Bytes {
         let elements = parse_bytes_elements(ctx, bytes)?;
         if elements.len() as u64 != count {
@@ -510,7 +546,9 @@ fn from_binary(ctx: &Ctx, bytes: &[u8], shape: &[u64], count: u64) -> Result<Hos
             let ints = binary_integers(ctx.datatype, bytes);
             let mut out = Vec::with_capacity(ints.len());
             for (i, v) in ints.into_iter().enumerate() {
-                out.push(i64::try_from(v).map_err(|_| ctx.value_error(i, v, "does not fit in INT64"))?);
+                out.push(
+                    i64::try_from(v).map_err(|_| ctx.value_error(i, v, "does not fit in INT64"))?,
+                );
             }
             Ok(HostData::I64(out))
         }
@@ -539,8 +577,12 @@ fn le<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
 fn binary_to_f32(ctx: &Ctx, bytes: &[u8]) -> Result<Vec<f32>, ProtocolError> {
     Ok(match ctx.datatype {
         Datatype::Fp32 => le::<4>(bytes).map(f32::from_le_bytes).collect(),
-        Datatype::Fp16 => le::<2>(bytes).map(|b| half::f16::from_le_bytes(b).to_f32()).collect(),
-        Datatype::Bf16 => le::<2>(bytes).map(|b| half::bf16::from_le_bytes(b).to_f32()).collect(),
+        Datatype::Fp16 => le::<2>(bytes)
+            .map(|b| half::f16::from_le_bytes(b).to_f32())
+            .collect(),
+        Datatype::Bf16 => le::<2>(bytes)
+            .map(|b| half::bf16::from_le_bytes(b).to_f32())
+            .collect(),
         d if d.is_integer() => {
             let ints = binary_integers(d, bytes);
             let mut out = Vec::with_capacity(ints.len());
@@ -558,12 +600,24 @@ fn binary_integers(d: Datatype, bytes: &[u8]) -> Vec<i128> {
     match d {
         Datatype::Uint8 => bytes.iter().map(|b| *b as i128).collect(),
         Datatype::Int8 => bytes.iter().map(|b| *b as i8 as i128).collect(),
-        Datatype::Uint16 => le::<2>(bytes).map(|b| u16::from_le_bytes(b) as i128).collect(),
-        Datatype::Int16 => le::<2>(bytes).map(|b| i16::from_le_bytes(b) as i128).collect(),
-        Datatype::Uint32 => le::<4>(bytes).map(|b| u32::from_le_bytes(b) as i128).collect(),
-        Datatype::Int32 => le::<4>(bytes).map(|b| i32::from_le_bytes(b) as i128).collect(),
-        Datatype::Uint64 => le::<8>(bytes).map(|b| u64::from_le_bytes(b) as i128).collect(),
-        Datatype::Int64 => le::<8>(bytes).map(|b| i64::from_le_bytes(b) as i128).collect(),
+        Datatype::Uint16 => le::<2>(bytes)
+            .map(|b| u16::from_le_bytes(b) as i128)
+            .collect(),
+        Datatype::Int16 => le::<2>(bytes)
+            .map(|b| i16::from_le_bytes(b) as i128)
+            .collect(),
+        Datatype::Uint32 => le::<4>(bytes)
+            .map(|b| u32::from_le_bytes(b) as i128)
+            .collect(),
+        Datatype::Int32 => le::<4>(bytes)
+            .map(|b| i32::from_le_bytes(b) as i128)
+            .collect(),
+        Datatype::Uint64 => le::<8>(bytes)
+            .map(|b| u64::from_le_bytes(b) as i128)
+            .collect(),
+        Datatype::Int64 => le::<8>(bytes)
+            .map(|b| i64::from_le_bytes(b) as i128)
+            .collect(),
         _ => Vec::new(),
     }
 }

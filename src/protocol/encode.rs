@@ -36,7 +36,8 @@ pub fn encode_response(
     outputs: &[HostTensor],
     choices: &[OutputChoice],
 ) -> Encoded {
-    let mut json = Vec::with_capacity(256 + 16 * outputs.iter().map(|o| o.data.len()).sum::<usize>());
+    let mut json =
+        Vec::with_capacity(256 + 16 * outputs.iter().map(|o| o.data.len()).sum::<usize>());
     let mut tail: Vec<u8> = Vec::new();
     let mut any_binary = false;
 
@@ -60,7 +61,10 @@ pub fn encode_response(
     }
     json.extend_from_slice(b"},\"outputs\":[");
     for (n, choice) in choices.iter().enumerate() {
-        let (Some(spec), Some(tensor)) = (signature.outputs.get(choice.index), outputs.get(choice.index)) else {
+        let (Some(spec), Some(tensor)) = (
+            signature.outputs.get(choice.index),
+            outputs.get(choice.index),
+        ) else {
             continue;
         };
         if n > 0 {
@@ -192,13 +196,34 @@ mod tests {
     #[test]
     fn json_with_non_finite_values_and_notes() {
         let outputs = vec![
-            HostTensor { shape: vec![2, 2], data: HostData::F32(vec![0.1, f32::NAN, f32::INFINITY, -f32::INFINITY]) },
-            HostTensor { shape: vec![2, 1], data: HostData::I64(vec![-3, 9]) },
+            HostTensor {
+                shape: vec![2, 2],
+                data: HostData::F32(vec![0.1, f32::NAN, f32::INFINITY, -f32::INFINITY]),
+            },
+            HostTensor {
+                shape: vec![2, 1],
+                data: HostData::I64(vec![-3, 9]),
+            },
         ];
         let mut notes = Notes::new();
         notes.insert("truncated".into(), serde_json::json!(true));
-        let meta = ResponseMeta { model_name: "m", model_version: 3, id: Some("r\"1"), weights_sha256: "ab", notes: &notes };
-        let choices = [OutputChoice { index: 0, binary: false }, OutputChoice { index: 1, binary: false }];
+        let meta = ResponseMeta {
+            model_name: "m",
+            model_version: 3,
+            id: Some("r\"1"),
+            weights_sha256: "ab",
+            notes: &notes,
+        };
+        let choices = [
+            OutputChoice {
+                index: 0,
+                binary: false,
+            },
+            OutputChoice {
+                index: 1,
+                binary: false,
+            },
+        ];
         let enc = encode_response(&meta, &sig(), &outputs, &choices);
         assert_eq!(enc.json_len, None);
         let text = String::from_utf8(enc.body).unwrap();
@@ -211,12 +236,33 @@ mod tests {
     #[test]
     fn binary_outputs_follow_the_json_in_order() {
         let outputs = vec![
-            HostTensor { shape: vec![1, 2], data: HostData::F32(vec![1.0, 2.0]) },
-            HostTensor { shape: vec![1, 1], data: HostData::I64(vec![7]) },
+            HostTensor {
+                shape: vec![1, 2],
+                data: HostData::F32(vec![1.0, 2.0]),
+            },
+            HostTensor {
+                shape: vec![1, 1],
+                data: HostData::I64(vec![7]),
+            },
         ];
         let notes = Notes::new();
-        let meta = ResponseMeta { model_name: "m", model_version: 1, id: None, weights_sha256: "ab", notes: &notes };
-        let choices = [OutputChoice { index: 1, binary: true }, OutputChoice { index: 0, binary: false }];
+        let meta = ResponseMeta {
+            model_name: "m",
+            model_version: 1,
+            id: None,
+            weights_sha256: "ab",
+            notes: &notes,
+        };
+        let choices = [
+            OutputChoice {
+                index: 1,
+                binary: true,
+            },
+            OutputChoice {
+                index: 0,
+                binary: false,
+            },
+        ];
         let enc = encode_response(&meta, &sig(), &outputs, &choices);
         let n = enc.json_len.unwrap();
         let header: serde_json::Value = serde_json::from_slice(&enc.body[..n]).unwrap();

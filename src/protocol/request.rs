@@ -151,18 +151,26 @@ struct Builder {
 const MAX_NESTING: usize = 16;
 
 impl Builder {
-    fn scalar<E: de::Error>(&mut self, depth: usize, push: impl FnOnce(&mut Option<JsonValues>) -> Result<(), &'static str>) -> Result<(), E> {
+    fn scalar<E: de::Error>(
+        &mut self,
+        depth: usize,
+        push: impl FnOnce(&mut Option<JsonValues>) -> Result<(), &'static str>,
+    ) -> Result<(), E> {
         if depth == 0 {
             return Err(E::custom("`data` must be an array"));
         }
         // An array already seen at this depth (or deeper) means scalars and arrays are mixed.
         if self.dims.len() > depth {
-            return Err(E::custom("`data` mixes scalars and arrays at one level (ragged nesting)"));
+            return Err(E::custom(
+                "`data` mixes scalars and arrays at one level (ragged nesting)",
+            ));
         }
         match self.leaf_depth {
             None => self.leaf_depth = Some(depth),
             Some(d) if d != depth => {
-                return Err(E::custom("`data` mixes scalars and arrays at one level (ragged nesting)"));
+                return Err(E::custom(
+                    "`data` mixes scalars and arrays at one level (ragged nesting)",
+                ));
             }
             Some(_) => {}
         }
@@ -200,15 +208,18 @@ impl<'de> Visitor<'de> for Level<'_> {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.builder.scalar(self.depth, |vals| push_number(vals, Num::U(v)))
+        self.builder
+            .scalar(self.depth, |vals| push_number(vals, Num::U(v)))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.builder.scalar(self.depth, |vals| push_number(vals, Num::I(v)))
+        self.builder
+            .scalar(self.depth, |vals| push_number(vals, Num::I(v)))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.builder.scalar(self.depth, |vals| push_number(vals, Num::F(v)))
+        self.builder
+            .scalar(self.depth, |vals| push_number(vals, Num::F(v)))
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
@@ -240,11 +251,15 @@ impl<'de> Visitor<'de> for Level<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(E::custom("`data` holds null; JSON has no NaN, send binary tensors for non-finite values"))
+        Err(E::custom(
+            "`data` holds null; JSON has no NaN, send binary tensors for non-finite values",
+        ))
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom("`data` holds an object; expected numbers, booleans or strings"))
+        Err(de::Error::custom(
+            "`data` holds an object; expected numbers, booleans or strings",
+        ))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -297,18 +312,34 @@ mod tests {
     #[test]
     fn flat_and_nested() {
         let flat = data("[1, 2.5, -3]").unwrap();
-        assert_eq!(flat.values, JsonValues::Numbers(vec![Num::U(1), Num::F(2.5), Num::I(-3)]));
+        assert_eq!(
+            flat.values,
+            JsonValues::Numbers(vec![Num::U(1), Num::F(2.5), Num::I(-3)])
+        );
         assert_eq!(flat.nested_shape, None);
         let nested = data("[[1, 2, 3], [4, 5, 6]]").unwrap();
         assert_eq!(nested.values.len(), 6);
         assert_eq!(nested.nested_shape, Some(vec![2, 3]));
         let strings = data(r#"["a", "b"]"#).unwrap();
-        assert_eq!(strings.values, JsonValues::Strings(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            strings.values,
+            JsonValues::Strings(vec!["a".into(), "b".into()])
+        );
     }
 
     #[test]
     fn refuses_ragged_mixed_and_null() {
-        for bad in ["[[1, 2], [3]]", "[1, [2]]", "[[1], 2]", "[1, true]", "[1, \"a\"]", "[null]", "[{}]", "1", "[[[]], [1]]"] {
+        for bad in [
+            "[[1, 2], [3]]",
+            "[1, [2]]",
+            "[[1], 2]",
+            "[1, true]",
+            "[1, \"a\"]",
+            "[null]",
+            "[{}]",
+            "1",
+            "[[[]], [1]]",
+        ] {
             assert!(data(bad).is_err(), "{bad} accepted");
         }
     }

@@ -112,7 +112,9 @@ pub struct ModelSlot {
 
 impl std::fmt::Debug for ModelSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelSlot").field("name", &self.name).finish()
+        f.debug_struct("ModelSlot")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -135,7 +137,10 @@ impl ModelSlot {
         if self.serving.load().versions.contains_key(&version) {
             return Some(VersionState::Ready);
         }
-        lock(&self.state).versions.get(&version).and_then(|r| r.state)
+        lock(&self.state)
+            .versions
+            .get(&version)
+            .and_then(|r| r.state)
     }
 
     /// Some version is waiting for its file to stop changing.
@@ -182,7 +187,9 @@ pub struct Repository {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("root", &self.root).finish()
+        f.debug_struct("Repository")
+            .field("root", &self.root)
+            .finish()
     }
 }
 
@@ -270,9 +277,15 @@ impl Repository {
                 held,
                 ..
             } = &mut *st;
-            versions.retain(|v, r| on_disk.contains(v) || serving.versions.contains_key(v) || r.state == Some(VersionState::Ready));
+            versions.retain(|v, r| {
+                on_disk.contains(v)
+                    || serving.versions.contains_key(v)
+                    || r.state == Some(VersionState::Ready)
+            });
             for found in scan.complete() {
-                let Some(identity) = found.identity else { continue };
+                let Some(identity) = found.identity else {
+                    continue;
+                };
                 let version = found.version;
                 let previous = last_seen.insert(version, identity);
                 let stable = mode == SyncMode::Immediate || previous == Some(identity);
@@ -311,7 +324,7 @@ impl Repository {
             .into_iter()
             .collect();
         to_load.retain(|(v, _, _)| wanted.contains(v));
-        to_load.sort_by(|a, b| b.0.cmp(&a.0));
+        to_load.sort_by_key(|(v, _, _)| std::cmp::Reverse(*v));
 
         let mut versions = serving.versions.clone();
         for (version, dir, identity) in to_load {
@@ -327,7 +340,8 @@ impl Repository {
                         bytes = loaded.param_bytes, ms = loaded.load_duration.as_millis() as u64,
                         ignored = loaded.report.ignored.len(), upcast = loaded.report.upcast.len(),
                         "version ready");
-                    self.metrics.load_succeeded(&slot.name, loaded.load_duration);
+                    self.metrics
+                        .load_succeeded(&slot.name, loaded.load_duration);
                     slot.set_record(version, |r| {
                         *r = VersionRecord {
                             state: Some(VersionState::Ready),
@@ -351,7 +365,9 @@ impl Repository {
                         r.report = failure.report().cloned();
                         if still_serving {
                             r.state = Some(VersionState::Ready);
-                            r.reason = Some(format!("a newer file for this version was refused: {failure}"));
+                            r.reason = Some(format!(
+                                "a newer file for this version was refused: {failure}"
+                            ));
                         } else {
                             r.state = Some(VersionState::Unavailable);
                             r.reason = Some(failure.to_string());
@@ -371,20 +387,33 @@ impl Repository {
             .copied()
             .filter(|v| on_disk.contains(v) && !held.contains(v))
             .collect();
-        let mut keep: BTreeSet<u64> = config.version_policy.select(&ready_on_disk).into_iter().collect();
+        let mut keep: BTreeSet<u64> = config
+            .version_policy
+            .select(&ready_on_disk)
+            .into_iter()
+            .collect();
         if keep.is_empty() {
             // Nothing the policy wants is ready: keep serving the best of what we have.
-            if let Some(v) = ready_on_disk.last().or(versions.keys().filter(|v| !held.contains(v)).last()) {
+            if let Some(v) = ready_on_disk
+                .last()
+                .or(versions.keys().rfind(|v| !held.contains(v)))
+            {
                 keep.insert(*v);
             }
         }
-        let dropped: Vec<u64> = versions.keys().copied().filter(|v| !keep.contains(v)).collect();
+        let dropped: Vec<u64> = versions
+            .keys()
+            .copied()
+            .filter(|v| !keep.contains(v))
+            .collect();
         for version in dropped {
             if let Some(old) = versions.remove(&version) {
                 tracing::info!(model = %slot.name, version, "version unloaded");
                 self.retire(old);
                 slot.set_record(version, |r| {
-                    r.state = on_disk.contains(&version).then_some(VersionState::Unavailable);
+                    r.state = on_disk
+                        .contains(&version)
+                        .then_some(VersionState::Unavailable);
                     r.reason = Some("unloaded: not selected by the version policy".to_string());
                     r.loaded = None;
                 });
@@ -492,7 +521,9 @@ impl Repository {
     /// Explicit load (repository API): re-enables the model (and `version`, or all held
     /// versions) and loads what is on disk now. Returns the model's state afterwards.
     pub fn load(&self, name: &str, version: Option<u64>) -> Result<SyncOutcome, RepositoryError> {
-        let slot = self.get(name).ok_or_else(|| RepositoryError::UnknownModel(name.to_string()))?;
+        let slot = self
+            .get(name)
+            .ok_or_else(|| RepositoryError::UnknownModel(name.to_string()))?;
         {
             let _ops = lock(&slot.ops);
             let mut st = lock(&slot.state);
@@ -535,7 +566,9 @@ impl Repository {
                     .iter()
                     .find(|(f, _)| *f == v)
                     .map(|(_, r)| r.clone())
-                    .unwrap_or_else(|| "not on disk, or not selected by the version policy".to_string());
+                    .unwrap_or_else(|| {
+                        "not on disk, or not selected by the version policy".to_string()
+                    });
                 return Err(RepositoryError::LoadFailed {
                     model: name.to_string(),
                     reason: format!("version {v}: {reason}"),
@@ -548,7 +581,9 @@ impl Repository {
     /// Explicit unload (repository API): the whole model, or one version. An unloaded model
     /// or version stays unloaded until an explicit load; queued requests still finish.
     pub fn unload(&self, name: &str, version: Option<u64>) -> Result<SyncOutcome, RepositoryError> {
-        let slot = self.get(name).ok_or_else(|| RepositoryError::UnknownModel(name.to_string()))?;
+        let slot = self
+            .get(name)
+            .ok_or_else(|| RepositoryError::UnknownModel(name.to_string()))?;
         let outcome = {
             let _ops = lock(&slot.ops);
             let mut versions = slot.serving().versions.clone();
@@ -614,7 +649,10 @@ impl Repository {
                             let fresh = Arc::new(new_slot(model, &self.metrics)?);
                             self.sync_model(&fresh, SyncMode::Immediate);
                             if fresh.is_ready() {
-                                changes.push(format!("model {:?}: reloaded with its new architecture config", model.name));
+                                changes.push(format!(
+                                    "model {:?}: reloaded with its new architecture config",
+                                    model.name
+                                ));
                                 next.insert(model.name.clone(), fresh);
                                 continue;
                             }
@@ -628,7 +666,10 @@ impl Repository {
                         }
                         slot.engine.set_config(model.batching);
                         slot.config.store(Arc::new(model.clone()));
-                        changes.push(format!("model {:?}: batching or version policy updated", model.name));
+                        changes.push(format!(
+                            "model {:?}: batching or version policy updated",
+                            model.name
+                        ));
                         to_sync.push(Arc::clone(slot));
                     }
                     next.insert(model.name.clone(), Arc::clone(slot));
@@ -662,14 +703,20 @@ impl Repository {
         // engine down drains the queue before the thread exits.
         for slot in removed.into_iter().chain(replaced) {
             for (v, version) in slot.serving().versions.iter() {
-                self.metrics.set_serving(&slot.name, *v, &version.sha256, None);
+                self.metrics
+                    .set_serving(&slot.name, *v, &version.sha256, None);
             }
             slot.engine.shutdown();
         }
         for slot in self.slots() {
             let serving = slot.serving();
             for (v, version) in &serving.versions {
-                self.metrics.set_serving(&slot.name, *v, &version.sha256, Some(version.param_bytes));
+                self.metrics.set_serving(
+                    &slot.name,
+                    *v,
+                    &version.sha256,
+                    Some(version.param_bytes),
+                );
             }
         }
         self.reap();
@@ -680,7 +727,11 @@ impl Repository {
         let st = lock(&slot.state);
         st.versions
             .iter()
-            .filter_map(|(v, r)| r.reason.as_ref().map(|reason| format!("version {v}: {reason}")))
+            .filter_map(|(v, r)| {
+                r.reason
+                    .as_ref()
+                    .map(|reason| format!("version {v}: {reason}"))
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }

@@ -57,11 +57,19 @@ impl LoadFailure {
 
 /// What `target` strings in reports look like: `mlp "digits" version 3`.
 pub fn target(config: &ModelConfig, version: u64) -> String {
-    format!("{} {:?} version {version}", config.architecture.name(), config.name)
+    format!(
+        "{} {:?} version {version}",
+        config.architecture.name(),
+        config.name
+    )
 }
 
 /// Loads version `version` of `config` from `dir`.
-pub fn load_version(config: &ModelConfig, version: u64, dir: &Path) -> Result<LoadedVersion, LoadFailure> {
+pub fn load_version(
+    config: &ModelConfig,
+    version: u64,
+    dir: &Path,
+) -> Result<LoadedVersion, LoadFailure> {
     let started = Instant::now();
     let arch = &config.architecture;
     let expected = arch.expected().map_err(LoadFailure::Expected)?;

@@ -101,8 +101,11 @@ mod tests {
         std::fs::write(m.join("5"), b"a file, not a directory").unwrap();
         let scan = scan_model(root.path(), "m");
         assert!(!scan.unreadable);
-        let versions: Vec<(u64, bool)> =
-            scan.versions.iter().map(|f| (f.version, f.identity.is_some())).collect();
+        let versions: Vec<(u64, bool)> = scan
+            .versions
+            .iter()
+            .map(|f| (f.version, f.identity.is_some()))
+            .collect();
         assert_eq!(versions, vec![(1, true), (2, false), (10, true)]);
         assert_eq!(scan.ignored, vec!["0", "01", "5", "v3"]);
         assert_eq!(scan.complete().count(), 2);

@@ -43,7 +43,7 @@ pub enum Command {
 pub struct ConfigSource {
     pub path: PathBuf,
     /// Reads `WICK_*` overrides (the process environment in production).
-    pub env: Box<dyn Fn(&str) -> Option<String> + Send>,
+    pub env: crate::config::EnvLookup,
     /// The server section currently running (changes there need a restart).
     pub running: crate::config::ServerConfig,
 }
@@ -107,7 +107,9 @@ fn inotify_watcher(
                 event.kind,
                 EventKind::Access(notify::event::AccessKind::Open(_))
                     | EventKind::Access(notify::event::AccessKind::Read)
-                    | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Read))
+                    | EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Read
+                    ))
             ),
             // Errors include queue overflows: rescan to be safe.
             Err(_) => true,
@@ -128,7 +130,11 @@ fn inotify_watcher(
             "cannot watch the repository with inotify; polling only");
     }
     if let Some(parent) = config.and_then(|c| c.path.parent()) {
-        let parent = if parent.as_os_str().is_empty() { std::path::Path::new(".") } else { parent };
+        let parent = if parent.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            parent
+        };
         if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
             tracing::warn!(error = %e, "cannot watch the config file's folder; SIGHUP and polling still reload it");
         }
@@ -143,7 +149,9 @@ fn run(
     rx: &mpsc::Receiver<Command>,
 ) {
     let mut config = config;
-    let mut config_identity = config.as_ref().and_then(|c| FileIdentity::stat(&c.path).ok());
+    let mut config_identity = config
+        .as_ref()
+        .and_then(|c| FileIdentity::stat(&c.path).ok());
     let mut next_poll = Instant::now() + poll_interval;
     let mut due: Option<Instant> = None;
     loop {
@@ -185,7 +193,10 @@ fn run(
         let mut waiting = false;
         for slot in repository.slots() {
             let outcome = repository.sync_model(&slot, SyncMode::RequireStable);
-            if !outcome.loaded.is_empty() || !outcome.failed.is_empty() || !outcome.unloaded.is_empty() {
+            if !outcome.loaded.is_empty()
+                || !outcome.failed.is_empty()
+                || !outcome.unloaded.is_empty()
+            {
                 tracing::info!(model = %slot.name, loaded = ?outcome.loaded,
                     failed = outcome.failed.len(), unloaded = ?outcome.unloaded, "repository change applied");
             }
@@ -209,7 +220,9 @@ fn reload_config(repository: &Repository, source: &mut ConfigSource) {
         }
     };
     if new.server != source.running {
-        tracing::warn!("[server] settings changed; they take effect after a restart (models are reloaded now)");
+        tracing::warn!(
+            "[server] settings changed; they take effect after a restart (models are reloaded now)"
+        );
     }
     match repository.reconfigure(&new) {
         Ok(changes) => {

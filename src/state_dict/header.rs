@@ -185,7 +185,9 @@ pub enum FormatError {
     Foreign(ForeignFormat),
     #[error("header declares {declared} bytes of JSON, above the cap of {cap} bytes")]
     HeaderTooLarge { declared: u64, cap: u64 },
-    #[error("file is truncated: header declares {declared} bytes of JSON but only {available} follow")]
+    #[error(
+        "file is truncated: header declares {declared} bytes of JSON but only {available} follow"
+    )]
     TruncatedHeader { declared: u64, available: u64 },
     #[error("header is not valid UTF-8")]
     NotUtf8,
@@ -198,11 +200,19 @@ pub enum FormatError {
     #[error("{count} tensors in the header, above the cap of {cap}")]
     TooManyTensors { count: usize, cap: usize },
     #[error("tensor {name:?} has rank {rank}, above the cap of {cap}")]
-    RankTooLarge { name: String, rank: usize, cap: usize },
+    RankTooLarge {
+        name: String,
+        rank: usize,
+        cap: usize,
+    },
     #[error("tensor {name:?} has dimension {dim}, above the cap of {cap}")]
     DimTooLarge { name: String, dim: u64, cap: u64 },
     #[error("tensor {name:?}: shape {shape:?} of {dtype} overflows a 64-bit byte count")]
-    SizeOverflow { name: String, shape: Vec<u64>, dtype: FileDtype },
+    SizeOverflow {
+        name: String,
+        shape: Vec<u64>,
+        dtype: FileDtype,
+    },
     #[error("tensor {name:?}: data_offsets [{start}, {end}] hold {actual} bytes, shape {shape:?} of {dtype} needs {expected}")]
     SizeMismatch {
         name: String,
@@ -220,7 +230,9 @@ pub enum FormatError {
         end: u64,
         expected_start: u64,
     },
-    #[error("file is truncated: the header describes {expected} bytes in all, the file has {actual}")]
+    #[error(
+        "file is truncated: the header describes {expected} bytes in all, the file has {actual}"
+    )]
     TruncatedData { expected: u64, actual: u64 },
     #[error("file has {extra} trailing bytes after the last tensor (expected {expected} bytes in all, found {actual})", extra = .actual - .expected)]
     TrailingBytes { expected: u64, actual: u64 },
@@ -277,7 +289,11 @@ pub fn header_len(prefix: &[u8], file_len: u64, limits: &HeaderLimits) -> Result
 
 /// Parses and validates the JSON header (`json` is exactly the `N` bytes after the prefix) and
 /// checks that a file of `file_len` bytes holds exactly the data it describes.
-pub fn parse_header(json: &[u8], file_len: u64, limits: &HeaderLimits) -> Result<Header, FormatError> {
+pub fn parse_header(
+    json: &[u8],
+    file_len: u64,
+    limits: &HeaderLimits,
+) -> Result<Header, FormatError> {
     let text = std::str::from_utf8(json).map_err(|_| FormatError::NotUtf8)?;
     // safetensors writers pad the header with spaces to an 8-byte boundary.
     let raw: RawHeader =
@@ -349,7 +365,7 @@ pub fn parse_header(json: &[u8], file_len: u64, limits: &HeaderLimits) -> Result
 
     // The data section must be tiled exactly: sorted by offset, each tensor starts where the
     // previous one ended. Zero-sized tensors may share an offset.
-    tensors.sort_by(|a, b| (a.start, a.end).cmp(&(b.start, b.end)));
+    tensors.sort_by_key(|t| (t.start, t.end));
     let mut cursor = 0u64;
     for t in &tensors {
         if t.start != cursor {
@@ -524,7 +540,10 @@ mod tests {
             r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"a":{"dtype":"I32","shape":[4],"data_offsets":[0,16]}}"#,
             &[0u8; 16],
         );
-        assert_eq!(parse(&bytes).unwrap_err(), FormatError::DuplicateKeys(vec!["a".into()]));
+        assert_eq!(
+            parse(&bytes).unwrap_err(),
+            FormatError::DuplicateKeys(vec!["a".into()])
+        );
     }
 
     #[test]
@@ -535,8 +554,14 @@ mod tests {
         );
         let err = parse(&bytes).unwrap_err().to_string();
         assert!(err.contains("evil"), "{err}");
-        let bytes = file(r#"{"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, &[0u8; 4]);
-        assert!(matches!(parse(&bytes), Err(FormatError::UnknownDtype { .. })));
+        let bytes = file(
+            r#"{"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0u8; 4],
+        );
+        assert!(matches!(
+            parse(&bytes),
+            Err(FormatError::UnknownDtype { .. })
+        ));
     }
 
     #[test]
@@ -550,8 +575,14 @@ mod tests {
         ));
         let mut long = good.clone();
         long.extend_from_slice(b"PK\x03\x04");
-        assert!(matches!(parse(&long), Err(FormatError::TrailingBytes { .. })));
-        assert!(matches!(parse(&good[..20]), Err(FormatError::TruncatedHeader { .. })));
+        assert!(matches!(
+            parse(&long),
+            Err(FormatError::TrailingBytes { .. })
+        ));
+        assert!(matches!(
+            parse(&good[..20]),
+            Err(FormatError::TruncatedHeader { .. })
+        ));
     }
 
     #[test]
@@ -561,9 +592,15 @@ mod tests {
             &[0u8; 12],
         );
         assert!(matches!(parse(&gap), Err(FormatError::Offsets { .. })));
-        let lie = file(r#"{"a":{"dtype":"F64","shape":[4],"data_offsets":[0,16]}}"#, &[0u8; 16]);
+        let lie = file(
+            r#"{"a":{"dtype":"F64","shape":[4],"data_offsets":[0,16]}}"#,
+            &[0u8; 16],
+        );
         assert!(matches!(parse(&lie), Err(FormatError::SizeMismatch { .. })));
-        let reversed = file(r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}}"#, &[0u8; 4]);
+        let reversed = file(
+            r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}}"#,
+            &[0u8; 4],
+        );
         assert!(parse(&reversed).is_err());
     }
 
@@ -573,17 +610,26 @@ mod tests {
             r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#,
             &[],
         );
-        assert!(matches!(parse(&overflow), Err(FormatError::SizeOverflow { .. })));
+        assert!(matches!(
+            parse(&overflow),
+            Err(FormatError::SizeOverflow { .. })
+        ));
         let zero_absurd = file(
             r#"{"a":{"dtype":"F32","shape":[0,9223372036854775807,4],"data_offsets":[0,0]}}"#,
             &[],
         );
-        assert!(matches!(parse(&zero_absurd), Err(FormatError::DimTooLarge { .. })));
+        assert!(matches!(
+            parse(&zero_absurd),
+            Err(FormatError::DimTooLarge { .. })
+        ));
         let deep = file(
             r#"{"a":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}}"#,
             &[0; 4],
         );
-        assert!(matches!(parse(&deep), Err(FormatError::RankTooLarge { .. })));
+        assert!(matches!(
+            parse(&deep),
+            Err(FormatError::RankTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -598,14 +644,26 @@ mod tests {
         );
         assert!(parse(b"GGUF\x03\x00\x00\x00....").is_err());
         assert_eq!(parse(b"").unwrap_err(), FormatError::Empty);
-        assert_eq!(parse(b"\x01\x00").unwrap_err(), FormatError::TooShort { len: 2 });
+        assert_eq!(
+            parse(b"\x01\x00").unwrap_err(),
+            FormatError::TooShort { len: 2 }
+        );
         let huge = u64::MAX.to_le_bytes();
-        assert!(matches!(parse(&huge), Err(FormatError::HeaderTooLarge { .. })));
+        assert!(matches!(
+            parse(&huge),
+            Err(FormatError::HeaderTooLarge { .. })
+        ));
     }
 
     #[test]
     fn refuses_non_objects_and_bad_json() {
-        for json in ["[]", "3", "{", "{\"a\": 1}", "{\"__metadata__\": {\"k\": 1}}"] {
+        for json in [
+            "[]",
+            "3",
+            "{",
+            "{\"a\": 1}",
+            "{\"__metadata__\": {\"k\": 1}}",
+        ] {
             assert!(parse(&file(json, &[])).is_err(), "{json} accepted");
         }
         let dup_meta = file(r#"{"__metadata__":{"k":"1","k":"2"}}"#, &[]);

@@ -16,7 +16,9 @@ impl Glob {
             return Err("an ignore pattern must not be empty".to_string());
         }
         if pattern.len() > 256 {
-            return Err(format!("ignore pattern {pattern:?} is longer than 256 bytes"));
+            return Err(format!(
+                "ignore pattern {pattern:?} is longer than 256 bytes"
+            ));
         }
         Ok(Glob(pattern.to_string()))
     }
@@ -108,7 +110,10 @@ mod tests {
         let g = |p: &str, t: &str| Glob::new(p).unwrap().matches(t);
         assert!(g("optimizer.*", "optimizer.state.0.exp_avg"));
         assert!(!g("optimizer.*", "model.optimizer.x"));
-        assert!(g("*.num_batches_tracked", "layer1.0.bn1.num_batches_tracked"));
+        assert!(g(
+            "*.num_batches_tracked",
+            "layer1.0.bn1.num_batches_tracked"
+        ));
         assert!(g("pooler.*", "pooler.dense.weight"));
         assert!(g("a?c", "abc") && !g("a?c", "ac"));
         assert!(g("*", "") && g("**x", "x") && !g("x*y", "xay.z"));

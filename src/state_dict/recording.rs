@@ -18,7 +18,9 @@ use super::report::ParamSpec;
 pub enum RecordError {
     #[error("the architecture failed to build against the recording backend: {0}")]
     Build(#[from] candle_core::Error),
-    #[error("the architecture requests {name:?} twice with different shapes: {first:?} and {second:?}")]
+    #[error(
+        "the architecture requests {name:?} twice with different shapes: {first:?} and {second:?}"
+    )]
     Conflict {
         name: String,
         first: Vec<usize>,
@@ -32,7 +34,14 @@ struct Recorder {
 }
 
 impl SimpleBackend for Recorder {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -67,7 +76,12 @@ where
     let recorder = Recorder::default();
     let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
     build(vb)?;
-    let requests = std::mem::take(&mut *recorder.requests.lock().unwrap_or_else(PoisonError::into_inner));
+    let requests = std::mem::take(
+        &mut *recorder
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     let mut out: Vec<ParamSpec> = Vec::with_capacity(requests.len());
     for request in requests {
         match out.iter().find(|p| p.name == request.name) {
@@ -97,7 +111,10 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let names: Vec<_> = params.iter().map(|p| (p.name.as_str(), p.shape.clone())).collect();
+        let names: Vec<_> = params
+            .iter()
+            .map(|p| (p.name.as_str(), p.shape.clone()))
+            .collect();
         assert_eq!(
             names,
             vec![

@@ -53,9 +53,7 @@ pub fn dtype_policy(file: FileDtype, model: DType) -> Result<Conversion, &'stati
         | (F::U32, DType::U32)
         | (F::U8, DType::U8) => Ok(Conversion::Exact),
         (F::F16 | F::BF16, DType::F32) => Ok(Conversion::Upcast),
-        (f, m) if f.is_float() && is_float(m) => {
-            Err("narrowing or lossy float conversion refused")
-        }
+        (f, m) if f.is_float() && is_float(m) => Err("narrowing or lossy float conversion refused"),
         (f, m) if f.is_float() != is_float(m) => Err("integer/float conversion refused"),
         _ => Err("integer conversion refused"),
     }
@@ -159,7 +157,11 @@ impl fmt::Display for LoadReport {
         }
         write!(f, "Error(s) in loading state_dict for {}:", self.target)?;
         if !self.missing.is_empty() {
-            write!(f, "\n\tMissing key(s) in state_dict: {}.", quote_list(&self.missing))?;
+            write!(
+                f,
+                "\n\tMissing key(s) in state_dict: {}.",
+                quote_list(&self.missing)
+            )?;
         }
         if !self.unexpected.is_empty() {
             write!(
@@ -226,8 +228,11 @@ pub fn compare(
         }
     }
 
-    let wanted: HashMap<&str, &ParamSpec> =
-        expected.params.iter().map(|p| (p.name.as_str(), p)).collect();
+    let wanted: HashMap<&str, &ParamSpec> = expected
+        .params
+        .iter()
+        .map(|p| (p.name.as_str(), p))
+        .collect();
     let mut plan = Vec::with_capacity(expected.params.len());
     for param in &expected.params {
         let Some(indices) = by_key.get(param.name.as_str()) else {
@@ -237,7 +242,10 @@ pub fn compare(
         if indices.len() > 1 {
             report.collisions.push(Collision {
                 key: param.name.clone(),
-                checkpoint_keys: indices.iter().map(|i| header.tensors[*i].name.clone()).collect(),
+                checkpoint_keys: indices
+                    .iter()
+                    .map(|i| header.tensors[*i].name.clone())
+                    .collect(),
             });
             continue;
         }
@@ -339,7 +347,11 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once() {
-        let expected = spec(&[("fc1.weight", &[4, 3]), ("fc1.bias", &[4]), ("fc2.weight", &[2, 4])]);
+        let expected = spec(&[
+            ("fc1.weight", &[4, 3]),
+            ("fc1.bias", &[4]),
+            ("fc2.weight", &[2, 4]),
+        ]);
         let file = header(&[
             ("fc1.weight", FileDtype::F32, &[4, 2]),
             ("fc1.bias", FileDtype::I64, &[4]),
@@ -355,10 +367,18 @@ mod tests {
         assert_eq!(report.optional_present, vec!["bn.num_batches_tracked"]);
         assert_eq!(report.problem_count(), 4);
         let text = report.to_string();
-        assert!(text.starts_with("Error(s) in loading state_dict for mlp \"t\":"), "{text}");
-        assert!(text.contains("Missing key(s) in state_dict: \"fc2.weight\"."), "{text}");
+        assert!(
+            text.starts_with("Error(s) in loading state_dict for mlp \"t\":"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Missing key(s) in state_dict: \"fc2.weight\"."),
+            "{text}"
+        );
         assert!(text.contains("size mismatch for fc1.weight: copying a param with shape [4, 2]"));
-        assert!(text.contains("dtype mismatch for fc1.bias: the checkpoint stores I64, the model needs F32"));
+        assert!(text.contains(
+            "dtype mismatch for fc1.bias: the checkpoint stores I64, the model needs F32"
+        ));
     }
 
     #[test]
@@ -379,7 +399,10 @@ mod tests {
     #[test]
     fn ambiguous_mapping_is_refused() {
         let expected = spec(&[("fc.weight", &[1])]);
-        let file = header(&[("model.fc.weight", FileDtype::F32, &[1]), ("fc.weight", FileDtype::F32, &[1])]);
+        let file = header(&[
+            ("model.fc.weight", FileDtype::F32, &[1]),
+            ("fc.weight", FileDtype::F32, &[1]),
+        ]);
         let mapping = KeyMapping::new(Some("model.".into()), vec![]).unwrap();
         let (report, _) = compare("x", &expected, &file, &mapping);
         assert_eq!(report.collisions.len(), 1);
@@ -388,11 +411,17 @@ mod tests {
 
     #[test]
     fn dtype_policy_table() {
-        assert_eq!(dtype_policy(FileDtype::BF16, DType::F32), Ok(Conversion::Upcast));
+        assert_eq!(
+            dtype_policy(FileDtype::BF16, DType::F32),
+            Ok(Conversion::Upcast)
+        );
         assert!(dtype_policy(FileDtype::F64, DType::F32).is_err());
         assert!(dtype_policy(FileDtype::I64, DType::F32).is_err());
         assert!(dtype_policy(FileDtype::F32, DType::I64).is_err());
         assert!(dtype_policy(FileDtype::I32, DType::I64).is_err());
-        assert_eq!(dtype_policy(FileDtype::I64, DType::I64), Ok(Conversion::Exact));
+        assert_eq!(
+            dtype_policy(FileDtype::I64, DType::I64),
+            Ok(Conversion::Exact)
+        );
     }
 }

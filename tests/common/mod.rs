@@ -15,7 +15,9 @@ use wick::config::Config;
 
 /// `tests/fixtures/<name>` (or any path under the crate root with `..`).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// `models/<name>/<version>/model.safetensors` of the committed demo repository.
@@ -118,9 +120,18 @@ impl TestServer {
         }
     }
 
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, String)], body: impl Into<Bytes>) -> (u16, HeaderBytes) {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<Bytes>,
+    ) -> (u16, HeaderBytes) {
         let mut conn = self.target.connect().await.expect("connect");
-        let (status, body) = conn.send(method, path, headers, body.into()).await.expect("request");
+        let (status, body) = conn
+            .send(method, path, headers, body.into())
+            .await
+            .expect("request");
         (status.as_u16(), HeaderBytes(body))
     }
 
@@ -139,11 +150,18 @@ impl TestServer {
     }
 
     /// Infers `rows` of FP32 data on `model` and returns the output values.
-    pub async fn infer_f32(&self, model: &str, input: &str, shape: &[usize], data: &[f32]) -> (u16, Value) {
+    pub async fn infer_f32(
+        &self,
+        model: &str,
+        input: &str,
+        shape: &[usize],
+        data: &[f32],
+    ) -> (u16, Value) {
         let body = serde_json::json!({
             "inputs": [{"name": input, "shape": shape, "datatype": "FP32", "data": data}]
         });
-        self.post_json(&format!("/v2/models/{model}/infer"), &body).await
+        self.post_json(&format!("/v2/models/{model}/infer"), &body)
+            .await
     }
 }
 
@@ -152,9 +170,8 @@ pub struct HeaderBytes(pub Bytes);
 
 impl HeaderBytes {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.0).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.0))
-        })
+        serde_json::from_slice(&self.0)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.0)))
     }
 
     pub fn text(&self) -> String {
@@ -193,8 +210,16 @@ pub fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Values)> {
     for (name, view) in st.tensors() {
         let data = view.data();
         let values = match view.dtype() {
-            safetensors::Dtype::F32 => Values::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            safetensors::Dtype::I64 => Values::I64(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            safetensors::Dtype::F32 => Values::F32(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            safetensors::Dtype::I64 => Values::I64(
+                data.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
             other => panic!("fixture dtype {other:?} not handled"),
         };
         out.insert(name, (view.shape().to_vec(), values));
@@ -205,7 +230,10 @@ pub fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Values)> {
 /// Output `name`'s values of a JSON inference response.
 pub fn output_f32(response: &Value, name: &str) -> Vec<f32> {
     let outputs = response["outputs"].as_array().expect("outputs");
-    let output = outputs.iter().find(|o| o["name"] == name).expect("output present");
+    let output = outputs
+        .iter()
+        .find(|o| o["name"] == name)
+        .expect("output present");
     output["data"]
         .as_array()
         .expect("data")
@@ -251,9 +279,19 @@ impl TestServer {
         let addr = self.server().admin_addr.expect("admin listener");
         let target = Target::parse(&format!("http://{addr}")).unwrap();
         let mut conn = target.connect().await.expect("connect admin");
-        let headers: Vec<(&str, String)> = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
-        let (status, body) = conn.send(Method::POST, path, &headers, Bytes::from(body.to_string())).await.expect("admin request");
-        let value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+        let headers: Vec<(&str, String)> = token
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .into_iter()
+            .collect();
+        let (status, body) = conn
+            .send(Method::POST, path, &headers, Bytes::from(body.to_string()))
+            .await
+            .expect("admin request");
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Value::Null)
+        };
         (status.as_u16(), value)
     }
 
@@ -266,9 +304,9 @@ impl TestServer {
 
     /// The index entry of `model` version `version`.
     pub async fn index_entry(&self, model: &str, version: u64) -> Option<Value> {
-        self.index()
-            .await
-            .into_iter()
-            .find(|e| e["name"] == model && e["version"] == version.to_string())
+        self.index().await.into_iter().find(|e| {
+            e["name"] == model
+                && e["version"].as_str().and_then(|v| v.parse::<u64>().ok()) == Some(version)
+        })
     }
 }

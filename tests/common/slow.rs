@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use candle_nn::VarBuilder;
-use wick::arch::{Architecture, Assets, Configured, HostData, HostTensor, InputError, Model, Prepared, Signature};
+use wick::arch::{
+    Architecture, Assets, Configured, HostData, HostTensor, InputError, Model, Prepared, Signature,
+};
 
 /// A first input value that makes any batch containing it fail.
 pub const POISON: f32 = 666.0;
@@ -49,9 +51,15 @@ pub struct Slow {
 impl Slow {
     /// Wraps `linear` with `in_features` inputs and one output.
     pub fn configured(in_features: usize, delay: Duration, probe: Arc<Probe>) -> Arc<Configured> {
-        let table: toml::Table = format!("in_features = {in_features}\nout_features = 1").parse().unwrap();
+        let table: toml::Table = format!("in_features = {in_features}\nout_features = 1")
+            .parse()
+            .unwrap();
         let inner = wick::arch::configure("linear", &table).unwrap();
-        Arc::new(Configured::new(Box::new(Slow { inner, delay, probe })))
+        Arc::new(Configured::new(Box::new(Slow {
+            inner,
+            delay,
+            probe,
+        })))
     }
 }
 
@@ -81,7 +89,10 @@ struct SlowModel {
 
 fn first_values(p: &Prepared) -> Vec<f32> {
     match &p.tensors[0] {
-        Some(HostTensor { data: HostData::F32(v), shape }) => {
+        Some(HostTensor {
+            data: HostData::F32(v),
+            shape,
+        }) => {
             let row = shape[1..].iter().product::<usize>().max(1);
             v.chunks(row).map(|r| r[0]).collect()
         }

@@ -1,0 +1,263 @@
+//! Triton's model-repository extension on the admin listener: authentication, index, load and
+//! unload (whole model or one version, i.e. rollback), and consistency under concurrent use.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fixture, read_tensors, Repo, TestServer, TOKEN};
+use serde_json::Value;
+
+const SIMPLE: &str = r#"
+[[models]]
+name = "simple"
+architecture = "linear"
+config = { in_features = 10, out_features = 1 }
+"#;
+
+fn x() -> Vec<f32> {
+    read_tensors(&fixture("simple_io.safetensors"))["x"]
+        .1
+        .f32()
+        .to_vec()
+}
+
+async fn served_version(server: &TestServer) -> Option<String> {
+    let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &x()).await;
+    (status == 200).then(|| answer["model_version"].as_str().unwrap().to_string())
+}
+
+async fn admin_server(repo: &Repo) -> TestServer {
+    TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await
+}
+
+#[tokio::test]
+async fn the_api_needs_the_bearer_token() {
+    let repo = Repo::new();
+    repo.install("simple", 1, &common::demo_model("simple", 1));
+    let server = admin_server(&repo).await;
+    for token in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("test-token-12345"),
+        Some("test-token-123"),
+    ] {
+        for path in [
+            "/v2/repository/index",
+            "/v2/repository/models/simple/unload",
+        ] {
+            let (status, body) = server.admin(path, "", token).await;
+            assert_eq!(status, 401, "{path} with {token:?}");
+            assert!(body["error"].is_string());
+        }
+    }
+    // Nothing was unloaded by the refused calls.
+    assert_eq!(served_version(&server).await.as_deref(), Some("1"));
+    let (status, body) = server.admin("/v2/repository/index", "", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!([{"name": "simple", "version": "1", "state": "READY"}])
+    );
+    // The inference listener never serves these paths, token or not.
+    let (status, _) = server
+        .request(
+            http::Method::POST,
+            "/v2/repository/index",
+            &[("authorization", format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_listener_without_a_token_refuses_to_start() {
+    let repo = Repo::new();
+    let config = repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE);
+    let error = wick::app::start(config, wick::app::StartOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("WICK_ADMIN_TOKEN"), "{error}");
+}
+
+#[tokio::test]
+async fn unload_and_load_a_model() {
+    let repo = Repo::new();
+    repo.install("simple", 1, &common::demo_model("simple", 1));
+    let server = admin_server(&repo).await;
+    let (status, _) = server
+        .admin(
+            "/v2/repository/models/simple/unload",
+            r#"{"parameters":{"unload_dependents":false}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_version(&server).await, None);
+    assert_eq!(server.get("/v2/models/simple/ready").await.0, 503);
+    let entry = server.index().await;
+    assert_eq!(entry[0]["state"], "UNAVAILABLE");
+    assert!(entry[0]["reason"].as_str().unwrap().contains("unloaded"));
+    // The watcher leaves an unloaded model alone.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(served_version(&server).await, None);
+    // `ready: true` lists only ready versions.
+    let (_, ready) = server
+        .admin("/v2/repository/index", r#"{"ready": true}"#, Some(TOKEN))
+        .await;
+    assert_eq!(ready, serde_json::json!([]));
+
+    let (status, _) = server
+        .admin("/v2/repository/models/simple/load", "{}", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_version(&server).await.as_deref(), Some("1"));
+
+    // Unknown models, file or config overrides, bad versions.
+    assert_eq!(
+        server
+            .admin("/v2/repository/models/nope/load", "", Some(TOKEN))
+            .await
+            .0,
+        404
+    );
+    let (status, body) = server
+        .admin(
+            "/v2/repository/models/simple/load",
+            r#"{"parameters":{"config":"{}"}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = server
+        .admin(
+            "/v2/repository/models/simple/load",
+            r#"{"parameters":{"file:1/model.safetensors":"AAAA"}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = server
+        .admin(
+            "/v2/repository/models/simple/load",
+            r#"{"parameters":{"version":"01"}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = server
+        .admin(
+            "/v2/repository/models/simple/load",
+            "{not json",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_load_that_fails_reports_why() {
+    let repo = Repo::new();
+    repo.install("simple", 1, &fixture("broken/wrong_shape.safetensors"));
+    let server = admin_server(&repo).await;
+    let (status, body) = server
+        .admin("/v2/repository/models/simple/load", "", Some(TOKEN))
+        .await;
+    assert_eq!(status, 400);
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("size mismatch for linear.weight"),
+        "{message}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rollback_by_unloading_the_bad_version() {
+    let repo = Repo::new();
+    repo.install("simple", 1, &common::demo_model("simple", 1));
+    repo.install("simple", 2, &fixture("simple_v2.safetensors"));
+    let server = admin_server(&repo).await;
+    assert_eq!(served_version(&server).await.as_deref(), Some("2"));
+    let (status, _) = server
+        .admin(
+            "/v2/repository/models/simple/unload",
+            r#"{"parameters":{"version":"2"}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_version(&server).await.as_deref(), Some("1"));
+    // It stays rolled back across watcher scans...
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(served_version(&server).await.as_deref(), Some("1"));
+    // ...until version 2 is explicitly loaded again.
+    let (status, _) = server
+        .admin(
+            "/v2/repository/models/simple/load",
+            r#"{"parameters":{"version":"2"}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_version(&server).await.as_deref(), Some("2"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_loads_and_unloads_leave_a_consistent_state() {
+    let repo = Repo::new();
+    repo.install("simple", 1, &common::demo_model("simple", 1));
+    repo.install("simple", 2, &fixture("simple_v2.safetensors"));
+    let server = Arc::new(admin_server(&repo).await);
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..8 {
+                let (path, body) = match (t + i) % 4 {
+                    0 => ("/v2/repository/models/simple/unload", String::new()),
+                    1 => ("/v2/repository/models/simple/load", String::new()),
+                    2 => (
+                        "/v2/repository/models/simple/unload",
+                        r#"{"parameters":{"version":"2"}}"#.to_string(),
+                    ),
+                    _ => (
+                        "/v2/repository/models/simple/load",
+                        r#"{"parameters":{"version":"2"}}"#.to_string(),
+                    ),
+                };
+                let (status, body) = server.admin(path, &body, Some(TOKEN)).await;
+                // Loads may race with unloads; every answer is still a well-formed success or
+                // a 400 with a reason, never a 5xx.
+                assert!(status == 200 || status == 400, "{path}: {status} {body}");
+                // Inference meanwhile answers 200 or 503 (model unloaded), never anything else.
+                let (status, _) = server.infer_f32("simple", "input", &[8, 10], &x()).await;
+                assert!(
+                    status == 200 || status == 503,
+                    "inference answered {status}"
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // One final explicit load decides the state, and the index agrees with what is served.
+    let (status, _) = server
+        .admin("/v2/repository/models/simple/load", "", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_version(&server).await.as_deref(), Some("2"));
+    let index = server.index().await;
+    let ready: Vec<&Value> = index.iter().filter(|e| e["state"] == "READY").collect();
+    assert_eq!(ready.len(), 1, "{index:?}");
+    assert_eq!(ready[0]["version"], "2");
+    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+}
