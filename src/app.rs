@@ -173,6 +173,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
             path,
             env: options.env,
             running: config.server.clone(),
+            identity: config.source_identity,
         });
         Some(watcher::start(
             Arc::clone(&repository),

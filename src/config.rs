@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::arch::{self, Configured};
-use crate::state_dict::KeyMapping;
+use crate::state_dict::{FileIdentity, KeyMapping};
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub enum ConfigError {
 pub struct Config {
     /// The file this configuration came from (watched for changes by `serve`).
     pub source: Option<PathBuf>,
+    /// That file's identity when it was read, so a change made right after startup is seen.
+    pub source_identity: Option<FileIdentity>,
     pub server: ServerConfig,
     pub models: Vec<ModelConfig>,
 }
@@ -289,6 +291,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 impl Config {
     /// Reads and validates `path`, applying `WICK_*` overrides looked up through `env`.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        // Identity first: if the file changes while it is read, the watcher sees a difference.
+        let identity = FileIdentity::stat(path).ok();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -299,6 +303,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         let mut config = Config::parse(&text, path, &base, env)?;
         config.source = Some(path.to_path_buf());
+        config.source_identity = identity;
         Ok(config)
     }
 
@@ -332,6 +337,7 @@ impl Config {
         }
         Ok(Config {
             source: None,
+            source_identity: None,
             server,
             models,
         })

@@ -46,6 +46,8 @@ pub struct ConfigSource {
     pub env: crate::config::EnvLookup,
     /// The server section currently running (changes there need a restart).
     pub running: crate::config::ServerConfig,
+    /// The identity of the file the running config was read from.
+    pub identity: Option<FileIdentity>,
 }
 
 /// A running watcher; dropping it stops the thread.
@@ -149,9 +151,7 @@ fn run(
     rx: &mpsc::Receiver<Command>,
 ) {
     let mut config = config;
-    let mut config_identity = config
-        .as_ref()
-        .and_then(|c| FileIdentity::stat(&c.path).ok());
+    let mut config_identity = config.as_ref().and_then(|c| c.identity);
     let mut next_poll = Instant::now() + poll_interval;
     let mut due: Option<Instant> = None;
     loop {
@@ -184,7 +184,6 @@ fn run(
 
         if let Some(source) = config.as_mut() {
             let identity = FileIdentity::stat(&source.path).ok();
-            tracing::debug!(?identity, ?config_identity, "config check");
             if identity.is_some() && identity != config_identity {
                 config_identity = identity;
                 reload_config(repository, source);
@@ -219,6 +218,7 @@ fn reload_config(repository: &Repository, source: &mut ConfigSource) {
             return;
         }
     };
+    source.identity = new.source_identity;
     if new.server != source.running {
         tracing::warn!(
             "[server] settings changed; they take effect after a restart (models are reloaded now)"
