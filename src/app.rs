@@ -74,6 +74,7 @@ pub struct Server {
     pub admin_addr: Option<SocketAddr>,
     pub state: AppState,
     stop: watch::Sender<bool>,
+    drain_delay: std::time::Duration,
     listeners: Vec<JoinHandle<()>>,
     watcher: Option<WatchHandle>,
 }
@@ -91,6 +92,13 @@ impl Server {
     /// Graceful shutdown; see the module docs.
     pub async fn shutdown(mut self) {
         self.state.draining.store(true, Ordering::Release);
+        if !self.drain_delay.is_zero() {
+            tracing::info!(
+                ms = self.drain_delay.as_millis() as u64,
+                "readiness is 503; still accepting during the drain delay"
+            );
+            tokio::time::sleep(self.drain_delay).await;
+        }
         let _ = self.stop.send(true);
         for listener in self.listeners.drain(..) {
             let _ = listener.await;
@@ -121,6 +129,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
             },
             decode: DecodeLimits::default(),
         },
+        server.strict_readiness,
     );
     let serve_options = ServeOptions {
         header_read_timeout: server.limits.header_read_timeout,
@@ -189,6 +198,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
         admin_addr,
         state,
         stop,
+        drain_delay: config.server.drain_delay,
         listeners,
         watcher,
     })

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub limits: HttpLimits,
     /// How long in-flight requests get to finish after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long readiness says 503 while the listener still accepts, so load
+    /// balancers stop sending before connections are refused.
+    pub drain_delay: Duration,
     /// Readiness is 200 only when every configured model has a ready version (Triton's default).
     pub strict_readiness: bool,
 }
@@ -202,6 +205,8 @@ struct RawServer {
     max_connections: usize,
     #[serde(default = "default_shutdown_grace_ms")]
     shutdown_grace_ms: u64,
+    #[serde(default)]
+    drain_delay_ms: u64,
     #[serde(default = "default_true")]
     strict_readiness: bool,
 }
@@ -286,6 +291,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WICK_COMPUTE_THREADS", "server.compute_threads"),
     ("WICK_MAX_BODY_BYTES", "server.max_body_bytes"),
     ("WICK_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
+    ("WICK_DRAIN_DELAY_MS", "server.drain_delay_ms"),
 ];
 
 impl Config {
@@ -396,6 +402,7 @@ fn resolve_server(
         ));
     }
     let shutdown_grace_ms = number("WICK_SHUTDOWN_GRACE_MS", raw.shutdown_grace_ms)?;
+    let drain_delay_ms = number("WICK_DRAIN_DELAY_MS", raw.drain_delay_ms)?;
     if raw.max_connections == 0 {
         return Err(invalid(
             "server.max_connections: must be at least 1".to_string(),
@@ -414,6 +421,7 @@ fn resolve_server(
             max_connections: raw.max_connections,
         },
         shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+        drain_delay: Duration::from_millis(drain_delay_ms),
         strict_readiness: raw.strict_readiness,
     })
 }

@@ -5,7 +5,8 @@
 //! Hot paths hold pre-resolved handles ([`ModelMetrics`]) so recording a request costs a few
 //! atomic adds, not a label lookup.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -246,6 +247,7 @@ impl Metrics {
             batch_size: self.batch_size.get_or_create_owned(&label),
             forward_calls: self.forward_calls.get_or_create_owned(&label),
             queue_depth: self.queue_depth.get_or_create_owned(&label),
+            request_counters: Arc::default(),
             all: Arc::clone(self),
         }
     }
@@ -313,6 +315,9 @@ impl Metrics {
     }
 }
 
+/// Request counters already resolved, by (version, outcome).
+type RequestCounters = Arc<RwLock<HashMap<(Option<u64>, &'static str), Counter>>>;
+
 /// Pre-resolved metric handles of one model.
 #[derive(Clone)]
 pub struct ModelMetrics {
@@ -323,6 +328,9 @@ pub struct ModelMetrics {
     batch_size: Histogram,
     forward_calls: Counter,
     queue_depth: Gauge,
+    /// Resolved request counters by (version, outcome): the family lookup allocates label
+    /// strings, which the hot path should not do per request.
+    request_counters: RequestCounters,
     all: Arc<Metrics>,
 }
 
@@ -337,15 +345,27 @@ impl std::fmt::Debug for ModelMetrics {
 impl ModelMetrics {
     /// Counts a finished request. `version` is `None` when it failed before one was chosen.
     pub fn request(&self, version: Option<u64>, outcome: &'static str, elapsed: Duration) {
-        self.all
-            .requests
-            .get_or_create(&RequestLabels {
-                model: self.model.clone(),
-                version: version.map(|v| v.to_string()).unwrap_or_default(),
-                outcome,
-            })
-            .inc();
         self.request_duration.observe(elapsed.as_secs_f64());
+        let key = (version, outcome);
+        if let Some(counter) = self
+            .request_counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self.all.requests.get_or_create_owned(&RequestLabels {
+            model: self.model.clone(),
+            version: version.map(|v| v.to_string()).unwrap_or_default(),
+            outcome,
+        });
+        counter.inc();
+        self.request_counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, counter);
     }
 
     pub fn rejected(&self, reason: &'static str) {

@@ -149,6 +149,9 @@ struct State {
     jobs: VecDeque<Job>,
     /// A batch is being computed.
     busy: bool,
+    /// The compute thread is blocked on the condition variable: only then does a submit need
+    /// to wake it (a futex syscall per request otherwise).
+    sleeping: bool,
     closing: bool,
     config: BatchingConfig,
 }
@@ -194,6 +197,7 @@ impl Engine {
             state: Mutex::new(State {
                 jobs: VecDeque::with_capacity(config.max_queue_size.min(4096)),
                 busy: false,
+                sleeping: false,
                 closing: false,
                 config,
             }),
@@ -252,8 +256,11 @@ impl Engine {
         job.arrived_idle = !state.busy && state.jobs.is_empty();
         state.jobs.push_back(job);
         self.inner.metrics.set_queue_depth(state.jobs.len());
+        let wake = state.sleeping;
         drop(state);
-        self.inner.wake.notify_one();
+        if wake {
+            self.inner.wake.notify_one();
+        }
         Ok(())
     }
 

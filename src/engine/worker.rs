@@ -62,6 +62,7 @@ pub(super) fn run(inner: &Arc<Inner>) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                state.sleeping = true;
                 state = match until {
                     None => inner
                         .wake
@@ -76,6 +77,7 @@ pub(super) fn run(inner: &Arc<Inner>) {
                             .0
                     }
                 };
+                state.sleeping = false;
             }
         }
     }

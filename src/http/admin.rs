@@ -39,7 +39,7 @@ pub fn router(app: AppState, token: &str) -> Router {
         app,
         token_digest: Arc::new(Sha256::digest(token.as_bytes()).into()),
     };
-    Router::new()
+    let routes = Router::new()
         .route("/v2/repository/index", post(index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
@@ -48,7 +48,8 @@ pub fn router(app: AppState, token: &str) -> Router {
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state)
+        .with_state(state);
+    super::with_request_ids(routes)
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {

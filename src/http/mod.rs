@@ -22,6 +22,10 @@ use axum::Router;
 use http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::parse_version;
 use crate::engine::LoadedVersion;
@@ -48,15 +52,18 @@ pub struct AppState {
     pub limits: Limits,
     /// Set when shutdown begins: readiness turns 503 at once.
     pub draining: Arc<AtomicBool>,
+    /// Readiness requires every model to serve a version (otherwise: the process is up).
+    pub strict_readiness: bool,
 }
 
 impl AppState {
-    pub fn new(repository: Arc<Repository>, limits: Limits) -> AppState {
+    pub fn new(repository: Arc<Repository>, limits: Limits, strict_readiness: bool) -> AppState {
         AppState {
             metrics: Arc::clone(repository.metrics()),
             repository,
             limits,
             draining: Arc::new(AtomicBool::new(false)),
+            strict_readiness,
         }
     }
 
@@ -65,7 +72,7 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.repository.is_ready()
+        !self.is_draining() && (!self.strict_readiness || self.repository.is_ready())
     }
 
     /// Looks a model up by name; names outside the grammar are refused without a lookup.
@@ -113,6 +120,10 @@ impl AppState {
 /// The inference listener's routes: KServe v2 health, metadata and inference, and `/metrics`.
 /// The repository API is never served here (see [`admin`]).
 pub fn router(state: AppState) -> Router {
+    with_request_ids(routes(state))
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v2/health/live", get(health::live))
         .route("/v2/health/ready", get(health::ready))
@@ -139,6 +150,57 @@ pub fn router(state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// Every request gets an `x-request-id` (the client's own, or a new one), carried by the
+/// request's log span and echoed in the response.
+pub fn with_request_ids(router: Router) -> Router {
+    router
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
+}
+
+fn request_span(request: &http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+}
+
+/// Request ids: a per-process prefix and a counter (no syscall per request, unlike UUIDs).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        RequestIds {
+            prefix: format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff).into(),
+            next: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 async fn no_route(uri: http::Uri) -> ApiError {
