@@ -518,25 +518,25 @@ fn resolve_model(
 }
 
 /// Model names are looked up, never joined into paths; the grammar still keeps them boring:
-/// an ASCII letter or digit, then up to 63 letters, digits, `.`, `_` or `-`.
+/// 1 to 64 ASCII letters, digits, `.`, `_` or `-`, and never `.` or `..` (so even as a path
+/// component a name cannot leave the repository). Names like `...` or `model..1` stay valid.
 pub fn validate_model_name(name: &str) -> Result<(), String> {
-    let bytes = name.as_bytes();
-    let Some(first) = bytes.first() else {
+    let shown: String = name.chars().take(64).collect();
+    if name.is_empty() {
         return Err("must not be empty".to_string());
-    };
-    if !first.is_ascii_alphanumeric() {
-        return Err(format!("{name:?} must start with an ASCII letter or digit"));
     }
-    if bytes.len() > 64 {
-        return Err(format!("{name:?} is longer than 64 characters"));
+    if name.len() > 64 {
+        return Err(format!("{shown:?}... is longer than 64 characters"));
     }
-    if let Some(bad) = bytes
-        .iter()
-        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a model name"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!(
-            "{name:?} contains {:?}; only ASCII letters, digits, '.', '_' and '-' are allowed",
-            *bad as char
+            "{shown:?} contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
         ));
     }
     Ok(())
@@ -639,7 +639,13 @@ version_policy = { latest = 2 }
             .to_string()
             .contains("already used"));
         let text = GOOD.replace("name = \"digits\"", "name = \"../etc\"");
-        assert!(parse(&text).unwrap_err().to_string().contains("must start"));
+        assert!(parse(&text).unwrap_err().to_string().contains("'/'"));
+        for bad in ["", ".", "..", "a b", "é", "a/b", "a\\b"] {
+            assert!(validate_model_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["digits", "...", "..my_model", "model..1", "a-b_c.d", "0"] {
+            assert!(validate_model_name(good).is_ok(), "{good:?} refused");
+        }
     }
 
     #[test]

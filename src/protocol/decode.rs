@@ -130,6 +130,20 @@ pub enum ProtocolError {
     Unsupported(&'static str),
 }
 
+/// Client-supplied text echoed in an error is cut short: an error must not repeat a 60 KB name.
+pub fn clip(mut text: String) -> String {
+    const MAX: usize = 128;
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 fn names(specs: &[crate::arch::IoSpec]) -> String {
     specs
         .iter()
@@ -189,18 +203,18 @@ pub fn decode(
     for input in request.inputs {
         let Some(index) = signature.inputs.iter().position(|s| s.name == input.name) else {
             return Err(ProtocolError::UnknownInput {
-                name: input.name,
+                name: clip(input.name),
                 known: names(&signature.inputs),
             });
         };
         if inputs[index].is_some() {
-            return Err(ProtocolError::DuplicateInput(input.name));
+            return Err(ProtocolError::DuplicateInput(clip(input.name)));
         }
         let spec = &signature.inputs[index];
         let Some(datatype) = Datatype::parse(&input.datatype) else {
             return Err(ProtocolError::UnknownDatatype {
                 input: input.name,
-                datatype: input.datatype,
+                datatype: clip(input.datatype),
             });
         };
         let Some(check_values) = datatype.converts_to(spec.kind) else {
@@ -341,12 +355,12 @@ fn choose_outputs(
     for output in requested {
         let Some(index) = signature.outputs.iter().position(|s| s.name == output.name) else {
             return Err(ProtocolError::UnknownOutput {
-                name: output.name,
+                name: clip(output.name),
                 known: names(&signature.outputs),
             });
         };
         if out.iter().any(|o| o.index == index) {
-            return Err(ProtocolError::DuplicateOutput(output.name));
+            return Err(ProtocolError::DuplicateOutput(clip(output.name)));
         }
         let params = output.parameters.unwrap_or_default();
         if params.contains_key("classification") {

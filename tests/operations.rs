@@ -1,0 +1,376 @@
+//! wick as infrastructure: a real `wick serve` process drains on SIGTERM, slow clients are cut
+//! off by the header and body deadlines, and `wick health` tells ready from not ready.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::slow::{Probe, Slow};
+use common::{demo_model, Repo, TestServer, DEMO_MODELS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wick::bench::Target;
+
+/// A `wick serve` child process and the address it listens on.
+struct Process {
+    child: Child,
+    addr: String,
+    _repo: Repo,
+}
+
+impl Process {
+    fn start(extra_server: &str) -> Process {
+        let repo = Repo::demo();
+        let config = repo.path().join(".config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nrepository = {:?}\n{extra_server}\n{DEMO_MODELS}",
+                repo.path().display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The startup log line names the bound address (port 0 was asked for).
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(listen) = value["listen"].as_str() {
+                        let _ = tx.send(listen.to_string());
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("wick serve logged its address");
+        Process {
+            child,
+            addr,
+            _repo: repo,
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target::parse(&format!("http://{}", self.addr)).unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit code, at most `limit`.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let mut process = Process::start("drain_delay_ms = 600\nshutdown_grace_ms = 5000");
+    let target = process.target();
+    assert_eq!(target.get_status("/v2/health/ready").await.unwrap(), 200);
+
+    // Clients under load, and one idle keep-alive connection that must not hold shutdown open.
+    let mut idle = target.connect().await.unwrap();
+    idle.send(
+        http::Method::GET,
+        "/v2/health/live",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let body = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![3.0f32; 64]}]})).unwrap();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (target, stop, ok, bad, body) = (
+                target.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&bad),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(mut conn) = target.connect().await else {
+                    return;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match conn
+                        .send(
+                            http::Method::POST,
+                            "/v2/models/digits/infer",
+                            &[],
+                            body.clone().into(),
+                        )
+                        .await
+                    {
+                        Ok((status, _)) if status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        // An HTTP answer other than 200 is a failed request.
+                        Ok(_) => bad.fetch_add(1, Ordering::Relaxed),
+                        // The connection was closed by the shutdown: this client is done.
+                        Err(_) => break,
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ok.load(Ordering::Relaxed);
+    let signalled = Instant::now();
+    process.signal("TERM");
+
+    // Readiness flips to 503 at once, while the listener still accepts during the drain delay.
+    let mut saw_503 = false;
+    while signalled.elapsed() < Duration::from_millis(500) {
+        if let Ok(503) = target.get_status("/v2/health/ready").await {
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saw_503, "readiness did not turn 503 after SIGTERM");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = process.wait(Duration::from_secs(10));
+        (code, process)
+    })
+    .await
+    .unwrap();
+    let exited_after = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(code.0, Some(0), "wick serve did not exit 0");
+    // Drain delay (0.6 s) plus a little: the idle keep-alive connection did not hold it open.
+    assert!(
+        exited_after < Duration::from_secs(3),
+        "shutdown took {exited_after:?}"
+    );
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "requests failed with an HTTP error during shutdown"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > before,
+        "no request was served during the drain delay"
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_queued_requests_and_joins_compute_threads() {
+    let repo = Repo::new();
+    repo.install("simple", 1, &demo_model("simple", 1));
+    let mut config = repo.config(
+        "shutdown_grace_ms = 5000",
+        "[[models]]\nname = \"simple\"\narchitecture = \"linear\"\nconfig = { in_features = 10, out_features = 1 }\nbatching = { max_batch_size = 1 }\n",
+    );
+    let probe = Arc::new(Probe::default());
+    config.models[0].architecture =
+        Slow::configured(10, Duration::from_millis(150), Arc::clone(&probe));
+    let server = TestServer::start(config).await;
+    probe.reset();
+    let requests: Vec<_> = (0..4)
+        .map(|i| {
+            let target = server.target.clone();
+            tokio::spawn(async move {
+                let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": vec![i as f32; 10]}]});
+                let mut conn = target.connect().await.unwrap();
+                let body = serde_json::to_vec(&body).unwrap().into();
+                conn.send(http::Method::POST, "/v2/models/simple/infer", &[], body).await.unwrap().0
+            })
+        })
+        .collect();
+    let slot = server.server().repository().get("simple").unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            slot.engine.queue_len() == 3
+        })
+        .await
+    );
+    let started = Instant::now();
+    server.shutdown().await;
+    // Every admitted request was computed and answered before shutdown returned.
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(probe.calls(), 4);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Reads until the server closes the connection (or `limit` passes): what it said, and when.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&seen).into_owned(),
+                    Some(started.elapsed()),
+                )
+            }
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_while_others_are_served() {
+    let repo = Repo::demo();
+    let server = TestServer::start(repo.config(
+        "header_read_timeout_ms = 500\nbody_deadline_ms = 700",
+        DEMO_MODELS,
+    ))
+    .await;
+    let addr = server.server().addr;
+
+    // Slowloris: half a request head, then silence.
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    // A body trickled one byte at a time.
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(
+            b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let trickler = tokio::spawn(async move {
+        for _ in 0..30 {
+            if trickle.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        trickle
+    });
+
+    // Others are served meanwhile.
+    for _ in 0..5 {
+        let (status, _) = server
+            .infer_f32("simple", "input", &[1, 10], &[1.0; 10])
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    let (said, closed) = read_until_closed(&mut partial, Duration::from_secs(3)).await;
+    let closed = closed.expect("the slowloris connection was not closed");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed after {closed:?}"
+    );
+    assert!(!said.contains("200 OK"), "{said}");
+
+    let mut trickle = trickler.await.unwrap();
+    let (said, _) = read_until_closed(&mut trickle, Duration::from_secs(3)).await;
+    assert!(
+        said.starts_with("HTTP/1.1 408"),
+        "the trickled body was not cut at the deadline: {said:?}"
+    );
+    assert!(said.contains("\"error\""), "{said}");
+    let (status, _) = server
+        .infer_f32("simple", "input", &[1, 10], &[1.0; 10])
+        .await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}
+
+fn health(url: &str) -> i32 {
+    Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["health", "--url", url, "--timeout-ms", "1000"])
+        .status()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wick_health_tells_ready_from_not_ready() {
+    let repo = Repo::demo();
+    let ready = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let url = format!("http://{}", ready.server().addr);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(&url))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Configured models without any version: live, not ready.
+    let empty = Repo::new();
+    let not_ready = TestServer::start(empty.config("", DEMO_MODELS)).await;
+    let url = format!("http://{}", not_ready.server().addr);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(&url))
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Nothing listening.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let url = format!("http://{closed}");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health(&url))
+            .await
+            .unwrap(),
+        1
+    );
+    ready.shutdown().await;
+    not_ready.shutdown().await;
+}
