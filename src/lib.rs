@@ -14,7 +14,9 @@
 //! - [`protocol`]: KServe v2 JSON and binary tensors ⇄ host tensors;
 //! - [`http`]: routes, limits, the connection loop, error → status mapping;
 //! - [`telemetry`]: logging and metrics;
-//! - [`app`]: wires a server together; [`commands`] and [`bench`]: the other CLI subcommands.
+//! - [`app`]: wires a server together; [`commands`] and [`bench`]: the other CLI subcommands;
+//! - [`convert`]: `wick convert`, `.pth` checkpoints to safetensors offline (CLI only: the
+//!   serving path never reads a pickle).
 //!
 //! Dependency direction: `http → engine/repository → state_dict/arch → candle`.
 
@@ -23,6 +25,7 @@ pub mod arch;
 pub mod bench;
 pub mod commands;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod http;
 pub mod protocol;

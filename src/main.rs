@@ -48,6 +48,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a torch.save checkpoint (.pth/.pt/.bin) to safetensors, offline, without executing it.
+    Convert {
+        /// The torch.save file to read.
+        input: PathBuf,
+        /// The safetensors file to write (atomically: it appears only when complete).
+        output: PathBuf,
+        /// The checkpoint entry holding the state dict, e.g. `model` for {'model': ..., 'optimizer': ...}.
+        #[arg(long)]
+        key: Option<String>,
+        /// Run `wick check` on the result against this config's --model before writing it.
+        #[arg(long, requires = "model")]
+        check_config: Option<PathBuf>,
+        #[arg(long, requires = "check_config")]
+        model: Option<String>,
+    },
     /// Exit 0 when a server answers ready (for container health checks).
     Health {
         /// Defaults to the listen address of WICK_LISTEN, else 127.0.0.1:8080.
@@ -105,6 +120,22 @@ fn main() -> ExitCode {
         }
         Command::Inspect { file, json } => {
             exit(wick::commands::inspect(&file, json, &mut std::io::stdout()))
+        }
+        Command::Convert {
+            input,
+            output,
+            key,
+            check_config,
+            model,
+        } => {
+            let options = wick::convert::ConvertOptions {
+                input,
+                output,
+                key,
+                check_config,
+                model,
+            };
+            exit(wick::convert::run(&options, &mut std::io::stdout()))
         }
         Command::Health { url, timeout_ms } => {
             let url = url.unwrap_or_else(|| {
