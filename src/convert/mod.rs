@@ -38,7 +38,6 @@ pub mod write;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek, Write};
 use std::path::PathBuf;
 
@@ -295,15 +294,11 @@ fn convert_file(
         path: input.clone(),
         source,
     };
-    let meta = std::fs::metadata(input).map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(ConvertError::NotAFile {
-            path: input.clone(),
-        }
-        .into());
-    }
-    let mut file = File::open(input).map_err(io_err)?;
-    let before = FileIdentity::of(&file.metadata().map_err(io_err)?);
+    let (mut file, before) = state_dict::load::open_regular(input).map_err(|e| match e {
+        state_dict::LoadError::NotAFile { path } => ConvertError::NotAFile { path },
+        state_dict::LoadError::Io { path, source } => ConvertError::Io { path, source },
+        other => io_err(std::io::Error::other(other.to_string())),
+    })?;
     if let Ok(existing) = FileIdentity::stat(&options.output) {
         if (existing.dev, existing.ino) == (before.dev, before.ino) {
             return Err(ConvertError::SameFile {

@@ -132,7 +132,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
 }
 
 /// Opens `path` as a regular file without blocking on FIFOs, returning it with its identity.
-fn open_regular(path: &Path) -> Result<(File, FileIdentity), LoadError> {
+/// (A FIFO swapped in between the `stat` and the `open` would otherwise block the reader.)
+pub fn open_regular(path: &Path) -> Result<(File, FileIdentity), LoadError> {
     let meta = std::fs::metadata(path).map_err(io_error(path))?;
     if !meta.is_file() {
         return Err(LoadError::NotAFile {
