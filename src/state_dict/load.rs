@@ -4,9 +4,9 @@
 //! 1. `stat` the path: a regular file (never a FIFO or device), opened non-blocking;
 //! 2. read the 8-byte prefix and the JSON header with plain reads and validate them
 //!    ([`super::header`]); compare them with the model's expectations ([`super::report`]);
-//! 3. only for a clean report: map the file, let the safetensors crate re-validate it, copy every
-//!    planned tensor into candle-owned memory (widening F16/BF16 where the plan says so) while
-//!    another thread computes the file's sha256, then drop the mapping;
+//! 3. only for a clean report: map the file, let the safetensors crate re-validate its header,
+//!    then copy every planned tensor into candle-owned memory (widening F16/BF16 where the plan
+//!    says so) through bounded mapped windows while hashing the file ([`super::stream`]);
 //! 4. `fstat` again: a file that changed while it was read is refused (publishers must rename
 //!    files into place; see security.md F7).
 
@@ -16,12 +16,12 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 
-use super::header::{self, FileDtype, FormatError, Header, HeaderLimits};
-use super::report::{self, Conversion, ExpectedSpec, LoadReport, PlanEntry};
-use super::KeyMapping;
+use super::header::{self, FormatError, Header, HeaderLimits};
+use super::report::{self, ExpectedSpec, LoadReport};
+use super::{stream, KeyMapping};
 
 /// Why a checkpoint file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -206,34 +206,54 @@ pub fn load(
         return Err(LoadError::Mismatch(Box::new(report)));
     }
 
-    // SAFETY: the mapping is read-only, lives only inside this function, and every byte we use
-    // is copied into owned memory before it is dropped. The remaining hazard is another process
-    // modifying or truncating the file while it is mapped (torn reads or SIGBUS; memmap2 and
-    // security.md F7). The publishing contract is write-elsewhere-then-rename, which never
-    // touches a mapped inode; the repository loads a file only after it has been stable across
-    // two checks, and the identity check below refuses a file that changed during the copy.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?;
-    if map.len() as u64 != before.size {
-        return Err(LoadError::Changed {
-            path: path.to_path_buf(),
-        });
+    // A second opinion from the reference parser on the header of exactly this file, through
+    // a mapping of the whole file (only the header's pages are touched), and the header's
+    // bytes into the hash.
+    let mut hasher = Sha256::new();
+    {
+        let whole = stream::map(&file, 0, before.size as usize).map_err(io_error(path))?;
+        if whole.len() as u64 != before.size {
+            return Err(LoadError::Changed {
+                path: path.to_path_buf(),
+            });
+        }
+        let parsed =
+            safetensors::SafeTensors::deserialize(&whole).map_err(|e| LoadError::Crate {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        for entry in &plan {
+            let stored = &header.tensors[entry.file_index];
+            let agrees = parsed.tensor(&stored.name).is_ok_and(|view| {
+                view.shape() == stored.shape.as_slice()
+                    && view.data().len() as u64 == stored.bytes()
+            });
+            if !agrees {
+                return Err(LoadError::Tensor {
+                    path: path.to_path_buf(),
+                    name: stored.name.clone(),
+                    message: "the safetensors crate and wick's header parser disagree".to_string(),
+                });
+            }
+        }
+        hasher.update(&whole[..header.data_offset() as usize]);
     }
-    let bytes: &[u8] = &map;
-    // Second opinion from the reference parser on exactly the bytes we are about to copy.
-    let parsed = safetensors::SafeTensors::deserialize(bytes).map_err(|e| LoadError::Crate {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    let tensors = stream::stream(&file, &header, &plan, &mut hasher).map_err(|e| match e {
+        stream::StreamError::Io(source) => LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        stream::StreamError::Tensor { index, message } => LoadError::Tensor {
+            path: path.to_path_buf(),
+            name: header.tensors[index].name.clone(),
+            message,
+        },
     })?;
-    let data = &bytes[header.data_offset() as usize..];
-
-    // Hash on one thread while copying on another: both are memory-bound passes over the file.
-    let (sha256, copied) = rayon::join(
-        || hex(&Sha256::digest(bytes)),
-        || copy_tensors(path, &header, &parsed, data, &plan),
-    );
-    let (tensors, param_bytes) = copied?;
-    drop(parsed);
-    drop(map);
+    let sha256 = hex(&hasher.finalize());
+    let param_bytes = tensors
+        .values()
+        .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum();
 
     let after = FileIdentity::of(&file.metadata().map_err(io_error(path))?);
     if after != before {
@@ -249,98 +269,6 @@ pub fn load(
         param_bytes,
         metadata: header.metadata,
     })
-}
-
-fn copy_tensors(
-    path: &Path,
-    header: &Header,
-    parsed: &safetensors::SafeTensors<'_>,
-    data: &[u8],
-    plan: &[PlanEntry],
-) -> Result<(HashMap<String, Tensor>, u64), LoadError> {
-    let mut tensors = HashMap::with_capacity(plan.len());
-    let mut total = 0u64;
-    for entry in plan {
-        let stored = &header.tensors[entry.file_index];
-        let tensor_error = |message: String| LoadError::Tensor {
-            path: path.to_path_buf(),
-            name: stored.name.clone(),
-            message,
-        };
-        // Our header and the crate's must agree on every tensor we copy.
-        let view = parsed
-            .tensor(&stored.name)
-            .map_err(|e| tensor_error(e.to_string()))?;
-        if view.shape() != stored.shape.as_slice() || view.data().len() as u64 != stored.bytes() {
-            return Err(tensor_error(
-                "the safetensors crate and wick's header parser disagree".to_string(),
-            ));
-        }
-        let raw = data
-            .get(stored.start as usize..stored.end as usize)
-            .ok_or_else(|| tensor_error("data offsets outside the file".to_string()))?;
-        let tensor = decode(raw, stored.dtype, entry, &stored.shape)
-            .map_err(|e| tensor_error(e.to_string()))?;
-        total += (tensor.elem_count() * tensor.dtype().size_in_bytes()) as u64;
-        tensors.insert(entry.model_key.clone(), tensor);
-    }
-    Ok((tensors, total))
-}
-
-/// Decodes little-endian bytes into an owned candle tensor. `raw.len()` was checked against
-/// shape × dtype by the header validation; `chunks_exact` keeps this safe regardless (never
-/// `Tensor::from_raw_buffer`, security.md F1).
-fn decode(
-    raw: &[u8],
-    dtype: FileDtype,
-    entry: &PlanEntry,
-    shape: &[usize],
-) -> candle_core::Result<Tensor> {
-    let dev = &Device::Cpu;
-    match (dtype, entry.conversion, entry.dtype) {
-        (FileDtype::F32, Conversion::Exact, DType::F32) => {
-            Tensor::from_vec(le_values(raw, f32::from_le_bytes), shape, dev)
-        }
-        (FileDtype::F16, Conversion::Upcast, DType::F32) => Tensor::from_vec(
-            le_values(raw, |b| half::f16::from_le_bytes(b).to_f32()),
-            shape,
-            dev,
-        ),
-        (FileDtype::BF16, Conversion::Upcast, DType::F32) => Tensor::from_vec(
-            le_values(raw, |b| half::bf16::from_le_bytes(b).to_f32()),
-            shape,
-            dev,
-        ),
-        (FileDtype::F16, Conversion::Exact, DType::F16) => {
-            Tensor::from_vec(le_values(raw, half::f16::from_le_bytes), shape, dev)
-        }
-        (FileDtype::BF16, Conversion::Exact, DType::BF16) => {
-            Tensor::from_vec(le_values(raw, half::bf16::from_le_bytes), shape, dev)
-        }
-        (FileDtype::F64, Conversion::Exact, DType::F64) => {
-            Tensor::from_vec(le_values(raw, f64::from_le_bytes), shape, dev)
-        }
-        (FileDtype::I64, Conversion::Exact, DType::I64) => {
-            Tensor::from_vec(le_values(raw, i64::from_le_bytes), shape, dev)
-        }
-        (FileDtype::U32, Conversion::Exact, DType::U32) => {
-            Tensor::from_vec(le_values(raw, u32::from_le_bytes), shape, dev)
-        }
-        (FileDtype::U8, Conversion::Exact, DType::U8) => Tensor::from_vec(raw.to_vec(), shape, dev),
-        (file, conversion, model) => Err(candle_core::Error::Msg(format!(
-            "no decoder for {file} -> {model:?} ({conversion:?})"
-        ))),
-    }
-}
-
-fn le_values<T, const N: usize>(raw: &[u8], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
-    raw.chunks_exact(N)
-        .map(|chunk| {
-            let mut bytes = [0u8; N];
-            bytes.copy_from_slice(chunk);
-            convert(bytes)
-        })
-        .collect()
 }
 
 /// Lower-case hex.

@@ -5,7 +5,8 @@
 //! - [`mapping`]: `strip_prefix` and `ignore` patterns between checkpoint and model names;
 //! - [`recording`]: the recording backend that learns what an architecture expects;
 //! - [`report`]: the comparison and the [`LoadReport`] that lists every problem at once;
-//! - [`load`]: reading from disk, the one memory map, copy out, sha256.
+//! - [`load`]: reading from disk: header, comparison, copy out, sha256;
+//! - [`stream`]: the copy through bounded memory-mapped windows (wick's one `unsafe`).
 //!
 //! Nothing here knows about HTTP or the model registry.
 
@@ -14,6 +15,7 @@ pub mod load;
 pub mod mapping;
 pub mod recording;
 pub mod report;
+pub mod stream;
 
 pub use header::{FileDtype, ForeignFormat, FormatError, Header, HeaderLimits, TensorEntry};
 pub use load::{check, hex, load, read_header, FileIdentity, LoadError, LoadedStateDict};
