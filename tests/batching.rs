@@ -7,17 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::slow::{Probe, Slow, POISON};
-use common::{demo_model, output_f32, read_tensors, Repo, TestServer};
+use common::{demo_model, output_f32, read_tensors, Repo, TestServer, SIMPLE};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-
-const SIMPLE: &str = r#"
-[[models]]
-name = "simple"
-architecture = "linear"
-config = { in_features = 10, out_features = 1 }
-"#;
 
 /// A server whose `simple` model sleeps `delay` per forward pass.
 async fn slow_server(delay: Duration, batching: &str) -> (TestServer, Repo, Arc<Probe>) {

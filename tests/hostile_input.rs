@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{Repo, TestServer, DEMO_MODELS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const INFER: &str = "/v2/models/simple/infer";
 
@@ -25,18 +25,12 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer (and close) before reading everything: ignore write errors.
     let _ = stream.write_all(bytes).await;
-    let mut seen = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "the server neither answered nor closed within 5 s: {:?}",
-                String::from_utf8_lossy(&seen)
-            ),
-        }
-    }
+    let (seen, closed) = common::read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some(),
+        "the server neither answered nor closed within 5 s: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
     let text = String::from_utf8_lossy(&seen).into_owned();
     let status = text
         .strip_prefix("HTTP/1.1 ")

@@ -9,15 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, fixture, read_tensors, Repo, TestServer};
+use common::{eventually, fixture, read_tensors, Repo, TestServer, SIMPLE};
 use serde_json::{json, Value};
-
-const SIMPLE: &str = r#"
-[[models]]
-name = "simple"
-architecture = "linear"
-config = { in_features = 10, out_features = 1 }
-"#;
 
 const WAIT: Duration = Duration::from_secs(10);
 

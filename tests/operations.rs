@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::slow::{Probe, Slow};
 use common::{demo_model, Repo, TestServer, DEMO_MODELS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use wick::bench::Target;
 
 /// A `wick serve` child process and the address it listens on.
@@ -236,31 +236,13 @@ async fn shutdown_finishes_queued_requests_and_joins_compute_threads() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// Reads until the server closes the connection (or `limit` passes): what it said, and when.
+/// What the server said before closing, and when it closed.
 async fn read_until_closed(
     stream: &mut tokio::net::TcpStream,
     limit: Duration,
 ) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(
-            limit.saturating_sub(started.elapsed()),
-            stream.read(&mut buf),
-        )
-        .await
-        {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&seen).into_owned(),
-                    Some(started.elapsed()),
-                )
-            }
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), None),
-        }
-    }
+    let (seen, closed) = common::read_until_closed(stream, limit).await;
+    (String::from_utf8_lossy(&seen).into_owned(), closed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,15 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fixture, read_tensors, Repo, TestServer, TOKEN};
+use common::{fixture, read_tensors, Repo, TestServer, SIMPLE, TOKEN};
 use serde_json::Value;
-
-const SIMPLE: &str = r#"
-[[models]]
-name = "simple"
-architecture = "linear"
-config = { in_features = 10, out_features = 1 }
-"#;
 
 fn x() -> Vec<f32> {
     read_tensors(&fixture("simple_io.safetensors"))["x"]

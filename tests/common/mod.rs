@@ -43,6 +43,34 @@ config = { in_features = 64, hidden = [128, 64], out_features = 10, activation =
 load = { strip_prefix = "model.", ignore = ["optimizer.*"] }
 "#;
 
+/// Only the `simple` demo model (PyTorch's `nn.Linear(10, 1)` tutorial model).
+pub const SIMPLE: &str = r#"
+[[models]]
+name = "simple"
+architecture = "linear"
+config = { in_features = 10, out_features = 1 }
+"#;
+
+/// Reads from `stream` until the server closes it or `limit` passes: what it sent, and after
+/// how long it closed (`None`: still open at the limit).
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (seen, Some(started.elapsed())),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => return (seen, None),
+        }
+    }
+}
+
 /// A temporary model repository.
 pub struct Repo {
     pub dir: tempfile::TempDir,
