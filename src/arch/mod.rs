@@ -8,8 +8,15 @@
 //! builder for a runnable [`Model`]. Nothing here touches files, sockets or tokio: weights and
 //! assets arrive as values.
 
+pub mod bert;
+pub mod bert_encoder;
+pub mod conv;
+pub mod fused;
 pub mod mlp;
+pub mod resnet;
 pub mod tensor;
+pub mod text;
+pub mod winograd;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -216,7 +223,7 @@ pub enum ConfigureError {
 }
 
 /// Every architecture name the registry knows.
-pub const KNOWN: &[&str] = &["linear", "mlp"];
+pub const KNOWN: &[&str] = &["linear", "mlp", "resnet", "bert"];
 
 /// The registry: `architecture = "..."` and its `config` table to a configured architecture.
 pub fn configure(name: &str, config: &toml::Table) -> Result<Arc<Configured>, ConfigureError> {
@@ -227,6 +234,8 @@ pub fn configure(name: &str, config: &toml::Table) -> Result<Arc<Configured>, Co
     let inner: Box<dyn Architecture> = match name {
         "linear" => Box::new(mlp::Mlp::linear(parse(config).map_err(invalid)?).map_err(invalid)?),
         "mlp" => Box::new(mlp::Mlp::new(parse(config).map_err(invalid)?).map_err(invalid)?),
+        "resnet" => Box::new(resnet::ResNetArch::new(parse(config).map_err(invalid)?).map_err(invalid)?),
+        "bert" => Box::new(bert::BertArch::new(parse(config).map_err(invalid)?).map_err(invalid)?),
         _ => {
             return Err(ConfigureError::UnknownArchitecture {
                 name: name.to_string(),

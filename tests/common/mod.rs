@@ -108,6 +108,18 @@ impl Repo {
         std::fs::rename(&staging, self.version_dir(model, version)).unwrap();
     }
 
+    /// Publishes a version folder holding several files (`(name in the folder, source)`), e.g.
+    /// `model.safetensors` and `tokenizer.json`, with the same write-elsewhere-then-rename.
+    pub fn install_files(&self, model: &str, version: u64, files: &[(&str, &Path)]) {
+        let staging = self.path().join(format!(".staging-{model}-{version}"));
+        std::fs::create_dir_all(&staging).unwrap();
+        for (name, source) in files {
+            std::fs::copy(source, staging.join(name)).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        }
+        std::fs::create_dir_all(self.path().join(model)).unwrap();
+        std::fs::rename(&staging, self.version_dir(model, version)).unwrap();
+    }
+
     /// Writes `config_models` under a `[server]` section for this repository.
     pub fn config(&self, extra_server: &str, config_models: &str) -> Config {
         let text = format!(

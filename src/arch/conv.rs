@@ -1,0 +1,523 @@
+//! CPU building blocks of convolutional networks (`resnet`): convolutions with BatchNorm folded in,
+//! computed as im2col + one matmul per batch, with bias, residual and ReLU fused into one pass.
+//!
+//! Why not candle's `conv2d` + `batch_norm`: candle runs im2col per image and then BatchNorm,
+//! ReLU and the residual add as four more passes over memory, each allocating a tensor (stock
+//! candle ran resnet18 at 0.4× PyTorch's speed, shared/notes/reference-env.md). Here activations
+//! live in channel-major layout
+//! `[C, N, H, W]` ([`Planes`]), so one convolution of the whole batch is a single matmul
+//! `W[Cout, Cin·k·k] × cols[Cin·k·k, N·OH·OW]` whose result is already in that layout; the
+//! BatchNorm of eval mode is an affine map per output channel, folded into `W` and a bias at load
+//! time; and one epilogue pass adds the bias (and the block's residual) and applies ReLU. The
+//! matmul is candle's (gemm, multi-threaded); the memory passes are parallel over rows with rayon.
+//! 3×3 stride-1 convolutions, most of a ResNet's work, take the Winograd route instead
+//! ([`super::winograd`]), with the same folded weights and the same fused epilogue.
+
+use candle_core::{bail, Storage, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use super::winograd::Winograd3x3;
+
+/// torchvision's `nn.BatchNorm2d` default epsilon.
+const BN_EPS: f64 = 1e-5;
+
+/// Upper bound on one im2col buffer, in f32 elements (8 MiB): larger batches or images are
+/// convolved in column chunks, so memory stays bounded whatever the request size. Measured on
+/// resnet18 at batch 8: buffers of 64 MiB cost 15% of the time in page faults (glibc maps every
+/// allocation above 32 MiB afresh) and fall out of the L3 cache; 8 MiB chunks avoid both.
+const COLS_BUDGET: usize = 2 << 20;
+
+/// Runs `f` on the contiguous f32 values of a CPU tensor without copying them.
+pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!(
+            "expected a contiguous tensor, got strides {:?}",
+            layout.stride()
+        );
+    };
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(&cpu.as_slice::<f32>()?[start..end])),
+        _ => bail!("wick's convolution kernels run on the CPU only"),
+    }
+}
+
+/// A batch of feature maps in `[C, N, H, W]` layout, stored as a `[C, N·H·W]` tensor.
+#[derive(Debug, Clone)]
+pub struct Planes {
+    pub data: Tensor,
+    pub c: usize,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Planes {
+    pub(crate) fn from_parts(
+        values: Vec<f32>,
+        c: usize,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> candle_core::Result<Planes> {
+        let data = Tensor::from_vec(values, (c, n * h * w), &candle_core::Device::Cpu)?;
+        Ok(Planes { data, c, n, h, w })
+    }
+
+    /// Converts an `[N, C, H, W]` batch (the request layout) into planes.
+    pub fn from_nchw(
+        values: &[f32],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> candle_core::Result<Planes> {
+        let hw = h * w;
+        if values.len() != n * c * hw {
+            bail!(
+                "{} values do not form a [{n}, {c}, {h}, {w}] batch",
+                values.len()
+            );
+        }
+        let mut out = vec![0f32; values.len()];
+        out.par_chunks_mut(n * hw)
+            .enumerate()
+            .for_each(|(ci, plane)| {
+                for (img, dst) in plane.chunks_mut(hw).enumerate() {
+                    let src = (img * c + ci) * hw;
+                    dst.copy_from_slice(&values[src..src + hw]);
+                }
+            });
+        Planes::from_parts(out, c, n, h, w)
+    }
+
+    /// Global average pooling: `[N, C]` means over each image's plane.
+    pub fn global_avg_pool(&self) -> candle_core::Result<Tensor> {
+        let (c, n, hw) = (self.c, self.n, self.h * self.w);
+        let mut means = vec![0f32; n * c];
+        with_slice(&self.data, |x| {
+            for ci in 0..c {
+                for img in 0..n {
+                    let start = (ci * n + img) * hw;
+                    let sum: f32 = x[start..start + hw].iter().sum();
+                    means[img * c + ci] = sum / hw as f32;
+                }
+            }
+        })?;
+        Tensor::from_vec(means, (n, c), &candle_core::Device::Cpu)
+    }
+
+    /// `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)` (padding never wins the max).
+    pub fn max_pool_3x3_s2(&self) -> candle_core::Result<Planes> {
+        let (n, h, w) = (self.n, self.h, self.w);
+        let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+        let mut out = vec![0f32; self.c * n * oh * ow];
+        with_slice(&self.data, |x| {
+            out.par_chunks_mut(n * oh * ow)
+                .enumerate()
+                .for_each(|(ci, dst)| {
+                    for img in 0..n {
+                        let src = &x[(ci * n + img) * h * w..(ci * n + img + 1) * h * w];
+                        let dst = &mut dst[img * oh * ow..(img + 1) * oh * ow];
+                        for y in 0..oh {
+                            let (y0, y1) = ((2 * y).saturating_sub(1), (2 * y + 2).min(h));
+                            for xo in 0..ow {
+                                let (x0, x1) = ((2 * xo).saturating_sub(1), (2 * xo + 2).min(w));
+                                let mut m = f32::NEG_INFINITY;
+                                for row in src[y0 * w..y1 * w].chunks_exact(w) {
+                                    for v in &row[x0..x1] {
+                                        // Like torch's max_pool2d, a NaN in the window wins.
+                                        m = if *v > m || v.is_nan() { *v } else { m };
+                                    }
+                                }
+                                dst[y * ow + xo] = m;
+                            }
+                        }
+                    }
+                });
+        })?;
+        Planes::from_parts(out, self.c, n, oh, ow)
+    }
+}
+
+/// Geometry of one `nn.Conv2d(bias=False)` followed by its `nn.BatchNorm2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// How a convolution is computed.
+#[derive(Debug, Clone)]
+enum Kernel {
+    /// im2col + matmul with the folded weights `[cout, cin·k·k]` (contiguous).
+    Im2col(Tensor),
+    /// 3×3, stride 1, padding 1: Winograd F(2×2, 3×3) (see [`super::winograd`]).
+    Winograd(Winograd3x3),
+}
+
+/// A convolution with its BatchNorm folded in: `y = W'·x + b'` where
+/// `W' = W·γ/√(σ²+ε)` and `b' = β − μ·γ/√(σ²+ε)` per output channel.
+#[derive(Debug, Clone)]
+pub struct ConvBn {
+    kernel: Kernel,
+    bias: Vec<f32>,
+    spec: ConvSpec,
+}
+
+impl ConvBn {
+    /// Loads `conv.weight` and `bn.{weight,bias,running_mean,running_var}` by torchvision's names
+    /// and folds them. Works on the recording backend's placeholders too (they are zeros).
+    pub fn load(conv: VarBuilder, bn: VarBuilder, spec: ConvSpec) -> candle_core::Result<ConvBn> {
+        let k = spec.kernel;
+        let w = conv.get((spec.cout, spec.cin, k, k), "weight")?;
+        let gamma = bn.get(spec.cout, "weight")?;
+        let beta = bn.get(spec.cout, "bias")?;
+        let mean = bn.get(spec.cout, "running_mean")?;
+        let var = bn.get(spec.cout, "running_var")?;
+        let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
+        let weight = w
+            .reshape((spec.cout, spec.cin * k * k))?
+            .broadcast_mul(&scale.reshape((spec.cout, 1))?)?
+            .contiguous()?;
+        let bias = (beta - mean.mul(&scale)?)?.to_vec1::<f32>()?;
+        let kernel = if (k, spec.stride, spec.pad) == (3, 1, 1) {
+            Kernel::Winograd(Winograd3x3::new(&weight, spec.cin, spec.cout)?)
+        } else {
+            Kernel::Im2col(weight)
+        };
+        Ok(ConvBn { kernel, bias, spec })
+    }
+
+    /// Convolves `x`, adds the folded bias and, if given, `residual` (same shape as the output),
+    /// then applies ReLU if asked: the whole tail of a ResNet block in one pass.
+    pub fn forward(
+        &self,
+        x: &Planes,
+        residual: Option<&Planes>,
+        relu: bool,
+    ) -> candle_core::Result<Planes> {
+        let weight = match &self.kernel {
+            Kernel::Winograd(w) => return w.forward(x, &self.bias, residual, relu),
+            Kernel::Im2col(weight) => weight,
+        };
+        let ConvSpec {
+            cin,
+            cout,
+            kernel: k,
+            stride: s,
+            pad,
+        } = self.spec;
+        if x.c != cin {
+            bail!("convolution expects {cin} channels, got {}", x.c);
+        }
+        if x.h + 2 * pad < k || x.w + 2 * pad < k {
+            bail!("a {}x{} input is smaller than the {k}x{k} kernel", x.h, x.w);
+        }
+        let (oh, ow) = ((x.h + 2 * pad - k) / s + 1, (x.w + 2 * pad - k) / s + 1);
+        let total = x.n * oh * ow;
+        if let Some(r) = residual {
+            if (r.c, r.n, r.h, r.w) != (cout, x.n, oh, ow) {
+                bail!("residual shape does not match the convolution output");
+            }
+        }
+        let depth = cin * k * k;
+        let pointwise = k == 1 && s == 1 && pad == 0;
+        let chunk = if pointwise {
+            total
+        } else {
+            (COLS_BUDGET / depth).clamp(1, total)
+        };
+        let mut out = vec![0f32; cout * total];
+        let mut start = 0;
+        while start < total {
+            let end = (start + chunk).min(total);
+            let rhs = if pointwise {
+                x.data.narrow(1, start, end - start)?
+            } else {
+                im2col(x, &self.spec, (oh, ow), (start, end))?
+            };
+            let product = weight.matmul(&rhs)?;
+            let residual = residual.map(|r| &r.data);
+            epilogue(&mut out, &product, &self.bias, residual, (start, end), relu)?;
+            start = end;
+        }
+        Planes::from_parts(out, cout, x.n, oh, ow)
+    }
+}
+
+/// Writes `relu?(product + bias (+ residual))` into columns `start..end` of every output row.
+fn epilogue(
+    out: &mut [f32],
+    product: &Tensor,
+    bias: &[f32],
+    residual: Option<&Tensor>,
+    (start, end): (usize, usize),
+    relu: bool,
+) -> candle_core::Result<()> {
+    // ReLU as a select that keeps NaN (as torch.relu does) and vectorises, unlike `f32::max`.
+    let relu_fn = |v: f32| if v < 0.0 { 0.0 } else { v };
+    with_slice(product, |p| match (residual, relu) {
+        (Some(r), true) => with_slice(r, |r| {
+            fill_rows(out, p, bias, Some(r), (start, end), relu_fn)
+        }),
+        (Some(r), false) => {
+            with_slice(r, |r| fill_rows(out, p, bias, Some(r), (start, end), |v| v))
+        }
+        (None, true) => {
+            fill_rows(out, p, bias, None, (start, end), relu_fn);
+            Ok(())
+        }
+        (None, false) => {
+            fill_rows(out, p, bias, None, (start, end), |v| v);
+            Ok(())
+        }
+    })?
+}
+
+/// The epilogue's loop, generic over the activation so each variant is a tight vector loop.
+#[inline(always)]
+fn fill_rows(
+    out: &mut [f32],
+    product: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    (start, end): (usize, usize),
+    f: impl Fn(f32) -> f32 + Sync,
+) {
+    let len = end - start;
+    let total = out.len() / bias.len();
+    out.par_chunks_mut(total).enumerate().for_each(|(co, row)| {
+        let dst = &mut row[start..end];
+        let src = &product[co * len..(co + 1) * len];
+        let b = bias[co];
+        match residual {
+            Some(r) => {
+                let r = &r[co * total + start..co * total + end];
+                for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
+                    *d = f(s + b + r);
+                }
+            }
+            None => {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = f(s + b);
+                }
+            }
+        }
+    });
+}
+
+/// The im2col matrix of output columns `start..end` (columns ordered image, row, column):
+/// row `(ci, kh, kw)` holds the input value each output position sees through that kernel tap,
+/// zero where the tap falls into the padding.
+fn im2col(
+    x: &Planes,
+    spec: &ConvSpec,
+    (oh, ow): (usize, usize),
+    (start, end): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let ConvSpec {
+        kernel: k,
+        stride: s,
+        pad,
+        ..
+    } = *spec;
+    let (n, h, w) = (x.n, x.h, x.w);
+    let len = end - start;
+    let depth = x.c * k * k;
+    let mut cols = vec![0f32; depth * len];
+    with_slice(&x.data, |src| {
+        cols.par_chunks_mut(len).enumerate().for_each(|(row, dst)| {
+            let (ci, kh, kw) = (row / (k * k), (row / k) % k, row % k);
+            let plane = &src[ci * n * h * w..(ci + 1) * n * h * w];
+            let mut j = start;
+            while j < end {
+                let (img, rem) = (j / (oh * ow), j % (oh * ow));
+                let (y, x0) = (rem / ow, rem % ow);
+                let run = (ow - x0).min(end - j);
+                let iy = (y * s + kh) as isize - pad as isize;
+                if iy >= 0 && (iy as usize) < h {
+                    let line = &plane[(img * h + iy as usize) * w..(img * h + iy as usize + 1) * w];
+                    tap_row(
+                        &mut dst[j - start..j - start + run],
+                        line,
+                        x0,
+                        s,
+                        kw as isize - pad as isize,
+                    );
+                }
+                j += run;
+            }
+        });
+    })?;
+    Tensor::from_vec(cols, (depth, len), &candle_core::Device::Cpu)
+}
+
+/// `dst[t] = line[(x0 + t)·s + offset]` where that index is inside the line (the rest stays 0).
+fn tap_row(dst: &mut [f32], line: &[f32], x0: usize, s: usize, offset: isize) {
+    let w = line.len() as isize;
+    let first = (x0 * s) as isize + offset;
+    let s_i = s as isize;
+    // Valid t: 0 <= first + t·s < w.
+    let t_lo = if first >= 0 {
+        0
+    } else {
+        ((-first + s_i - 1) / s_i) as usize
+    };
+    let t_hi = if first >= w {
+        0
+    } else {
+        (((w - first + s_i - 1) / s_i) as usize).min(dst.len())
+    };
+    if t_lo >= t_hi {
+        return;
+    }
+    let i0 = (first + (t_lo as isize) * s_i) as usize;
+    if s == 1 {
+        dst[t_lo..t_hi].copy_from_slice(&line[i0..i0 + (t_hi - t_lo)]);
+    } else {
+        for (d, v) in dst[t_lo..t_hi].iter_mut().zip(line[i0..].iter().step_by(s)) {
+            *d = *v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Module, ModuleT};
+    use std::collections::HashMap;
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
+                    / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// The folded, fused, batched convolution equals candle's conv2d + batch_norm + relu +
+    /// residual on NCHW, for strides, paddings, 1x1 and chunked columns.
+    #[test]
+    fn conv_bn_matches_reference_ops() {
+        let dev = Device::Cpu;
+        for (cin, cout, k, s, pad, h, w, n) in [
+            (3, 8, 7, 2, 3, 13, 10, 2),
+            (4, 6, 3, 1, 1, 9, 7, 3),
+            (4, 6, 3, 2, 1, 8, 9, 1),
+            (5, 7, 1, 1, 0, 6, 5, 2),
+            (5, 7, 1, 2, 0, 7, 6, 2),
+        ] {
+            let spec = ConvSpec {
+                cin,
+                cout,
+                kernel: k,
+                stride: s,
+                pad,
+            };
+            let mut ts = HashMap::new();
+            let wv = pseudo(cout * cin * k * k, 1);
+            ts.insert(
+                "c.weight".to_string(),
+                Tensor::from_vec(wv, (cout, cin, k, k), &dev).unwrap(),
+            );
+            ts.insert(
+                "b.weight".to_string(),
+                Tensor::from_vec(pseudo(cout, 2), cout, &dev).unwrap(),
+            );
+            ts.insert(
+                "b.bias".to_string(),
+                Tensor::from_vec(pseudo(cout, 3), cout, &dev).unwrap(),
+            );
+            ts.insert(
+                "b.running_mean".to_string(),
+                Tensor::from_vec(pseudo(cout, 4), cout, &dev).unwrap(),
+            );
+            let var: Vec<f32> = pseudo(cout, 5).iter().map(|v| v.abs() + 0.5).collect();
+            ts.insert(
+                "b.running_var".to_string(),
+                Tensor::from_vec(var, cout, &dev).unwrap(),
+            );
+            let vb = VarBuilder::from_tensors(ts.clone(), DType::F32, &dev);
+            let conv = ConvBn::load(vb.pp("c"), vb.pp("b"), spec).unwrap();
+
+            let xv = pseudo(n * cin * h * w, 6);
+            let x = Tensor::from_vec(xv.clone(), (n, cin, h, w), &dev).unwrap();
+            let cfg = candle_nn::Conv2dConfig {
+                padding: pad,
+                stride: s,
+                ..Default::default()
+            };
+            let reference_conv = candle_nn::Conv2d::new(ts["c.weight"].clone(), None, cfg);
+            let bn = candle_nn::BatchNorm::new(
+                cout,
+                ts["b.running_mean"].clone(),
+                ts["b.running_var"].clone(),
+                ts["b.weight"].clone(),
+                ts["b.bias"].clone(),
+                BN_EPS,
+            )
+            .unwrap();
+            let y = bn
+                .forward_t(&reference_conv.forward(&x).unwrap(), false)
+                .unwrap();
+            let (oh, ow) = (y.dim(2).unwrap(), y.dim(3).unwrap());
+            let res = pseudo(n * cout * oh * ow, 7);
+            let r = Tensor::from_vec(res.clone(), (n, cout, oh, ow), &dev).unwrap();
+            let want = (y + r)
+                .unwrap()
+                .relu()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+
+            let planes = Planes::from_nchw(&xv, n, cin, h, w).unwrap();
+            let residual = Planes::from_nchw(&res, n, cout, oh, ow).unwrap();
+            let got = conv.forward(&planes, Some(&residual), true).unwrap();
+            let got_v = got.data.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for img in 0..n {
+                for co in 0..cout {
+                    for p in 0..oh * ow {
+                        let a = got_v[(co * n + img) * oh * ow + p];
+                        let b = want[(img * cout + co) * oh * ow + p];
+                        assert!((a - b).abs() < 1e-4, "k{k} s{s}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tap_row_handles_edges_and_strides() {
+        let line = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let mut dst = [0.0; 4];
+        tap_row(&mut dst, &line, 0, 1, -1);
+        assert_eq!(dst, [0.0, 1.0, 2.0, 3.0]);
+        let mut dst = [0.0; 3];
+        tap_row(&mut dst, &line, 0, 2, -1);
+        assert_eq!(dst, [0.0, 2.0, 4.0]);
+        let mut dst = [0.0; 3];
+        tap_row(&mut dst, &line, 1, 2, 1);
+        assert_eq!(dst, [4.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity() {
+        let v: Vec<f32> = (0..16).map(|i| -(i as f32)).collect();
+        let p = Planes::from_nchw(&v, 1, 1, 4, 4)
+            .unwrap()
+            .max_pool_3x3_s2()
+            .unwrap();
+        assert_eq!((p.h, p.w), (2, 2));
+        let got = p.data.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, vec![0.0, -1.0, -4.0, -5.0]);
+    }
+}

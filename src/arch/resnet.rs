@@ -1,0 +1,386 @@
+//! `resnet`: torchvision's ResNet-18/34/50 (`BasicBlock` and `Bottleneck`, v1.5 strides), loading
+//! torchvision state dicts by their own key names, for image classification logits.
+//!
+//! Keys are torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{i}.conv{1,2,3}.weight`,
+//! `layer{L}.{i}.bn{1,2,3}.*`, `layer{L}.0.downsample.{0,1}.*`, `fc.{weight,bias}`. BatchNorm runs in
+//! eval mode with its running statistics, folded into the convolutions at load time (see
+//! [`super::conv`]); `*.num_batches_tracked` (int64 counters used only in training) is accepted
+//! as an optional key. Input: FP32 `[N, 3, H, W]`, any `H, W >= 1` (the network ends in adaptive
+//! average pooling); requests of different sizes are batched separately.
+
+use candle_core::Tensor;
+use candle_nn::{Linear, Module, VarBuilder};
+use serde::Deserialize;
+
+use super::conv::{ConvBn, ConvSpec, Planes};
+use super::{
+    common_rows, split_rows, Architecture, Assets, ElemKind, HostData, HostTensor, InputError,
+    IoSpec, Model, Prepared, Signature,
+};
+use crate::state_dict::Glob;
+
+/// `architecture = "resnet"`: `config = { preset = "resnet50", num_classes = 1000 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetConfig {
+    pub preset: Preset,
+    /// Width of `fc` (torchvision's default is ImageNet's 1000).
+    #[serde(default = "imagenet_classes")]
+    pub num_classes: usize,
+}
+
+fn imagenet_classes() -> usize {
+    1000
+}
+
+/// The torchvision constructors this architecture reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+}
+
+impl Preset {
+    /// Blocks per stage and whether they are bottlenecks (torchvision's `layers` and `block`).
+    fn layout(self) -> ([usize; 4], bool) {
+        match self {
+            Preset::Resnet18 => ([2, 2, 2, 2], false),
+            Preset::Resnet34 => ([3, 4, 6, 3], false),
+            Preset::Resnet50 => ([3, 4, 6, 3], true),
+        }
+    }
+}
+
+/// Channels of the image input.
+const CHANNELS: usize = 3;
+
+/// The configured `resnet` architecture.
+#[derive(Debug, Clone)]
+pub struct ResNetArch {
+    cfg: ResNetConfig,
+    signature: Signature,
+}
+
+impl ResNetArch {
+    pub fn new(cfg: ResNetConfig) -> Result<ResNetArch, String> {
+        if cfg.num_classes == 0 {
+            return Err("num_classes must be at least 1".to_string());
+        }
+        Ok(ResNetArch {
+            signature: Signature {
+                inputs: vec![IoSpec::new(
+                    "input",
+                    ElemKind::F32,
+                    &[CHANNELS as i64, -1, -1],
+                )],
+                outputs: vec![IoSpec::new(
+                    "logits",
+                    ElemKind::F32,
+                    &[cfg.num_classes as i64],
+                )],
+            },
+            cfg,
+        })
+    }
+}
+
+impl Architecture for ResNetArch {
+    fn name(&self) -> &'static str {
+        "resnet"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn optional_keys(&self) -> Vec<Glob> {
+        Glob::new("*.num_batches_tracked").into_iter().collect()
+    }
+
+    fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
+        Ok(Box::new(ResNetModel {
+            net: ResNet::load(vb, &self.cfg)?,
+            signature: self.signature.clone(),
+        }))
+    }
+
+    fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
+        // A small real image size rather than 1x1, so the warm-up runs every kernel on
+        // non-degenerate shapes.
+        vec![Some(HostTensor::zeros(
+            ElemKind::F32,
+            vec![1, CHANNELS, 32, 32],
+        ))]
+    }
+}
+
+/// One residual block; `downsample` is the projection shortcut of a stage's first block.
+#[derive(Debug, Clone)]
+enum Block {
+    Basic {
+        conv1: ConvBn,
+        conv2: ConvBn,
+        downsample: Option<ConvBn>,
+    },
+    Bottleneck {
+        conv1: ConvBn,
+        conv2: ConvBn,
+        conv3: ConvBn,
+        downsample: Option<ConvBn>,
+    },
+}
+
+impl Block {
+    fn forward(&self, x: &Planes) -> candle_core::Result<Planes> {
+        match self {
+            Block::Basic {
+                conv1,
+                conv2,
+                downsample,
+            } => {
+                let shortcut = match downsample {
+                    Some(d) => Some(d.forward(x, None, false)?),
+                    None => None,
+                };
+                let y = conv1.forward(x, None, true)?;
+                conv2.forward(&y, Some(shortcut.as_ref().unwrap_or(x)), true)
+            }
+            Block::Bottleneck {
+                conv1,
+                conv2,
+                conv3,
+                downsample,
+            } => {
+                let shortcut = match downsample {
+                    Some(d) => Some(d.forward(x, None, false)?),
+                    None => None,
+                };
+                let y = conv1.forward(x, None, true)?;
+                let y = conv2.forward(&y, None, true)?;
+                conv3.forward(&y, Some(shortcut.as_ref().unwrap_or(x)), true)
+            }
+        }
+    }
+}
+
+/// torchvision's `ResNet` in eval mode.
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    stem: ConvBn,
+    stages: Vec<Vec<Block>>,
+    fc: Linear,
+}
+
+/// `conv` + `bn` of a block, by torchvision's names (`conv2`/`bn2`, `downsample.0`/`downsample.1`).
+fn conv_bn(vb: &VarBuilder, conv: &str, bn: &str, spec: ConvSpec) -> candle_core::Result<ConvBn> {
+    ConvBn::load(vb.pp(conv), vb.pp(bn), spec)
+}
+
+impl ResNet {
+    pub fn load(vb: VarBuilder, cfg: &ResNetConfig) -> candle_core::Result<ResNet> {
+        let stem = conv_bn(
+            &vb,
+            "conv1",
+            "bn1",
+            ConvSpec {
+                cin: CHANNELS,
+                cout: 64,
+                kernel: 7,
+                stride: 2,
+                pad: 3,
+            },
+        )?;
+        let (counts, bottleneck) = cfg.preset.layout();
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut inplanes = 64;
+        let mut stages = Vec::with_capacity(4);
+        for (stage, &count) in counts.iter().enumerate() {
+            let planes = 64 << stage;
+            let first_stride = if stage == 0 { 1 } else { 2 };
+            let mut blocks = Vec::with_capacity(count);
+            for i in 0..count {
+                let vb = vb.pp(format!("layer{}.{i}", stage + 1));
+                let stride = if i == 0 { first_stride } else { 1 };
+                let out = planes * expansion;
+                let downsample = if stride != 1 || inplanes != out {
+                    let spec = ConvSpec {
+                        cin: inplanes,
+                        cout: out,
+                        kernel: 1,
+                        stride,
+                        pad: 0,
+                    };
+                    Some(conv_bn(&vb, "downsample.0", "downsample.1", spec)?)
+                } else {
+                    None
+                };
+                let spec = |cin, cout, kernel, stride| ConvSpec {
+                    cin,
+                    cout,
+                    kernel,
+                    stride,
+                    pad: kernel / 2,
+                };
+                blocks.push(if bottleneck {
+                    // torchvision v1.5: the stride sits on the 3x3 convolution.
+                    Block::Bottleneck {
+                        conv1: conv_bn(&vb, "conv1", "bn1", spec(inplanes, planes, 1, 1))?,
+                        conv2: conv_bn(&vb, "conv2", "bn2", spec(planes, planes, 3, stride))?,
+                        conv3: conv_bn(&vb, "conv3", "bn3", spec(planes, out, 1, 1))?,
+                        downsample,
+                    }
+                } else {
+                    Block::Basic {
+                        conv1: conv_bn(&vb, "conv1", "bn1", spec(inplanes, planes, 3, stride))?,
+                        conv2: conv_bn(&vb, "conv2", "bn2", spec(planes, planes, 3, 1))?,
+                        downsample,
+                    }
+                });
+                inplanes = out;
+            }
+            stages.push(blocks);
+        }
+        let fc = candle_nn::linear(inplanes, cfg.num_classes, vb.pp("fc"))?;
+        Ok(ResNet { stem, stages, fc })
+    }
+
+    /// Logits `[N, num_classes]` of an `[N, 3, H, W]` batch given as row-major values.
+    pub fn forward(
+        &self,
+        values: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> candle_core::Result<Tensor> {
+        let x = Planes::from_nchw(values, n, CHANNELS, h, w)?;
+        let mut x = self.stem.forward(&x, None, true)?.max_pool_3x3_s2()?;
+        for block in self.stages.iter().flatten() {
+            x = block.forward(&x)?;
+        }
+        self.fc.forward(&x.global_avg_pool()?)
+    }
+}
+
+struct ResNetModel {
+    net: ResNet,
+    signature: Signature,
+}
+
+/// `(rows, height, width, values)` of a prepared request.
+fn image_batch(prepared: &Prepared) -> candle_core::Result<(usize, usize, usize, &[f32])> {
+    match prepared.tensors.first() {
+        Some(Some(HostTensor {
+            shape,
+            data: HostData::F32(values),
+        })) if shape.len() == 4 => Ok((shape[0], shape[2], shape[3], values.as_slice())),
+        _ => candle_core::bail!("a prepared request lacks its [N, 3, H, W] image input"),
+    }
+}
+
+impl Model for ResNetModel {
+    fn prepare(&self, inputs: Vec<Option<HostTensor>>) -> Result<Prepared, InputError> {
+        let rows = common_rows(&self.signature, &inputs)?;
+        if let Some(Some(t)) = inputs.first() {
+            if t.shape[2] == 0 || t.shape[3] == 0 {
+                return Err(InputError(format!(
+                    "input \"input\" has an empty image: shape {:?}",
+                    t.shape
+                )));
+            }
+        }
+        Ok(Prepared {
+            rows,
+            tensors: inputs,
+            notes: Default::default(),
+        })
+    }
+
+    /// Consecutive requests with the same image size run as one batch; a different size starts
+    /// the next batch (convolutions need one geometry per matmul).
+    fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>> {
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        while start < batch.len() {
+            let (_, h, w, _) = image_batch(batch[start])?;
+            let mut end = start + 1;
+            while end < batch.len()
+                && image_batch(batch[end]).is_ok_and(|(_, bh, bw, _)| (bh, bw) == (h, w))
+            {
+                end += 1;
+            }
+            let group = &batch[start..end];
+            let mut values = Vec::new();
+            let mut n = 0;
+            for prepared in group {
+                let (rows, _, _, v) = image_batch(prepared)?;
+                values.extend_from_slice(v);
+                n += rows;
+            }
+            let logits = self.net.forward(&values, n, h, w)?;
+            outputs.extend(split_rows(&logits, group.iter().map(|p| p.rows))?);
+            start = end;
+        }
+        Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::arch::configure;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn torchvision_key_counts() {
+        // torchvision's state_dict sizes minus the num_batches_tracked buffers (one per BN).
+        for (preset, total, bns) in [
+            ("resnet18", 122, 20),
+            ("resnet34", 218, 36),
+            ("resnet50", 320, 53),
+        ] {
+            let arch = configure(
+                "resnet",
+                &table(&format!("preset = \"{preset}\"\nnum_classes = 10")),
+            )
+            .unwrap();
+            let expected = arch.expected().unwrap();
+            assert_eq!(expected.params.len(), total - bns, "{preset}");
+            let fc = expected
+                .params
+                .iter()
+                .find(|p| p.name == "fc.weight")
+                .unwrap();
+            let width = if preset == "resnet50" { 2048 } else { 512 };
+            assert_eq!(fc.shape, vec![10, width]);
+            assert!(expected
+                .optional
+                .iter()
+                .any(|g| g.matches("layer1.0.bn1.num_batches_tracked")));
+        }
+        let names: Vec<String> = configure("resnet", &table("preset = \"resnet50\""))
+            .unwrap()
+            .expected()
+            .unwrap()
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        assert!(names.contains(&"layer1.0.downsample.0.weight".to_string()));
+        assert!(names.contains(&"layer4.2.bn3.running_var".to_string()));
+    }
+
+    #[test]
+    fn config_errors() {
+        let err = configure("resnet", &table("preset = \"resnet19\"")).unwrap_err();
+        assert!(err.to_string().contains("resnet19"), "{err}");
+        let err = configure("resnet", &table("preset = \"resnet18\"\nclasses = 3")).unwrap_err();
+        assert!(err.to_string().contains("classes"), "{err}");
+        let err =
+            configure("resnet", &table("preset = \"resnet18\"\nnum_classes = 0")).unwrap_err();
+        assert!(err.to_string().contains("num_classes"), "{err}");
+    }
+}
