@@ -234,7 +234,9 @@ pub fn configure(name: &str, config: &toml::Table) -> Result<Arc<Configured>, Co
     let inner: Box<dyn Architecture> = match name {
         "linear" => Box::new(mlp::Mlp::linear(parse(config).map_err(invalid)?).map_err(invalid)?),
         "mlp" => Box::new(mlp::Mlp::new(parse(config).map_err(invalid)?).map_err(invalid)?),
-        "resnet" => Box::new(resnet::ResNetArch::new(parse(config).map_err(invalid)?).map_err(invalid)?),
+        "resnet" => {
+            Box::new(resnet::ResNetArch::new(parse(config).map_err(invalid)?).map_err(invalid)?)
+        }
         "bert" => Box::new(bert::BertArch::new(parse(config).map_err(invalid)?).map_err(invalid)?),
         _ => {
             return Err(ConfigureError::UnknownArchitecture {

@@ -2,8 +2,9 @@
 //!
 //! The mapping follows Triton's (`HttpCodeFromError`): client mistakes are 400, unknown models or
 //! versions 404, a full queue 429 with `Retry-After`, not-ready 503, our own bugs 500. Bodies are
-//! always `{"error": "..."}` so tritonclient raises a readable exception. 5xx details are logged,
-//! and messages never carry filesystem paths.
+//! always `{"error": "..."}` so tritonclient raises a readable exception. 5xx details travel as
+//! a response extension to the logging middleware (so the log line carries the request id) and
+//! are never sent to the client; messages never carry filesystem paths.
 
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
@@ -117,21 +118,29 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
     response
 }
 
+/// The detail of a server-side failure, attached to the response (never sent to the client)
+/// and logged with the request's id by [`super::log_failures`].
+#[derive(Debug, Clone)]
+pub struct FailureDetail(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let detail = match &self {
+            ApiError::Internal(detail) => Some(detail.clone()),
+            ApiError::Engine(EngineError::Compute(detail)) => Some(detail.clone()),
+            _ => None,
+        };
         let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                self.to_string()
-            }
-            ApiError::Engine(EngineError::Compute(detail)) => {
-                tracing::error!(%detail, "inference failed");
+            ApiError::Engine(EngineError::Compute(_)) => {
                 "inference failed; see the server log".to_string()
             }
             _ => self.to_string(),
         };
         let mut response = error_response(status, &message);
+        if let Some(detail) = detail {
+            response.extensions_mut().insert(FailureDetail(detail));
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -156,23 +156,46 @@ fn routes(state: AppState) -> Router {
 /// request's log span and echoed in the response.
 pub fn with_request_ids(router: Router) -> Router {
     router
+        .layer(axum::middleware::from_fn(log_failures))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
+                .on_failure(()),
         )
         .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
 }
 
+/// The per-request span (DEBUG: at the default INFO level it costs nothing; `RUST_LOG=debug`
+/// shows every request with its id).
 fn request_span(request: &http::Request<axum::body::Body>) -> tracing::Span {
     let id = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+    tracing::debug_span!("request", id, method = %request.method(), path = %request.uri().path())
+}
+
+/// Logs every 5xx with its request id and the detail the error attached.
+async fn log_failures(
+    request: http::Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = request.headers().get("x-request-id").cloned();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        let detail = response
+            .extensions()
+            .get::<error::FailureDetail>()
+            .map_or("", |d| d.0.as_str());
+        let id = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        tracing::error!(request_id = id, status = response.status().as_u16(), %path, %detail, "request failed");
+    }
+    response
 }
 
 /// Request ids: a per-process prefix and a counter (no syscall per request, unlike UUIDs).
@@ -218,6 +241,9 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::respo
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    tracing::error!(%detail, "handler panicked");
-    error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    let mut response = error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    response
+        .extensions_mut()
+        .insert(error::FailureDetail(format!("handler panicked: {detail}")));
+    response
 }

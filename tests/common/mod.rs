@@ -114,7 +114,8 @@ impl Repo {
         let staging = self.path().join(format!(".staging-{model}-{version}"));
         std::fs::create_dir_all(&staging).unwrap();
         for (name, source) in files {
-            std::fs::copy(source, staging.join(name)).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+            std::fs::copy(source, staging.join(name))
+                .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
         }
         std::fs::create_dir_all(self.path().join(model)).unwrap();
         std::fs::rename(&staging, self.version_dir(model, version)).unwrap();
