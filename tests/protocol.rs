@@ -106,6 +106,39 @@ async fn infer_answers_with_version_sha_and_id() {
     assert_eq!(answer["outputs"][0]["datatype"], "FP32");
     assert_eq!(answer["outputs"][0]["shape"], json!([1, 1]));
 
+    // Every response carries a request id: the client's own, or a generated one.
+    let (_, headers, _) = conn
+        .send_full(
+            Method::POST,
+            "/v2/models/simple/infer",
+            &[("x-request-id", "trace-77".to_string())],
+            bytes.clone().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(headers.get("x-request-id").unwrap(), "trace-77");
+    assert_eq!(
+        headers
+            .get("x-wick-weights-sha256")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        sha
+    );
+    let (_, first, _) = conn
+        .send_full(Method::GET, "/v2/health/live", &[], Default::default())
+        .await
+        .unwrap();
+    let (_, second, _) = conn
+        .send_full(Method::GET, "/v2/nope", &[], Default::default())
+        .await
+        .unwrap();
+    let (a, b) = (
+        first.get("x-request-id").unwrap(),
+        second.get("x-request-id").unwrap(),
+    );
+    assert_ne!(a, b, "generated request ids must differ");
+
     // The same through the versioned path; the header carries the sha too.
     let (status, answer) = server
         .post_json("/v2/models/simple/versions/1/infer", &body)

@@ -49,7 +49,7 @@ pub fn router(app: AppState, token: &str) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    super::with_request_ids(routes)
+    super::observe::layer(routes)
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {

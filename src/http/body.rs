@@ -83,3 +83,109 @@ fn inflate(decoder: impl Read, limit: usize) -> Result<Bytes, ApiError> {
     }
     Ok(Bytes::from(out))
 }
+
+/// A response content coding wick can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Gzip,
+    /// HTTP's "deflate" is the zlib format.
+    Deflate,
+}
+
+impl Coding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Deflate => "deflate",
+        }
+    }
+}
+
+/// The coding the client accepts for the response (`Accept-Encoding`), gzip first; `None` when
+/// it asked for none (the common case: then nothing is compressed).
+pub fn accepted_coding(headers: &HeaderMap) -> Option<Coding> {
+    let value = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
+    let mut gzip = false;
+    let mut deflate = false;
+    for item in value.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if refused {
+            continue;
+        }
+        match name.as_str() {
+            "gzip" | "*" => gzip = true,
+            "deflate" => deflate = true,
+            _ => {}
+        }
+    }
+    if gzip {
+        Some(Coding::Gzip)
+    } else if deflate {
+        Some(Coding::Deflate)
+    } else {
+        None
+    }
+}
+
+/// Compresses a response body.
+pub fn compress(body: &[u8], coding: Coding) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let level = flate2::Compression::fast();
+    match coding {
+        Coding::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), level);
+            encoder.write_all(body)?;
+            encoder.finish()
+        }
+        Coding::Deflate => {
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::with_capacity(body.len() / 2), level);
+            encoder.write_all(body)?;
+            encoder.finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coding(value: &str) -> Option<Coding> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, value.parse().unwrap());
+        accepted_coding(&headers)
+    }
+
+    #[test]
+    fn accept_encoding() {
+        assert_eq!(accepted_coding(&HeaderMap::new()), None);
+        assert_eq!(coding("gzip"), Some(Coding::Gzip));
+        assert_eq!(coding("deflate"), Some(Coding::Deflate));
+        assert_eq!(coding("deflate, gzip;q=0.5"), Some(Coding::Gzip));
+        assert_eq!(coding("gzip;q=0, deflate"), Some(Coding::Deflate));
+        assert_eq!(coding("br, identity"), None);
+        assert_eq!(coding("*"), Some(Coding::Gzip));
+    }
+
+    #[test]
+    fn compressed_bodies_round_trip() {
+        let body = br#"{"outputs":[1,2,3,4,5,6,7,8,9,10]}"#.repeat(10);
+        for coding in [Coding::Gzip, Coding::Deflate] {
+            let packed = compress(&body, coding).unwrap();
+            let unpacked = match coding {
+                Coding::Gzip => inflate(flate2::read::GzDecoder::new(&packed[..]), 1 << 20),
+                Coding::Deflate => inflate(flate2::read::ZlibDecoder::new(&packed[..]), 1 << 20),
+            }
+            .unwrap();
+            assert_eq!(&unpacked[..], &body[..]);
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::ModelSlot;
 
-use super::body::read_body;
+use super::body::{accepted_coding, compress, read_body, Coding};
 use super::error::ApiError;
 use super::AppState;
 
@@ -92,7 +92,10 @@ async fn serve(
         return Err(e.into());
     }
     let outputs = wait(rx, ticket, deadline, timeout, slot).await?;
-    Ok((respond(&version, &decoded, outputs), version))
+    Ok((
+        respond(&version, &decoded, outputs, accepted_coding(headers))?,
+        version,
+    ))
 }
 
 /// Waits for the answer; at the request's deadline, gives up on it if it has not started
@@ -147,7 +150,12 @@ async fn decode(
         .map_err(|e| ApiError::Internal(format!("decode task failed: {e}")))?
 }
 
-fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: Outputs) -> Response {
+fn respond(
+    version: &LoadedVersion,
+    decoded: &Decoded,
+    outputs: Outputs,
+    coding: Option<Coding>,
+) -> Result<Response, ApiError> {
     let meta = ResponseMeta {
         model_name: &version.model_name,
         model_version: version.version,
@@ -161,8 +169,21 @@ fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: Outputs) -> Resp
         &outputs.tensors,
         &decoded.outputs,
     );
-    let mut response = Response::new(Body::from(encoded.body));
+    // Compressed only when the client asked; Inference-Header-Content-Length still counts the
+    // uncompressed JSON (tritonclient decompresses before splitting).
+    let body = match coding {
+        None => encoded.body,
+        Some(coding) => compress(&encoded.body, coding)
+            .map_err(|e| ApiError::Internal(format!("cannot compress the response: {e}")))?,
+    };
+    let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
+    if let Some(coding) = coding {
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding.name()),
+        );
+    }
     if let Ok(sha) = HeaderValue::from_str(&version.sha256) {
         headers.insert("x-wick-weights-sha256", sha);
     }
@@ -182,7 +203,7 @@ fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: Outputs) -> Resp
             );
         }
     }
-    response
+    Ok(response)
 }
 
 /// `Inference-Header-Content-Length`, parsed strictly (digits only, u64).

@@ -12,6 +12,7 @@ pub mod body;
 pub mod error;
 mod health;
 mod infer;
+mod observe;
 mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +22,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::parse_version;
 use crate::engine::LoadedVersion;
@@ -120,7 +116,7 @@ impl AppState {
 /// The inference listener's routes: KServe v2 health, metadata and inference, and `/metrics`.
 /// The repository API is never served here (see [`admin`]).
 pub fn router(state: AppState) -> Router {
-    with_request_ids(routes(state))
+    observe::layer(routes(state))
 }
 
 fn routes(state: AppState) -> Router {
@@ -146,84 +142,8 @@ fn routes(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        // Compresses only when the client asks (Accept-Encoding), as tritonclient can.
-        .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
-}
-
-/// Every request gets an `x-request-id` (the client's own, or a new one), carried by the
-/// request's log span and echoed in the response.
-pub fn with_request_ids(router: Router) -> Router {
-    router
-        .layer(axum::middleware::from_fn(log_failures))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
-                .on_failure(()),
-        )
-        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
-}
-
-/// The per-request span (DEBUG: at the default INFO level it costs nothing; `RUST_LOG=debug`
-/// shows every request with its id).
-fn request_span(request: &http::Request<axum::body::Body>) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::debug_span!("request", id, method = %request.method(), path = %request.uri().path())
-}
-
-/// Logs every 5xx with its request id and the detail the error attached.
-async fn log_failures(
-    request: http::Request<axum::body::Body>,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let id = request.headers().get("x-request-id").cloned();
-    let path = request.uri().path().to_string();
-    let response = next.run(request).await;
-    if response.status().is_server_error() {
-        let detail = response
-            .extensions()
-            .get::<error::FailureDetail>()
-            .map_or("", |d| d.0.as_str());
-        let id = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-        tracing::error!(request_id = id, status = response.status().as_u16(), %path, %detail, "request failed");
-    }
-    response
-}
-
-/// Request ids: a per-process prefix and a counter (no syscall per request, unlike UUIDs).
-#[derive(Clone)]
-struct RequestIds {
-    prefix: Arc<str>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        RequestIds {
-            prefix: format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff).into(),
-            next: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-        }
-    }
-}
-
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
-            .ok()
-            .map(RequestId::new)
-    }
 }
 
 async fn no_route(uri: http::Uri) -> ApiError {
