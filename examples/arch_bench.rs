@@ -13,6 +13,10 @@
 //! batch of N. Each case: 3 warm-up runs, then the median of `--runs` (default 15, 7 for batches
 //! above 1) forward passes through the same `Model::prepare` + `Model::forward` the server calls.
 
+// The allocator `wick serve` uses, so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
