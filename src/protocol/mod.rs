@@ -10,6 +10,7 @@ pub mod decode;
 pub mod encode;
 pub mod metadata;
 pub mod request;
+mod values;
 
 pub use datatype::Datatype;
 pub use decode::{decode, DecodeLimits, Decoded, OutputChoice, ProtocolError};
