@@ -512,23 +512,13 @@ fn pad_group(rows: &[Row], group: &[usize]) -> TokenBatch {
 mod tests {
     use super::*;
     use crate::arch::configure;
-
-    fn table(text: &str) -> toml::Table {
-        text.parse().unwrap()
-    }
+    use crate::arch::testing::{param_names, table};
 
     const SMALL: &str = "vocab_size = 50\nhidden_size = 8\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 16\nmax_position_embeddings = 12\n";
 
     #[test]
     fn hf_key_names() {
-        let arch = configure("bert", &table(SMALL)).unwrap();
-        let names: Vec<String> = arch
-            .expected()
-            .unwrap()
-            .params
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
+        let names = param_names("bert", SMALL);
         assert_eq!(names.len(), 5 + 2 * 16);
         for key in [
             "embeddings.word_embeddings.weight",
@@ -540,7 +530,10 @@ mod tests {
         ] {
             assert!(names.contains(&key.to_string()), "{key} not in {names:?}");
         }
-        assert_eq!(arch.required_assets(), &["tokenizer.json"]);
+        assert_eq!(
+            configure("bert", &table(SMALL)).unwrap().required_assets(),
+            &["tokenizer.json"]
+        );
     }
 
     #[test]

@@ -389,18 +389,9 @@ fn tap_row(dst: &mut [f32], line: &[f32], x0: usize, s: usize, offset: isize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::testing::pseudo;
     use candle_core::{DType, Device, Module, ModuleT};
     use std::collections::HashMap;
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
-                    / 500.0
-                    - 1.0
-            })
-            .collect()
-    }
 
     /// The folded, fused, batched convolution equals candle's conv2d + batch_norm + relu +
     /// residual on NCHW, for strides, paddings, 1x1 and chunked columns.

@@ -369,6 +369,7 @@ pub fn mean_pool_normalize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::testing::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -422,14 +423,7 @@ mod tests {
             },
         )
         .unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-6, "{diff}");
         let want = x.broadcast_add(&b).unwrap().gelu().unwrap();
         let got = x.copy().unwrap();
@@ -438,14 +432,7 @@ mod tests {
             act: Act::GeluTanh,
         })
         .unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{diff}");
     }
 
@@ -466,14 +453,7 @@ mod tests {
         let want = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&additive).unwrap()).unwrap();
         let got = s.copy().unwrap();
         got.inplace_op2(&m, &MaskedSoftmax { heads: h }).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-6, "{diff}");
     }
 }

@@ -214,26 +214,12 @@ impl Model for MlpModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::testing::{param_names, table};
     use crate::arch::{configure, HostData};
-
-    fn table(text: &str) -> toml::Table {
-        text.parse().unwrap()
-    }
 
     #[test]
     fn sequential_names_skip_the_activations() {
-        let arch = configure(
-            "mlp",
-            &table("in_features = 4\nhidden = [3, 2]\nout_features = 1"),
-        )
-        .unwrap();
-        let names: Vec<String> = arch
-            .expected()
-            .unwrap()
-            .params
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
+        let names = param_names("mlp", "in_features = 4\nhidden = [3, 2]\nout_features = 1");
         assert_eq!(
             names,
             [

@@ -375,3 +375,49 @@ pub fn split_rows(
     }
     Ok(out)
 }
+
+/// Helpers shared by the architectures' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A TOML table from text.
+    pub fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    /// The parameter names an architecture asks for, in request order.
+    pub fn param_names(name: &str, config: &str) -> Vec<String> {
+        super::configure(name, &table(config))
+            .unwrap()
+            .expected()
+            .unwrap()
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Deterministic values in [-1, 1) that are exact in f32.
+    pub fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
+                    / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// The largest absolute difference between two tensors of one shape.
+    pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}

@@ -329,10 +329,7 @@ impl Model for ResNetModel {
 #[cfg(test)]
 mod tests {
     use crate::arch::configure;
-
-    fn table(text: &str) -> toml::Table {
-        text.parse().unwrap()
-    }
+    use crate::arch::testing::{param_names, table};
 
     #[test]
     fn torchvision_key_counts() {
@@ -361,14 +358,7 @@ mod tests {
                 .iter()
                 .any(|g| g.matches("layer1.0.bn1.num_batches_tracked")));
         }
-        let names: Vec<String> = configure("resnet", &table("preset = \"resnet50\""))
-            .unwrap()
-            .expected()
-            .unwrap()
-            .params
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
+        let names = param_names("resnet", "preset = \"resnet50\"");
         assert!(names.contains(&"layer1.0.downsample.0.weight".to_string()));
         assert!(names.contains(&"layer4.2.bn3.running_var".to_string()));
     }

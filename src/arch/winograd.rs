@@ -329,17 +329,8 @@ fn output_transform(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::testing::pseudo;
     use candle_core::{Device, Module};
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
-                    / 500.0
-                    - 1.0
-            })
-            .collect()
-    }
 
     /// Winograd equals candle's direct conv2d (+ bias, residual, ReLU) for odd and even sizes,
     /// several images, and chunked tiles.
