@@ -227,6 +227,10 @@ async fn bad_inputs_are_refused_with_a_reason() {
             "max_position_embeddings",
         ),
         (
+            json!({"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]}),
+            "batch of 0 rows",
+        ),
+        (
             json!({"inputs": [
             {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
             {"name": "attention_mask", "shape": [1, 1], "datatype": "INT64", "data": [[1]]}]}),

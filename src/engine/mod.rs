@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -37,7 +37,6 @@ pub struct LoadedVersion {
     pub model: Box<dyn Model>,
     /// The clean load report (ignored, optional and upcast keys).
     pub report: LoadReport,
-    pub loaded_at: SystemTime,
     pub load_duration: Duration,
 }
 

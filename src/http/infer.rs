@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 
+use crate::arch::ElemKind;
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::ModelSlot;
@@ -20,6 +21,16 @@ use super::AppState;
 
 /// Bodies above this size are decoded on the blocking pool rather than a tokio worker.
 const INLINE_DECODE_BYTES: usize = 512 << 10;
+
+/// Requests for models with text inputs are always prepared on the blocking pool: tokenising
+/// costs far more per byte than parsing numbers, and `prepare` tokenises.
+fn prepares_text(version: &LoadedVersion) -> bool {
+    version
+        .signature
+        .inputs
+        .iter()
+        .any(|s| s.kind == ElemKind::Bytes)
+}
 
 pub async fn infer(
     State(state): State<AppState>,
@@ -142,7 +153,7 @@ async fn decode(
             Ok((decoded, prepared))
         }
     };
-    if body_len <= INLINE_DECODE_BYTES {
+    if body_len <= INLINE_DECODE_BYTES && !prepares_text(version) {
         return work();
     }
     tokio::task::spawn_blocking(work)

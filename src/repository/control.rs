@@ -95,16 +95,9 @@ impl Repository {
         let outcome = self.sync_model(&slot, SyncMode::Immediate);
         self.reap();
         if !slot.is_ready() {
-            let reason = self
-                .index(false)
-                .into_iter()
-                .filter(|e| e.name == name)
-                .map(|e| format!("version {}: {}", e.version, e.reason))
-                .collect::<Vec<_>>()
-                .join("; ");
             return Err(RepositoryError::LoadFailed {
                 model: name.to_string(),
-                reason,
+                reason: self.index_reason(&slot),
             });
         }
         if let Some(v) = version {
@@ -271,16 +264,21 @@ impl Repository {
         Ok(changes)
     }
 
+    /// Why a model's versions are not served, for load errors.
     fn index_reason(&self, slot: &ModelSlot) -> String {
         let st = lock(&slot.state);
-        st.versions
+        let reasons: Vec<String> = st
+            .versions
             .iter()
             .filter_map(|(v, r)| {
                 r.reason
                     .as_ref()
                     .map(|reason| format!("version {v}: {reason}"))
             })
-            .collect::<Vec<_>>()
-            .join("; ")
+            .collect();
+        if reasons.is_empty() {
+            return format!("no version directory with a {} found", scan::WEIGHTS_FILE);
+        }
+        reasons.join("; ")
     }
 }

@@ -5,7 +5,7 @@
 //! forward pass with finite outputs, or a [`LoadFailure`] that says exactly what is wrong.
 
 use std::path::Path;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -116,7 +116,6 @@ pub fn load_version(
         signature: arch.signature().clone(),
         model,
         report: loaded.report,
-        loaded_at: SystemTime::now(),
         load_duration: started.elapsed(),
     })
 }

@@ -46,7 +46,7 @@ pub struct ConfigSource {
     pub env: crate::config::EnvLookup,
     /// The server section currently running (changes there need a restart).
     pub running: crate::config::ServerConfig,
-    /// The identity of the file the running config was read from.
+    /// The identity of the config file last read (applied or refused).
     pub identity: Option<FileIdentity>,
 }
 
@@ -151,7 +151,6 @@ fn run(
     rx: &mpsc::Receiver<Command>,
 ) {
     let mut config = config;
-    let mut config_identity = config.as_ref().and_then(|c| c.identity);
     let mut next_poll = Instant::now() + poll_interval;
     let mut due: Option<Instant> = None;
     loop {
@@ -166,7 +165,6 @@ fn run(
             Ok(Command::ReloadConfig) => {
                 if let Some(source) = config.as_mut() {
                     reload_config(repository, source);
-                    config_identity = FileIdentity::stat(&source.path).ok();
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -184,8 +182,7 @@ fn run(
 
         if let Some(source) = config.as_mut() {
             let identity = FileIdentity::stat(&source.path).ok();
-            if identity.is_some() && identity != config_identity {
-                config_identity = identity;
+            if identity.is_some() && identity != source.identity {
                 reload_config(repository, source);
             }
         }
@@ -209,7 +206,10 @@ fn run(
 }
 
 /// Re-reads the config file; applies it only if it is valid as a whole.
+/// The file's identity is recorded first, so an invalid file is reported once, not at every
+/// scan, and retried only when it changes again.
 fn reload_config(repository: &Repository, source: &mut ConfigSource) {
+    source.identity = FileIdentity::stat(&source.path).ok();
     let new = match Config::load(&source.path, &*source.env) {
         Ok(config) => config,
         Err(e) => {
