@@ -22,9 +22,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use wick::arch::{configure, Assets, Configured, HostData, HostTensor, Model};
+use candle_core::{Device, Tensor};
+use wick::arch::{configure, Configured};
+use wick::model::{Assets, HostData, HostTensor, Model};
 
 fn pseudo(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -57,10 +57,7 @@ fn resnet18() -> anyhow::Result<(Box<dyn Model>, usize)> {
             Tensor::from_vec(v, p.shape.clone(), &Device::Cpu)?,
         );
     }
-    let model = arch.build(
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-        &Assets::default(),
-    )?;
+    let model = arch.build(tensors, &Assets::default())?;
     Ok((model, 3 * 224 * 224))
 }
 
@@ -84,10 +81,7 @@ fn minilm() -> anyhow::Result<Box<dyn Model>> {
         "tokenizer.json".into(),
         std::fs::read(dir.join("tokenizer.json")).context("tokenizer.json")?,
     );
-    Ok(arch.build(
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-        &assets,
-    )?)
+    Ok(arch.build(tensors, &assets)?)
 }
 
 /// Median seconds of `runs` calls of `f` after 3 warm-up calls.

@@ -111,7 +111,8 @@ async fn run() -> anyhow::Result<()> {
     let load_ms = slot
         .serving()
         .newest()
-        .map_or(0, |v| v.load_duration.as_millis());
+        .and_then(|v| slot.load_duration(v.version))
+        .map_or(0, |d| d.as_millis());
     let target = Target::parse(&format!("http://{}", server.addr))?;
 
     // Binary request: one row of 4096 floats.

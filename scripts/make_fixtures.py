@@ -170,7 +170,7 @@ def make_broken(simple):
         f.write(good + b"PK\x05\x06" + b"\0" * 18)
     with open(out("empty.safetensors"), "wb") as f:
         pass
-    # The crate accepts same-offset duplicates (security.md F2); wick must not.
+    # The crate accepts same-offset duplicates (docs/security.md F2); wick must not.
     w = sd["linear.weight"].numpy().tobytes()
     b = sd["linear.bias"].numpy().tobytes()
     with open(out("duplicate_key.safetensors"), "wb") as f:

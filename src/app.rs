@@ -20,6 +20,7 @@ use crate::protocol::DecodeLimits;
 use crate::repository::watch::{self as watcher, Command, ConfigSource, WatchHandle};
 use crate::repository::{Repository, SyncMode};
 use crate::telemetry::Metrics;
+use crate::telemetry::{self, LogFormat};
 
 /// How many threads do what. `compute` follows the container's CPU limit unless configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +34,7 @@ pub struct ThreadBudget {
 impl ThreadBudget {
     /// `configured == 0` means: the CPUs this process may use. Rust's `available_parallelism`
     /// honours the cgroup CPU quota and the affinity mask, unlike candle's default, which
-    /// counts the host's physical cores (candle.md §3).
+    /// counts the host's physical cores (docs/kernels.md, "Threads").
     pub fn resolve(configured: usize) -> ThreadBudget {
         let available = std::thread::available_parallelism().map_or(1, |n| n.get());
         let compute = if configured == 0 {
@@ -232,4 +233,80 @@ pub fn describe_models(repository: &Repository) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A multi-threaded tokio runtime with `workers` workers.
+pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?)
+}
+
+/// `wick serve`: starts a server for the config at `config_path` and serves until SIGTERM or
+/// SIGINT, then shuts down gracefully; SIGHUP reloads the config. Errors are logged.
+pub fn serve_until_signalled(
+    config_path: &std::path::Path,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    telemetry::init_logging(log_format);
+    let result = (|| {
+        let config = crate::commands::load_config(config_path)?;
+        let budget = ThreadBudget::resolve(config.server.compute_threads);
+        // candle and rayon size their thread pools from these variables the first time they
+        // compute; set them while this process is still single-threaded (no runtime yet).
+        std::env::set_var("RAYON_NUM_THREADS", budget.compute.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", budget.compute.to_string());
+        runtime(budget.tokio_workers)
+            .context("cannot start the runtime")?
+            .block_on(serve_config(config, budget))
+    })();
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    result
+}
+
+async fn serve_config(config: Config, budget: ThreadBudget) -> anyhow::Result<()> {
+    let env = |name: &str| std::env::var(name).ok();
+    let options = StartOptions {
+        admin_token: env("WICK_ADMIN_TOKEN"),
+        watch: true,
+        env: Box::new(env),
+    };
+    let server = start(config, options).await?;
+    tracing::info!(
+        listen = %server.addr,
+        admin = ?server.admin_addr,
+        compute_threads = budget.compute,
+        tokio_workers = budget.tokio_workers,
+        "wick {} serving", env!("CARGO_PKG_VERSION")
+    );
+    for line in describe_models(server.repository()) {
+        tracing::info!("model {line}");
+    }
+    wait_for_signals(&server).await?;
+    tracing::info!("shutting down: readiness is now 503; finishing in-flight requests");
+    server.shutdown().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_signals(server: &Server) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                if let Some(tx) = server.watcher() {
+                    let _ = tx.send(Command::ReloadConfig);
+                }
+            }
+        }
+    }
 }

@@ -115,23 +115,43 @@ impl Conn {
     }
 }
 
-/// `wick bench` settings.
-#[derive(Debug, Clone)]
+/// `wick bench` settings (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[arg(long)]
     pub model: String,
+    #[arg(long)]
     pub version: Option<u64>,
+    #[arg(long, default_value = "1")]
     pub clients: usize,
+    /// Measured seconds.
+    #[arg(long, default_value = "10", value_parser = seconds)]
     pub duration: Duration,
+    /// Unmeasured warm-up seconds.
+    #[arg(long, default_value = "1", value_parser = seconds)]
     pub warmup: Duration,
+    /// Use the binary tensor extension for inputs and outputs.
+    #[arg(long)]
     pub binary: bool,
     /// Rows per request.
+    #[arg(long, default_value = "1")]
     pub rows: usize,
     /// Text for BYTES inputs.
+    #[arg(long, default_value = "This is a test sentence.")]
     pub text: String,
     /// Sequence length for INT64 inputs with a variable dimension.
+    #[arg(long, default_value = "16")]
     pub seq_len: usize,
+    #[arg(long)]
     pub max_requests: Option<u64>,
+}
+
+/// A duration given in (fractional) seconds on the command line.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(value).map_err(|e| format!("{e}"))
 }
 
 /// Results of a run.
@@ -274,6 +294,22 @@ async fn prepare(target: &Target, options: &BenchOptions) -> anyhow::Result<Prep
 }
 
 /// Runs the benchmark.
+/// `wick bench`: runs the load and prints the report (as one JSON object with `json`).
+pub fn main(
+    options: &BenchOptions,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<bool> {
+    let report = crate::app::runtime(2)?.block_on(run(options))?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(out, "{report}")?;
+    }
+    Ok(true)
+}
+
+/// Drives the server at `options.url` and measures it.
 pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     if options.clients == 0 || options.rows == 0 {
         bail!("--clients and --rows must be at least 1");

@@ -164,6 +164,21 @@ pub fn inspect(file: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Resul
     Ok(true)
 }
 
+/// Reads a config file with the process's `WICK_*` environment applied.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path, &|name| std::env::var(name).ok())?)
+}
+
+/// `wick health [--url U]`: `url` defaults to the address of `WICK_LISTEN` (what the container's
+/// HEALTHCHECK runs), else 127.0.0.1:8080.
+pub fn health_main(url: Option<&str>, timeout: Duration) -> anyhow::Result<bool> {
+    let url = url.map(str::to_string).unwrap_or_else(|| {
+        let listen = std::env::var("WICK_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+        format!("http://{}", listen.replace("0.0.0.0", "127.0.0.1"))
+    });
+    crate::app::runtime(1)?.block_on(health(&url, timeout))
+}
+
 /// `wick health`: exits 0 when `url` answers 200 within `timeout`.
 pub async fn health(url: &str, timeout: Duration) -> anyhow::Result<bool> {
     let target = crate::bench::Target::parse(url)?;

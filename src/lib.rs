@@ -6,19 +6,25 @@
 //! without dropping a request.
 //!
 //! # Layout
-//! - [`config`]: `config.toml` + `WICK_*` overrides → a validated [`config::Config`];
-//! - [`arch`]: code-defined architectures and their registry;
+//! - [`model`]: the contract every architecture implements and everything above uses
+//!   (`Model`, `Prepared`, `Signature`, host tensors, input errors); depends on nothing of wick's;
+//! - [`arch`]: code-defined architecture families and their one registry table, with wick's own
+//!   CPU kernels in [`arch::kernels`];
 //! - [`state_dict`]: checkpoints as data: header validation, strict comparison, the load report;
-//! - [`repository`]: the model repository on disk, version policy, watcher, load pipeline;
+//! - [`repository`]: the model repository on disk: the pure reconciliation plan and the layer
+//!   that applies it, version records, the watcher, the load pipeline;
 //! - [`engine`]: per-model queue, batching policy, compute thread, deadlines, cancellation;
 //! - [`protocol`]: KServe v2 JSON and binary tensors ⇄ host tensors;
-//! - [`http`]: routes, limits, the connection loop, error → status mapping;
+//! - [`http`]: routes, limits, the connection loop, error → status mapping, the admin API;
+//! - [`config`]: `config.toml` + `WICK_*` overrides → a validated [`config::Config`];
 //! - [`telemetry`]: logging and metrics;
-//! - [`app`]: wires a server together; [`commands`] and [`bench`]: the other CLI subcommands;
+//! - [`app`]: wires a server together and serves until a signal; [`commands`] and [`bench`]:
+//!   the other CLI subcommands;
 //! - [`convert`]: `wick convert`, `.pth` checkpoints to safetensors offline (CLI only: the
 //!   serving path never reads a pickle).
 //!
-//! Dependency direction: `http → engine/repository → state_dict/arch → candle`.
+//! Dependency direction: `http → engine/repository → state_dict/arch → model`. The reasoning
+//! behind the choices lives in the repository's `docs/`.
 
 pub mod app;
 pub mod arch;
@@ -28,6 +34,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod http;
+pub mod model;
 pub mod protocol;
 pub mod repository;
 pub mod state_dict;

@@ -23,6 +23,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The message a panic carried (`panic!("...")` or a formatted one), for logs.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

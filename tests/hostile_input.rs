@@ -1,4 +1,4 @@
-//! The bad-input catalogue of security.md §5.1, sent byte for byte to a real server: each gets
+//! The bad-input catalogue of docs/security.md, sent byte for byte to a real server: each gets
 //! a 4xx (with `{"error": ...}` whenever the request reached wick's handlers; hyper answers
 //! malformed HTTP framing itself, with a bare status), nothing crashes or hangs, and a normal
 //! request succeeds afterwards.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use common::{fixture, output_f32, Repo, TestServer};
 use serde_json::{json, Value};
-use wick::arch::text::TextTokenizer;
+use wick::arch::text::tokenizer::TextTokenizer;
 
 const MODEL: &str = r#"
 [[models]]

@@ -9,9 +9,10 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::{
-    common_rows, forward_stacked, Architecture, Assets, ElemKind, HostTensor, InputError, IoSpec,
-    Model, Prepared, Signature,
+use super::batch::forward_stacked;
+use super::{Architecture, FamilyConfig, InvalidConfig};
+use crate::model::{
+    common_rows, Assets, ElemKind, HostTensor, InputError, IoSpec, Model, Prepared, Signature,
 };
 
 /// `architecture = "linear"`: `nn.Linear(in_features, out_features)` stored as `linear.*`.
@@ -72,10 +73,21 @@ impl Activation {
     }
 }
 
+impl FamilyConfig for LinearConfig {
+    fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
+        Ok(Box::new(Mlp::linear(self)?))
+    }
+}
+
+impl FamilyConfig for MlpConfig {
+    fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
+        Ok(Box::new(Mlp::new(self)?))
+    }
+}
+
 /// The configured `linear`/`mlp` architecture.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    name: &'static str,
     /// (checkpoint prefix, in, out) per layer.
     layers: Vec<(String, usize, usize)>,
     activation: Activation,
@@ -84,25 +96,27 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn linear(cfg: LinearConfig) -> Result<Mlp, String> {
+    pub fn linear(cfg: LinearConfig) -> Result<Mlp, InvalidConfig> {
         Mlp::from_layers(
-            "linear",
             vec![("linear".to_string(), cfg.in_features, cfg.out_features)],
             Activation::Identity,
             cfg.bias,
         )
     }
 
-    pub fn new(cfg: MlpConfig) -> Result<Mlp, String> {
+    pub fn new(cfg: MlpConfig) -> Result<Mlp, InvalidConfig> {
         let mut widths = vec![cfg.in_features];
         widths.extend(&cfg.hidden);
         widths.push(cfg.out_features);
         let count = widths.len() - 1;
         let names = match cfg.layer_names {
             Some(names) if names.len() != count => {
-                return Err(format!(
-                    "layer_names has {} entries but the MLP has {count} layers (hidden + 1)",
-                    names.len()
+                return Err(InvalidConfig::new(
+                    "layer_names",
+                    format!(
+                        "has {} entries but the MLP has {count} layers (hidden + 1)",
+                        names.len()
+                    ),
                 ));
             }
             Some(names) => names,
@@ -112,28 +126,32 @@ impl Mlp {
             .iter()
             .find(|n| n.is_empty() || n.starts_with('.') || n.ends_with('.'))
         {
-            return Err(format!("layer name {bad:?} is not a valid key prefix"));
+            return Err(InvalidConfig::new(
+                "layer_names",
+                format!("{bad:?} is not a valid key prefix"),
+            ));
         }
         let layers = names
             .into_iter()
             .zip(widths.windows(2))
             .map(|(name, w)| (name, w[0], w[1]))
             .collect();
-        Mlp::from_layers("mlp", layers, cfg.activation, cfg.bias)
+        Mlp::from_layers(layers, cfg.activation, cfg.bias)
     }
 
     fn from_layers(
-        name: &'static str,
         layers: Vec<(String, usize, usize)>,
         activation: Activation,
         bias: bool,
-    ) -> Result<Mlp, String> {
+    ) -> Result<Mlp, InvalidConfig> {
         if let Some((layer, _, _)) = layers.iter().find(|(_, i, o)| *i == 0 || *o == 0) {
-            return Err(format!("layer {layer:?} has a zero width"));
+            return Err(InvalidConfig::new(
+                "hidden",
+                format!("layer {layer:?} has a zero width"),
+            ));
         }
         let (first_in, last_out) = (layers[0].1, layers[layers.len() - 1].2);
         Ok(Mlp {
-            name,
             signature: Signature {
                 inputs: vec![IoSpec::new("input", ElemKind::F32, &[first_in as i64])],
                 outputs: vec![IoSpec::new("output", ElemKind::F32, &[last_out as i64])],
@@ -146,10 +164,6 @@ impl Mlp {
 }
 
 impl Architecture for Mlp {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
     fn signature(&self) -> &Signature {
         &self.signature
     }
@@ -214,8 +228,9 @@ impl Model for MlpModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::configure;
     use crate::arch::testing::{param_names, table};
-    use crate::arch::{configure, HostData};
+    use crate::model::HostData;
 
     #[test]
     fn sequential_names_skip_the_activations() {
@@ -250,7 +265,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("layer_names has 1 entries"),
+            err.to_string().contains("layer_names: has 1 entries"),
             "{err}"
         );
         let err = configure(
@@ -292,8 +307,7 @@ mod tests {
             "layers.2.bias".to_string(),
             Tensor::new(&[0.5f32], &dev).unwrap(),
         );
-        let vb = VarBuilder::from_tensors(ts, candle_core::DType::F32, &dev);
-        let model = arch.build(vb, &Assets::default()).unwrap();
+        let model = arch.build(ts, &Assets::default()).unwrap();
         let req = |v: Vec<f32>| {
             let rows = v.len() / 2;
             model

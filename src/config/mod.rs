@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::arch::{self, Configured};
+use crate::model::naming::validate_model_name;
+
 use crate::state_dict::{FileIdentity, KeyMapping};
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
@@ -426,9 +428,19 @@ fn resolve_server(
     })
 }
 
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>()
-        .map_err(|e| format!("{text:?} is not an IP:port address ({e})"))
+fn parse_addr(text: &str) -> Result<SocketAddr, AddrError> {
+    text.parse::<SocketAddr>().map_err(|source| AddrError {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// A listen address that is not `IP:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?} is not an IP:port address ({source})")]
+struct AddrError {
+    text: String,
+    source: std::net::AddrParseError,
 }
 
 fn resolve_model(
@@ -515,43 +527,6 @@ fn resolve_model(
         version_policy,
         batching,
     })
-}
-
-/// Model names are looked up, never joined into paths; the grammar still keeps them boring:
-/// 1 to 64 ASCII letters, digits, `.`, `_` or `-`, and never `.` or `..` (so even as a path
-/// component a name cannot leave the repository). Names like `...` or `model..1` stay valid.
-pub fn validate_model_name(name: &str) -> Result<(), String> {
-    let shown: String = name.chars().take(64).collect();
-    if name.is_empty() {
-        return Err("must not be empty".to_string());
-    }
-    if name.len() > 64 {
-        return Err(format!("{shown:?}... is longer than 64 characters"));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a model name"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{shown:?} contains {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
-        ));
-    }
-    Ok(())
-}
-
-/// Versions are positive integers without leading zeros: `1`, `2`, `10`, never `01` or `0`.
-pub fn parse_version(text: &str) -> Option<u64> {
-    let bytes = text.as_bytes();
-    if bytes.is_empty() || bytes.len() > 19 || bytes[0] == b'0' {
-        return None;
-    }
-    if !bytes.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    text.parse::<u64>().ok()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -79,12 +79,6 @@ fn duplicate_and_bad_names_are_refused() {
         .contains("already used"));
     let text = GOOD.replace("name = \"digits\"", "name = \"../etc\"");
     assert!(parse(&text).unwrap_err().to_string().contains("'/'"));
-    for bad in ["", ".", "..", "a b", "é", "a/b", "a\\b"] {
-        assert!(validate_model_name(bad).is_err(), "{bad:?} accepted");
-    }
-    for good in ["digits", "...", "..my_model", "model..1", "a-b_c.d", "0"] {
-        assert!(validate_model_name(good).is_ok(), "{good:?} refused");
-    }
 }
 
 #[test]
@@ -134,22 +128,4 @@ fn version_policy_forms() {
         VersionPolicy::Specific(vec![1, 9]).select(&[1, 5, 3]),
         vec![1]
     );
-}
-
-#[test]
-fn versions_have_no_leading_zeros() {
-    assert_eq!(parse_version("1"), Some(1));
-    assert_eq!(parse_version("120"), Some(120));
-    for bad in [
-        "0",
-        "01",
-        "-1",
-        "1.0",
-        "1e3",
-        "",
-        "latest",
-        "99999999999999999999",
-    ] {
-        assert_eq!(parse_version(bad), None, "{bad}");
-    }
 }

@@ -53,15 +53,20 @@ use plan::{Plan, PlanError, PlanLimits};
 use torch::{Dropped, SelectError};
 use write::{Layout, Sink, TempOutput, WriteError};
 
-/// What `wick convert` was asked to do.
-#[derive(Debug, Clone)]
+/// What `wick convert` was asked to do (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConvertOptions {
+    /// The torch.save file to read (.pth/.pt/.bin).
     pub input: PathBuf,
+    /// The safetensors file to write (atomically: it appears only when complete).
     pub output: PathBuf,
     /// The checkpoint entry that holds the state dict (`model` for `{'model': ..., ...}`).
+    #[arg(long)]
     pub key: Option<String>,
-    /// With `model`: run `wick check` on the result before it is published.
+    /// With `model`: run `wick check` on the result against this config before writing it.
+    #[arg(long, requires = "model")]
     pub check_config: Option<PathBuf>,
+    #[arg(long, requires = "check_config")]
     pub model: Option<String>,
 }
 

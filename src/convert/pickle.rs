@@ -1,7 +1,7 @@
 //! A bounded pickle reader that builds data and never executes anything.
 //!
 //! Python's `pickle` is a small stack machine whose GLOBAL and REDUCE opcodes import and call any
-//! function a file names: that is how a `.pth` file runs code (security.md T1). This machine
+//! function a file names: that is how a `.pth` file runs code (docs/security.md, "Threats and defences"). This machine
 //! interprets only the opcodes `torch.save` writes for state dicts (protocols 2 to 5), resolves a
 //! global only when its exact `module.name` is on a short allowlist, and gives each allowed
 //! callable a fixed, data-only meaning (an `OrderedDict()` is an empty dict, a

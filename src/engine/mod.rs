@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::arch::{HostTensor, Model, Notes, Prepared, Signature};
 use crate::config::BatchingConfig;
-use crate::state_dict::LoadReport;
+use crate::model::{HostTensor, Model, Notes, Prepared, Signature};
 use crate::telemetry::ModelMetrics;
 
 /// A model version with its weights in memory, ready to serve. Shared by `Arc`: the registry
@@ -31,13 +30,12 @@ use crate::telemetry::ModelMetrics;
 pub struct LoadedVersion {
     pub model_name: String,
     pub version: u64,
+    /// Hex sha256 of the weights file, as `sha256sum` prints it.
     pub sha256: String,
+    /// Bytes held by the weights in memory.
     pub param_bytes: u64,
     pub signature: Signature,
     pub model: Box<dyn Model>,
-    /// The clean load report (ignored, optional and upcast keys).
-    pub report: LoadReport,
-    pub load_duration: Duration,
 }
 
 impl std::fmt::Debug for LoadedVersion {
@@ -74,7 +72,24 @@ pub enum EngineError {
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("inference failed: {0}")]
-    Compute(String),
+    Compute(ComputeError),
+}
+
+/// Why a forward pass produced no outputs: a failure of the model, never of the request (those
+/// are refused by `Model::prepare` before queueing).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    /// The model returned an error (candle's message).
+    #[error("{message}")]
+    Failed { message: String },
+    #[error("the model panicked: {message}")]
+    Panicked { message: String },
+    #[error("the model returned {results} results for {requests} requests (each must have {outputs} outputs)")]
+    WrongOutputs {
+        results: usize,
+        requests: usize,
+        outputs: usize,
+    },
 }
 
 const QUEUED: u8 = 0;

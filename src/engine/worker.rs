@@ -4,10 +4,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::arch::{HostTensor, Prepared};
+use crate::model::{HostTensor, Prepared};
 
 use super::policy::{self, Decision, Entry, Limits};
-use super::{EngineError, Inner, Job, Outputs};
+use super::{ComputeError, EngineError, Inner, Job, Outputs};
+use crate::telemetry::panic_message;
 
 pub(super) fn run(inner: &Arc<Inner>) {
     let mut entries: Vec<Entry> = Vec::new();
@@ -163,39 +164,40 @@ fn execute(inner: &Inner, batch: Vec<Job>) {
 }
 
 /// Runs one forward pass, catching panics, and checks that every request got all its outputs.
-fn forward(first: &Job, prepared: &[&Prepared]) -> Result<Vec<Vec<HostTensor>>, String> {
+fn forward(first: &Job, prepared: &[&Prepared]) -> Result<Vec<Vec<HostTensor>>, ComputeError> {
     let version = &first.version;
     let outcome = catch_unwind(AssertUnwindSafe(|| version.model.forward(prepared)));
     let outputs = match outcome {
         Ok(Ok(outputs)) => outputs,
-        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Err(e)) => {
+            return Err(ComputeError::Failed {
+                message: e.to_string(),
+            })
+        }
         Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            return Err(format!("the model panicked: {text}"));
+            return Err(ComputeError::Panicked {
+                message: panic_message(panic.as_ref()),
+            })
         }
     };
     let expected = version.signature.outputs.len();
     if outputs.len() != prepared.len() || outputs.iter().any(|o| o.len() != expected) {
-        return Err(format!(
-            "the model returned {} results for {} requests (each must have {expected} outputs)",
-            outputs.len(),
-            prepared.len()
-        ));
+        return Err(ComputeError::WrongOutputs {
+            results: outputs.len(),
+            requests: prepared.len(),
+            outputs: expected,
+        });
     }
     Ok(outputs)
 }
 
-fn reply(job: Job, result: Result<Vec<HostTensor>, String>) {
+fn reply(job: Job, result: Result<Vec<HostTensor>, ComputeError>) {
     let answer = match result {
         Ok(tensors) => Ok(Outputs {
             tensors,
             notes: job.prepared.notes,
         }),
-        Err(message) => Err(EngineError::Compute(message)),
+        Err(error) => Err(EngineError::Compute(error)),
     };
     // The client may have gone away meanwhile; nothing to do then.
     let _ = job.reply.send(answer);

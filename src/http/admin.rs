@@ -19,7 +19,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::parse_version;
+use crate::model::naming::parse_version;
 use crate::protocol::request::{ParamValue, Parameters};
 use crate::repository::Repository;
 
@@ -129,21 +129,20 @@ fn version_param(params: &Parameters) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// What the repository API's load and unload routes ask of the repository.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Load,
+    Unload,
+}
+
 async fn load(
     State(state): State<AdminState>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request: ActionRequest = json_body(&state.app, &headers, body).await?;
-    let version = version_param(&request.parameters)?;
-    state.app.slot(&model)?;
-    let repository: Arc<Repository> = Arc::clone(&state.app.repository);
-    // Loading reads and checks files and runs a warm-up pass: never on a tokio worker.
-    tokio::task::spawn_blocking(move || repository.load(&model, version))
-        .await
-        .map_err(|e| ApiError::Internal(format!("load task failed: {e}")))??;
-    Ok(StatusCode::OK.into_response())
+    act(state, model, headers, body, Action::Load).await
 }
 
 async fn unload(
@@ -152,12 +151,27 @@ async fn unload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    act(state, model, headers, body, Action::Unload).await
+}
+
+async fn act(
+    state: AdminState,
+    model: String,
+    headers: HeaderMap,
+    body: Body,
+    action: Action,
+) -> Result<Response, ApiError> {
     let request: ActionRequest = json_body(&state.app, &headers, body).await?;
     let version = version_param(&request.parameters)?;
     state.app.slot(&model)?;
     let repository: Arc<Repository> = Arc::clone(&state.app.repository);
-    tokio::task::spawn_blocking(move || repository.unload(&model, version))
-        .await
-        .map_err(|e| ApiError::Internal(format!("unload task failed: {e}")))??;
+    // Loading reads and checks files and runs a warm-up pass, and unloading may load the
+    // version the policy picks instead: never on a tokio worker.
+    tokio::task::spawn_blocking(move || match action {
+        Action::Load => repository.load(&model, version),
+        Action::Unload => repository.unload(&model, version),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("{action:?} task failed: {e}")))??;
     Ok(StatusCode::OK.into_response())
 }

@@ -9,8 +9,8 @@
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
-use crate::arch::InputError;
 use crate::engine::EngineError;
+use crate::model::InputError;
 use crate::protocol::ProtocolError;
 use crate::repository::{RepositoryError, VersionState};
 
@@ -25,7 +25,7 @@ pub enum ApiError {
     #[error(transparent)]
     Repository(#[from] RepositoryError),
     #[error("invalid model name: {0}")]
-    InvalidModelName(String),
+    InvalidModelName(crate::model::naming::NameError),
     #[error("invalid version {0:?}: versions are positive integers without leading zeros")]
     InvalidVersion(String),
     #[error("unknown model {0:?}")]
@@ -119,7 +119,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 /// The detail of a server-side failure, attached to the response (never sent to the client)
-/// and logged with the request's id by [`super::log_failures`].
+/// and logged with the request's id by the observing middleware ([`super::observe`]).
 #[derive(Debug, Clone)]
 pub struct FailureDetail(pub String);
 
@@ -128,7 +128,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let detail = match &self {
             ApiError::Internal(detail) => Some(detail.clone()),
-            ApiError::Engine(EngineError::Compute(detail)) => Some(detail.clone()),
+            ApiError::Engine(EngineError::Compute(error)) => Some(error.to_string()),
             _ => None,
         };
         let message = match &self {

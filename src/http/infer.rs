@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 
-use crate::arch::ElemKind;
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
+use crate::model::ElemKind;
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::ModelSlot;
 
@@ -141,7 +141,7 @@ async fn decode(
     version: &Arc<LoadedVersion>,
     body: Bytes,
     header_len: Option<u64>,
-) -> Result<(Decoded, crate::arch::Prepared), ApiError> {
+) -> Result<(Decoded, crate::model::Prepared), ApiError> {
     let limits = state.limits.decode;
     let body_len = body.len();
     let work = {

@@ -5,7 +5,7 @@
 //! decode it ([`crate::protocol`]), submit it to the model's engine and encode the answer. No
 //! candle, no locks held across awaits, no environment lookups here. Connections are served by
 //! hyper directly (not `axum::serve`) because only that way do HTTP/1 header-read timeouts work
-//! (security.md F5), and the number of open connections is capped.
+//! (docs/security.md F5), and the number of open connections is capped.
 
 pub mod admin;
 pub mod body;
@@ -23,8 +23,8 @@ use axum::Router;
 use http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::config::parse_version;
 use crate::engine::LoadedVersion;
+use crate::model::naming::{parse_version, validate_model_name};
 use crate::protocol::DecodeLimits;
 use crate::repository::{ModelSlot, Repository, VersionState};
 use crate::telemetry::Metrics;
@@ -73,7 +73,7 @@ impl AppState {
 
     /// Looks a model up by name; names outside the grammar are refused without a lookup.
     pub fn slot(&self, model: &str) -> Result<Arc<ModelSlot>, ApiError> {
-        crate::config::validate_model_name(model).map_err(ApiError::InvalidModelName)?;
+        validate_model_name(model).map_err(ApiError::InvalidModelName)?;
         self.repository
             .get(model)
             .ok_or_else(|| ApiError::UnknownModel(model.to_string()))
@@ -156,11 +156,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// A panic in a handler becomes a JSON 500; the connection and the process survive.
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let detail = crate::telemetry::panic_message(panic.as_ref());
     let mut response = error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     response
         .extensions_mut()

@@ -2,7 +2,7 @@
 //! bounded graceful shutdown.
 //!
 //! `axum::serve` builds hyper without a timer, which silently disables the header-read timeout
-//! (security.md F5): a client sending half a request line would hold a connection forever. Here
+//! (docs/security.md F5): a client sending half a request line would hold a connection forever. Here
 //! the timer is set, so a connection that does not deliver a complete request head within
 //! `header_read_timeout` (also the idle keep-alive time) is closed. Connections beyond
 //! `max_connections` are closed at once. On shutdown the listener closes, idle keep-alive

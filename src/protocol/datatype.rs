@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::arch::ElemKind;
+use crate::model::ElemKind;
 
 /// A KServe v2 / Triton datatype name. Names are case-sensitive, as in Triton.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::arch::{shape_text, ElemKind, HostTensor, Signature};
+use crate::model::{ElemKind, HostTensor, IoSpec, Signature};
 
 use super::datatype::Datatype;
 use super::request::{InferRequest, Parameters};
@@ -145,7 +145,7 @@ pub fn clip(mut text: String) -> String {
     text
 }
 
-fn names(specs: &[crate::arch::IoSpec]) -> String {
+fn names(specs: &[IoSpec]) -> String {
     specs
         .iter()
         .map(|s| format!("{:?}", s.name))
@@ -226,17 +226,11 @@ pub fn decode(
                 expected: Datatype::of_kind(spec.kind),
             });
         };
-        let fixed_ok = input.shape.len() == spec.dims.len() + 1
-            && spec
-                .dims
-                .iter()
-                .zip(&input.shape[1..])
-                .all(|(want, got)| *want < 0 || *want as u64 == *got);
-        if !fixed_ok {
+        if !spec.accepts_shape(input.shape.iter().copied()) {
             return Err(ProtocolError::Shape {
                 input: input.name,
                 shape: input.shape,
-                expected: shape_text(&spec.dims),
+                expected: spec.shape_text(),
             });
         }
         let count = input

@@ -1,11 +1,11 @@
 //! Encoding inference responses: JSON, or JSON followed by binary tensors.
 //!
 //! The JSON is written by hand: it is on the hot path, and serde_json would turn NaN and
-//! infinities into `null` without a word (security.md F6). Non-finite outputs are written as the
+//! infinities into `null` without a word (docs/security.md F6). Non-finite outputs are written as the
 //! tokens `NaN`, `Infinity` and `-Infinity`, as Triton and TF Serving do and as Python's `json`
 //! and tritonclient read them. Floats use the shortest representation that round-trips (ryu).
 
-use crate::arch::{HostData, HostTensor, Notes, Signature};
+use crate::model::{HostData, HostTensor, Notes, Signature};
 
 use super::datatype::Datatype;
 use super::decode::OutputChoice;
@@ -181,7 +181,7 @@ fn write_binary(out: &mut Vec<u8>, data: &HostData) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{ElemKind, IoSpec};
+    use crate::model::{ElemKind, IoSpec};
 
     fn sig() -> Signature {
         Signature {

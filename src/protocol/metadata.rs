@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::arch::Signature;
+use crate::model::Signature;
 
 use super::datatype::Datatype;
 
@@ -43,7 +43,7 @@ pub struct ModelMetadata {
 
 /// `versions` lists the ready versions, highest first.
 pub fn model_metadata(name: &str, versions: &[u64], signature: &Signature) -> ModelMetadata {
-    let tensors = |specs: &[crate::arch::IoSpec]| {
+    let tensors = |specs: &[crate::model::IoSpec]| {
         specs
             .iter()
             .map(|s| {

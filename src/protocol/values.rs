@@ -3,9 +3,9 @@
 //! range-checked against their declared type, integers into FP32 must be exactly representable,
 //! JSON floats must not overflow their declared type, BYTES elements are parsed with bounds
 //! checks. Binary data is decoded with `chunks_exact` from sizes already checked against the
-//! shape, never through `Tensor::from_raw_buffer` (security.md F1).
+//! shape, never through `Tensor::from_raw_buffer` (docs/security.md F1).
 
-use crate::arch::{ElemKind, HostData};
+use crate::model::{ElemKind, HostData};
 
 use super::datatype::Datatype;
 use super::decode::ProtocolError;
@@ -75,6 +75,11 @@ pub(super) fn from_json(
     }
     if data.values.len() as u64 != count {
         return Err(count_error(ctx, shape, count, data.values.len()));
+    }
+    if data.values.is_empty() {
+        // `[]` has no scalar to tell its kind: it is an empty tensor of the declared type (the
+        // model then refuses an empty batch with its own reason).
+        return Ok(HostData::empty(ctx.kind));
     }
     match (data.values, ctx.kind) {
         (JsonValues::Numbers(nums), ElemKind::F32) => {

@@ -1,13 +1,13 @@
 //! Operator actions on the repository: the index, explicit load and unload (the repository
 //! API), and applying a changed configuration.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::Config;
 
 use super::{
-    lock, new_slot, scan, IndexEntry, ModelSlot, Repository, RepositoryError, SyncMode,
+    lock, new_slot, IndexEntry, ModelSlot, NotServed, Repository, RepositoryError, SyncMode,
     SyncOutcome, VersionState,
 };
 
@@ -16,37 +16,24 @@ impl Repository {
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let mut out = Vec::new();
         for slot in self.slots() {
-            let serving = slot.serving();
             let st = lock(&slot.state);
-            let mut seen = BTreeSet::new();
+            let before = out.len();
             for (v, record) in &st.versions {
-                let state = if serving.versions.contains_key(v) {
-                    VersionState::Ready
-                } else {
-                    match record.state {
-                        Some(s) => s,
-                        None => continue,
-                    }
+                let Some((state, reason)) = record.status() else {
+                    continue;
                 };
-                seen.insert(*v);
                 out.push(IndexEntry {
                     name: slot.name.clone(),
                     version: v.to_string(),
                     state,
-                    reason: record.reason.clone().unwrap_or_default(),
-                    report: record.report.clone(),
+                    reason,
+                    report: record
+                        .failed
+                        .as_ref()
+                        .and_then(|f| f.failure.report().cloned()),
                 });
             }
-            for v in serving.versions.keys().filter(|v| !seen.contains(v)) {
-                out.push(IndexEntry {
-                    name: slot.name.clone(),
-                    version: v.to_string(),
-                    state: VersionState::Ready,
-                    reason: String::new(),
-                    report: None,
-                });
-            }
-            if !out.iter().any(|e| e.name == slot.name) {
+            if out.len() == before {
                 out.push(IndexEntry {
                     name: slot.name.clone(),
                     version: String::new(),
@@ -54,7 +41,7 @@ impl Repository {
                     reason: if st.disabled {
                         "unloaded through the repository API".to_string()
                     } else {
-                        format!("no version directory with a {} found", scan::WEIGHTS_FILE)
+                        NotServed::NoVersions.to_string()
                     },
                     report: None,
                 });
@@ -67,7 +54,7 @@ impl Repository {
     }
 
     /// Explicit load (repository API): re-enables the model (and `version`, or all held
-    /// versions) and loads what is on disk now. Returns the model's state afterwards.
+    /// versions), retries files that failed, and loads what is on disk now.
     pub fn load(&self, name: &str, version: Option<u64>) -> Result<SyncOutcome, RepositoryError> {
         let slot = self
             .get(name)
@@ -76,96 +63,51 @@ impl Repository {
             let _ops = lock(&slot.ops);
             let mut st = lock(&slot.state);
             st.disabled = false;
-            match version {
-                Some(v) => {
-                    st.held.remove(&v);
-                    // An explicit load retries a file that failed before.
-                    if let Some(r) = st.versions.get_mut(&v) {
-                        r.failed = None;
-                    }
-                }
-                None => {
-                    st.held.clear();
-                    for r in st.versions.values_mut() {
-                        r.failed = None;
-                    }
+            for (v, record) in st.versions.iter_mut() {
+                if version.is_none_or(|wanted| wanted == *v) {
+                    record.held = false;
+                    record.failed = None;
                 }
             }
         }
         let outcome = self.sync_model(&slot, SyncMode::Immediate);
         self.reap();
-        if !slot.is_ready() {
-            return Err(RepositoryError::LoadFailed {
+        let why = if !slot.is_ready() {
+            Some(self.not_served(&slot))
+        } else {
+            version
+                .filter(|v| !slot.serving().versions.contains_key(v))
+                .map(|v| match outcome.failed.iter().find(|(f, _)| *f == v) {
+                    Some(failed) => NotServed::Failed(vec![failed.clone()]),
+                    None => NotServed::NotSelected(v),
+                })
+        };
+        match why {
+            Some(why) => Err(RepositoryError::LoadFailed {
                 model: name.to_string(),
-                reason: self.index_reason(&slot),
-            });
+                why,
+            }),
+            None => Ok(outcome),
         }
-        if let Some(v) = version {
-            if !slot.serving().versions.contains_key(&v) {
-                let reason = outcome
-                    .failed
-                    .iter()
-                    .find(|(f, _)| *f == v)
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_else(|| {
-                        "not on disk, or not selected by the version policy".to_string()
-                    });
-                return Err(RepositoryError::LoadFailed {
-                    model: name.to_string(),
-                    reason: format!("version {v}: {reason}"),
-                });
-            }
-        }
-        Ok(outcome)
     }
 
     /// Explicit unload (repository API): the whole model, or one version. An unloaded model
-    /// or version stays unloaded until an explicit load; queued requests still finish.
+    /// or version stays unloaded until an explicit load; queued requests still finish. When one
+    /// version is unloaded, the version policy may pick another (rollback), which is loaded
+    /// before the unloaded one stops serving.
     pub fn unload(&self, name: &str, version: Option<u64>) -> Result<SyncOutcome, RepositoryError> {
         let slot = self
             .get(name)
             .ok_or_else(|| RepositoryError::UnknownModel(name.to_string()))?;
-        let outcome = {
+        {
             let _ops = lock(&slot.ops);
-            let mut versions = slot.serving().versions.clone();
-            let removed: Vec<u64> = {
-                let mut st = lock(&slot.state);
-                match version {
-                    None => {
-                        st.disabled = true;
-                        versions.keys().copied().collect()
-                    }
-                    Some(v) => {
-                        st.held.insert(v);
-                        versions.contains_key(&v).then_some(v).into_iter().collect()
-                    }
-                }
-            };
-            for v in &removed {
-                if let Some(old) = versions.remove(v) {
-                    self.retire(old);
-                }
-                slot.set_record(*v, |r| {
-                    r.state = Some(VersionState::Unavailable);
-                    r.reason = Some("unloaded through the repository API".to_string());
-                    r.loaded = None;
-                });
+            let mut st = lock(&slot.state);
+            match version {
+                None => st.disabled = true,
+                Some(v) => st.versions.entry(v).or_default().held = true,
             }
-            self.publish(&slot, versions);
-            SyncOutcome {
-                unloaded: removed,
-                ..SyncOutcome::default()
-            }
-        };
-        // Unloading one version may let the policy pick another (rollback).
-        if version.is_some() {
-            let more = self.sync_model(&slot, SyncMode::Immediate);
-            self.reap();
-            return Ok(SyncOutcome {
-                unloaded: outcome.unloaded,
-                ..more
-            });
         }
+        let outcome = self.sync_model(&slot, SyncMode::Immediate);
         self.reap();
         Ok(outcome)
     }
@@ -200,7 +142,7 @@ impl Repository {
                             changes.push(format!(
                                 "model {:?}: the new architecture config does not load ({}); keeping the running one",
                                 model.name,
-                                self.index_reason(&fresh)
+                                self.not_served(&fresh)
                             ));
                             next.insert(model.name.clone(), Arc::clone(slot));
                             continue;
@@ -264,21 +206,18 @@ impl Repository {
         Ok(changes)
     }
 
-    /// Why a model's versions are not served, for load errors.
-    fn index_reason(&self, slot: &ModelSlot) -> String {
+    /// Why a model serves nothing, for load errors.
+    fn not_served(&self, slot: &ModelSlot) -> NotServed {
         let st = lock(&slot.state);
-        let reasons: Vec<String> = st
+        let failures: Vec<_> = st
             .versions
             .iter()
-            .filter_map(|(v, r)| {
-                r.reason
-                    .as_ref()
-                    .map(|reason| format!("version {v}: {reason}"))
-            })
+            .filter_map(|(v, r)| r.failed.as_ref().map(|f| (*v, Arc::clone(&f.failure))))
             .collect();
-        if reasons.is_empty() {
-            return format!("no version directory with a {} found", scan::WEIGHTS_FILE);
+        if failures.is_empty() {
+            NotServed::NoVersions
+        } else {
+            NotServed::Failed(failures)
         }
-        reasons.join("; ")
     }
 }

@@ -1,29 +1,30 @@
 //! The model repository on disk and the registry of what is being served.
 //!
 //! - [`scan`]: which version directories exist;
+//! - [`plan`]: the reconciliation rules as a pure function (what to load, what to retire);
 //! - [`pipeline`]: loading one version (strict check, copy out, build, warm up);
-//! - `sync`: [`Repository::sync_model`], which reconciles what is on disk with what is served;
+//! - `sync`: [`Repository::sync_model`], the thin layer that applies a plan;
 //! - `control`: the repository index, explicit load/unload and config changes;
-//! - this module: one [`ModelSlot`] per configured model with its [`Engine`], the set of ready
-//!   versions behind one `ArcSwap` (a swap is a single atomic store; requests already admitted
-//!   keep the `Arc` of the version they started on), and per-version status.
+//! - this module: one [`ModelSlot`] per configured model with its [`Engine`] and one
+//!   [`VersionRecord`] per version, the single source of truth for its state. The set of served
+//!   versions that requests read is derived from the records after every change and published
+//!   behind one `ArcSwap` (a swap is a single atomic store; requests already admitted keep the
+//!   `Arc` of the version they started on). Old versions are handed to a graveyard and freed off
+//!   the request path once their last queued request is done.
 //!
-//! The rules of reconciliation: a version is loaded only after its weights file looked the same
-//! on two consecutive checks (unless the caller asks for an immediate load); a file that failed is
-//! not retried until it changes; a bad version never replaces a good one (the version policy is
-//! applied to what actually loaded); an unreadable model directory changes nothing; a deleted
-//! version is unloaded only if another ready version remains. Old versions are handed to a
-//! graveyard and freed off the request path once their last queued request is done.
+//! The rules of reconciliation are listed in [`plan`] and docs/hot-reload.md.
 
 mod control;
 pub mod pipeline;
+pub mod plan;
 pub mod scan;
 mod sync;
 pub mod watch;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -33,7 +34,8 @@ use crate::engine::{Engine, LoadedVersion};
 use crate::state_dict::{FileIdentity, LoadReport};
 use crate::telemetry::{Metrics, ModelMetrics};
 
-pub use pipeline::{load_version, LoadFailure};
+pub use pipeline::{load_version, LoadFailure, Loaded};
+pub use plan::{RetireReason, SyncMode};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -61,16 +63,85 @@ pub enum VersionState {
     Unavailable,
 }
 
-/// Status of one version for the repository index.
+/// A version being served, with what its load reported.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    version: Arc<LoadedVersion>,
+    files: FileIdentity,
+    load_duration: Duration,
+}
+
+/// Files of a version that failed to load, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed {
+    files: FileIdentity,
+    failure: Arc<LoadFailure>,
+}
+
+/// Everything known about one version: the one place its state lives.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct VersionRecord {
-    state: Option<VersionState>,
-    reason: Option<String>,
-    report: Option<LoadReport>,
-    /// The file identity that failed; not retried until the file changes.
-    failed: Option<FileIdentity>,
-    /// The file identity of the loaded copy.
-    loaded: Option<FileIdentity>,
+    served: Option<Served>,
+    failed: Option<Failed>,
+    /// The files seen at the previous check (stability detection).
+    last_seen: Option<FileIdentity>,
+    /// Unloaded through the repository API: neither loaded nor served until an explicit load.
+    held: bool,
+    /// Its files changed since the previous check: waiting for them to settle.
+    waiting: bool,
+    /// A load is running.
+    loading: bool,
+    /// Why it stopped being served (while its directory exists).
+    unloaded: Option<RetireReason>,
+}
+
+impl VersionRecord {
+    /// The plan's view of this record.
+    fn known(&self) -> plan::Known<FileIdentity> {
+        plan::Known {
+            served: self.served.as_ref().map(|s| s.files),
+            failed: self.failed.as_ref().map(|f| f.files),
+            last_seen: self.last_seen,
+            held: self.held,
+        }
+    }
+
+    /// The state and reason the repository index shows; `None` for versions it does not list
+    /// (on disk but never selected by the version policy).
+    fn status(&self) -> Option<(VersionState, String)> {
+        let failure = || self.failed.as_ref().map(|f| f.failure.to_string());
+        if self.served.is_some() {
+            let note = failure()
+                .map(|f| format!("a newer file for this version was refused: {f}"))
+                .unwrap_or_default();
+            return Some((VersionState::Ready, note));
+        }
+        if self.loading {
+            return Some((VersionState::Loading, String::new()));
+        }
+        if self.waiting {
+            return Some((
+                VersionState::Loading,
+                "waiting for the file to stop changing".to_string(),
+            ));
+        }
+        if let Some(reason) = failure() {
+            return Some((VersionState::Unavailable, reason));
+        }
+        if self.held {
+            return Some((
+                VersionState::Unavailable,
+                "unloaded through the repository API".to_string(),
+            ));
+        }
+        self.unloaded.map(|reason| {
+            let text = match reason {
+                RetireReason::Policy => "unloaded: not selected by the version policy",
+                RetireReason::Api => "unloaded through the repository API",
+            };
+            (VersionState::Unavailable, text.to_string())
+        })
+    }
 }
 
 /// One entry of `POST /v2/repository/index`.
@@ -90,21 +161,18 @@ pub struct IndexEntry {
 #[derive(Default)]
 pub(crate) struct SlotState {
     versions: BTreeMap<u64, VersionRecord>,
-    /// The identity seen at the previous check, per version (stability detection).
-    last_seen: HashMap<u64, FileIdentity>,
     /// Directory entries already warned about.
     warned: BTreeSet<String>,
     /// Unloaded through the repository API: the watcher leaves it alone until `load`.
     disabled: bool,
-    /// Versions unloaded through the repository API.
-    held: BTreeSet<u64>,
 }
 
-/// One configured model: its config, engine, served versions and status.
+/// One configured model: its config, engine, version records and the served set.
 pub struct ModelSlot {
     pub name: String,
     config: ArcSwap<ModelConfig>,
     pub engine: Engine,
+    /// Derived from `state` by [`Repository::publish`]; what requests read, lock-free.
     serving: ArcSwap<Serving>,
     state: Mutex<SlotState>,
     /// Serialises loads, unloads and syncs of this model (held while loading).
@@ -134,44 +202,35 @@ impl ModelSlot {
         !self.serving.load().versions.is_empty()
     }
 
-    /// The state of `version`, if wick knows it (on disk, loading, loaded or failed).
+    /// The state of `version`, if the repository lists it.
     pub fn version_state(&self, version: u64) -> Option<VersionState> {
-        if self.serving.load().versions.contains_key(&version) {
-            return Some(VersionState::Ready);
-        }
         lock(&self.state)
             .versions
             .get(&version)
-            .and_then(|r| r.state)
+            .and_then(VersionRecord::status)
+            .map(|(state, _)| state)
     }
 
-    /// Some version is waiting for its file to stop changing.
-    pub fn has_pending(&self) -> bool {
+    /// How long the load of a served version took.
+    pub fn load_duration(&self, version: u64) -> Option<Duration> {
         lock(&self.state)
             .versions
-            .values()
-            .any(|r| r.state == Some(VersionState::Loading))
+            .get(&version)
+            .and_then(|r| r.served.as_ref())
+            .map(|s| s.load_duration)
     }
 
-    pub(crate) fn set_record(&self, version: u64, f: impl FnOnce(&mut VersionRecord)) {
-        f(lock(&self.state).versions.entry(version).or_default());
+    /// Some version is waiting for its files to stop changing.
+    pub fn has_pending(&self) -> bool {
+        lock(&self.state).versions.values().any(|r| r.waiting)
     }
-}
-
-/// How a sync treats files it has not seen before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Load what is there now (startup, explicit load requests).
-    Immediate,
-    /// Load a file only once it looked the same on two consecutive checks (the watcher).
-    RequireStable,
 }
 
 /// What a sync did, for logs and the repository API.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct SyncOutcome {
     pub loaded: Vec<u64>,
-    pub failed: Vec<(u64, String)>,
+    pub failed: Vec<(u64, Arc<LoadFailure>)>,
     pub unloaded: Vec<u64>,
 }
 
@@ -246,8 +305,14 @@ impl Repository {
         self.reap();
     }
 
-    /// Makes `versions` the served set of `slot` in one atomic store.
-    pub(crate) fn publish(&self, slot: &ModelSlot, versions: BTreeMap<u64, Arc<LoadedVersion>>) {
+    /// Derives the served set of `slot` from its records and makes it visible to requests in
+    /// one atomic store. Called with the model's `ops` lock held.
+    fn publish(&self, slot: &ModelSlot) {
+        let versions: BTreeMap<u64, Arc<LoadedVersion>> = lock(&slot.state)
+            .versions
+            .iter()
+            .filter_map(|(v, r)| r.served.as_ref().map(|s| (*v, Arc::clone(&s.version))))
+            .collect();
         let previous = slot.serving();
         for (v, old) in &previous.versions {
             if versions.get(v).is_none_or(|new| !Arc::ptr_eq(new, old)) {
@@ -306,11 +371,47 @@ pub(crate) fn new_slot(model: &ModelConfig, metrics: &Arc<Metrics>) -> std::io::
     })
 }
 
+/// Why a model or version is not served after an explicit load, for the repository API.
+#[derive(Debug, Clone)]
+pub enum NotServed {
+    /// No version directory with a complete set of files.
+    NoVersions,
+    /// These versions failed to load.
+    Failed(Vec<(u64, Arc<LoadFailure>)>),
+    /// The version is not on disk, or the version policy does not select it.
+    NotSelected(u64),
+}
+
+impl std::fmt::Display for NotServed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotServed::NoVersions => write!(
+                f,
+                "no version directory with a {} found",
+                scan::WEIGHTS_FILE
+            ),
+            NotServed::Failed(failures) => {
+                for (i, (version, failure)) in failures.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "version {version}: {failure}")?;
+                }
+                Ok(())
+            }
+            NotServed::NotSelected(v) => write!(
+                f,
+                "version {v}: not on disk, or not selected by the version policy"
+            ),
+        }
+    }
+}
+
 /// Errors of the repository API.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RepositoryError {
     #[error("unknown model {0:?}")]
     UnknownModel(String),
-    #[error("model {model:?} could not be loaded: {reason}")]
-    LoadFailed { model: String, reason: String },
+    #[error("model {model:?} could not be loaded: {why}")]
+    LoadFailed { model: String, why: NotServed },
 }

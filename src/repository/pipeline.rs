@@ -5,15 +5,13 @@
 //! forward pass with finite outputs, or a [`LoadFailure`] that says exactly what is wrong.
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-
-use crate::arch::{Assets, HostData};
 use crate::config::ModelConfig;
 use crate::engine::LoadedVersion;
-use crate::state_dict::{self, LoadError};
+use crate::model::{Assets, HostData, InputError};
+use crate::state_dict::{self, LoadError, LoadReport, RecordError};
 
 use super::scan::WEIGHTS_FILE;
 
@@ -25,29 +23,60 @@ const MAX_ASSET_BYTES: u64 = 64 << 20;
 pub enum LoadFailure {
     #[error(transparent)]
     Checkpoint(#[from] LoadError),
-    #[error("{name}: {message}")]
-    Asset { name: String, message: String },
+    #[error("{name}: {problem}")]
+    Asset { name: String, problem: AssetProblem },
     #[error("cannot record the architecture's parameters: {0}")]
-    Expected(String),
+    Record(Arc<RecordError>),
     #[error("building the model failed: {0}")]
-    Build(String),
-    #[error("warm-up forward pass failed: {0}")]
-    Warmup(String),
+    Build(candle_core::Error),
+    #[error("warm-up: {0}")]
+    Warmup(#[from] WarmupFailure),
+}
+
+/// Why an asset file (e.g. `tokenizer.json`) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetProblem {
+    #[error("required beside {WEIGHTS_FILE}: {0}")]
+    Missing(std::io::Error),
+    #[error("is not a regular file")]
+    NotAFile,
+    #[error("is {size} bytes, above the limit of {MAX_ASSET_BYTES}")]
+    TooLarge { size: u64 },
+    #[error("{0}")]
+    Read(std::io::Error),
+}
+
+/// Why the warm-up forward pass on zeros refused a version.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmupFailure {
+    #[error("the model refused its own warm-up inputs: {0}")]
+    Input(InputError),
+    #[error("the forward pass failed: {0}")]
+    Forward(candle_core::Error),
+    #[error("output {output:?} is not finite at index {index} for an input of zeros ({value})")]
+    NonFinite {
+        output: String,
+        index: usize,
+        value: f32,
+    },
 }
 
 impl LoadFailure {
-    /// A short label for metrics.
+    /// A short label for metrics (`wick_model_load_failures_total{kind}`).
     pub fn kind(&self) -> &'static str {
         match self {
             LoadFailure::Checkpoint(e) => e.kind(),
             LoadFailure::Asset { .. } => "asset",
-            LoadFailure::Expected(_) | LoadFailure::Build(_) => "build",
-            LoadFailure::Warmup(_) => "warmup",
+            LoadFailure::Record(_) => "record",
+            LoadFailure::Build(_) => "build",
+            LoadFailure::Warmup(WarmupFailure::Input(_)) => "warmup_input",
+            LoadFailure::Warmup(WarmupFailure::Forward(_)) => "warmup_forward",
+            LoadFailure::Warmup(WarmupFailure::NonFinite { .. }) => "warmup_non_finite",
         }
     }
 
     /// The strict report, when the failure is a key/shape/dtype mismatch.
-    pub fn report(&self) -> Option<&state_dict::LoadReport> {
+    pub fn report(&self) -> Option<&LoadReport> {
         match self {
             LoadFailure::Checkpoint(LoadError::Mismatch(report)) => Some(report),
             _ => None,
@@ -64,34 +93,38 @@ pub fn target(config: &ModelConfig, version: u64) -> String {
     )
 }
 
+/// A version ready to serve, with what its load reported.
+#[derive(Debug)]
+pub struct Loaded {
+    pub version: LoadedVersion,
+    /// The clean load report (ignored, optional and upcast keys).
+    pub report: LoadReport,
+    pub duration: Duration,
+}
+
 /// Loads version `version` of `config` from `dir`.
-pub fn load_version(
-    config: &ModelConfig,
-    version: u64,
-    dir: &Path,
-) -> Result<LoadedVersion, LoadFailure> {
+pub fn load_version(config: &ModelConfig, version: u64, dir: &Path) -> Result<Loaded, LoadFailure> {
     let started = Instant::now();
     let arch = &config.architecture;
-    let expected = arch.expected().map_err(LoadFailure::Expected)?;
+    let expected = arch.expected().map_err(LoadFailure::Record)?;
     let assets = read_assets(dir, arch.required_assets())?;
-    let loaded = state_dict::load(
+    let state = state_dict::load(
         &dir.join(WEIGHTS_FILE),
         &target(config, version),
         &expected,
         &config.mapping,
     )?;
-    let vb = VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
     let model = arch
-        .build(vb, &assets)
-        .map_err(|e| LoadFailure::Build(e.to_string()))?;
+        .build(state.tensors, &assets)
+        .map_err(LoadFailure::Build)?;
 
     // One forward pass on zeros before the version may serve: it must run and give finite values.
     let prepared = model
         .prepare(arch.warmup_inputs())
-        .map_err(|e| LoadFailure::Warmup(e.to_string()))?;
+        .map_err(WarmupFailure::Input)?;
     let outputs = model
         .forward(&[&prepared])
-        .map_err(|e| LoadFailure::Warmup(e.to_string()))?;
+        .map_err(WarmupFailure::Forward)?;
     for (spec, tensor) in arch
         .signature()
         .outputs
@@ -99,24 +132,28 @@ pub fn load_version(
         .zip(outputs.first().into_iter().flatten())
     {
         if let HostData::F32(values) = &tensor.data {
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(LoadFailure::Warmup(format!(
-                    "output {:?} is not finite at index {i} for an input of zeros ({})",
-                    spec.name, values[i]
-                )));
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(WarmupFailure::NonFinite {
+                    output: spec.name.clone(),
+                    index,
+                    value: values[index],
+                }
+                .into());
             }
         }
     }
 
-    Ok(LoadedVersion {
-        model_name: config.name.clone(),
-        version,
-        sha256: loaded.sha256,
-        param_bytes: loaded.param_bytes,
-        signature: arch.signature().clone(),
-        model,
-        report: loaded.report,
-        load_duration: started.elapsed(),
+    Ok(Loaded {
+        version: LoadedVersion {
+            model_name: config.name.clone(),
+            version,
+            sha256: state.sha256,
+            param_bytes: state.param_bytes,
+            signature: arch.signature().clone(),
+            model,
+        },
+        report: state.report,
+        duration: started.elapsed(),
     })
 }
 
@@ -124,22 +161,18 @@ fn read_assets(dir: &Path, names: &[&str]) -> Result<Assets, LoadFailure> {
     let mut assets = Assets::default();
     for name in names {
         let path = dir.join(name);
-        let failure = |message: String| LoadFailure::Asset {
+        let failure = |problem| LoadFailure::Asset {
             name: name.to_string(),
-            message,
+            problem,
         };
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| failure(format!("required beside {WEIGHTS_FILE}: {e}")))?;
+        let meta = std::fs::metadata(&path).map_err(|e| failure(AssetProblem::Missing(e)))?;
         if !meta.is_file() {
-            return Err(failure("is not a regular file".into()));
+            return Err(failure(AssetProblem::NotAFile));
         }
         if meta.len() > MAX_ASSET_BYTES {
-            return Err(failure(format!(
-                "is {} bytes, above the limit of {MAX_ASSET_BYTES}",
-                meta.len()
-            )));
+            return Err(failure(AssetProblem::TooLarge { size: meta.len() }));
         }
-        let bytes = std::fs::read(&path).map_err(|e| failure(e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| failure(AssetProblem::Read(e)))?;
         assets.files.insert(name.to_string(), bytes);
     }
     Ok(assets)

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::parse_version;
+use crate::model::naming::parse_version;
 use crate::state_dict::FileIdentity;
 
 /// The weights file of every version.

@@ -1,132 +1,81 @@
-//! Reconciliation: what is on disk against what is served, for one model.
+//! Applying a reconciliation plan to one model: scan, plan, load, record, retire, publish.
 //!
-//! The rules (see the module docs of [`super`]): a file is loaded only after it looked the same
-//! on two consecutive checks (unless the caller asks for an immediate load); a failed file is not
-//! retried until it changes; the version policy is applied to what actually loaded, so a bad
-//! version never pushes out a good one; an unreadable model directory changes nothing; a deleted
-//! version goes only if another ready version remains.
+//! The decisions are [`super::plan`]'s; this layer only does the impure parts: reading the
+//! directory, running the loads outside the state lock (loading takes time, and the index and
+//! readiness must stay answerable meanwhile), logging, counting, and handing retired versions to
+//! the graveyard.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::state_dict::FileIdentity;
-
-use super::scan::scan_model;
+use super::plan::{self, Disk, Inputs, RetireReason};
+use super::scan::{scan_model, Scan};
 use super::{
-    load_version, lock, ModelSlot, Repository, SlotState, SyncMode, SyncOutcome, VersionRecord,
-    VersionState,
+    load_version, lock, Failed, ModelSlot, Repository, Served, SyncMode, SyncOutcome, VersionRecord,
 };
 
 impl Repository {
-    /// Reconciles one model's served versions with its directory. See the module docs.
+    /// Reconciles one model's served versions with its directory (see [`super::plan`]).
     pub fn sync_model(&self, slot: &ModelSlot, mode: SyncMode) -> SyncOutcome {
         let _ops = lock(&slot.ops);
-        let mut outcome = SyncOutcome::default();
         let config = slot.config();
         let scan = scan_model(&self.root, &slot.name);
-        let serving = slot.serving();
-
-        // Decide under the state lock; load outside it (loading takes time, the index and
-        // readiness must stay answerable meanwhile).
-        let mut to_load: Vec<(u64, PathBuf, FileIdentity)> = Vec::new();
-        let mut loadable: BTreeSet<u64> = BTreeSet::new();
-        {
+        self.warn_ignored(slot, &scan);
+        let disk = disk_of(&scan);
+        let loads = {
             let mut st = lock(&slot.state);
-            for name in &scan.ignored {
-                if st.warned.insert(name.clone()) {
-                    tracing::warn!(model = %slot.name, entry = %name,
-                        "ignoring an entry of the model directory: versions are directories named by a positive integer without leading zeros");
-                }
-            }
-            if scan.unreadable || st.disabled {
-                // A vanished directory (NFS blip, symlink swap in progress) never unloads the
-                // last good version; a disabled model waits for an explicit load.
-                return outcome;
-            }
-            let on_disk: BTreeSet<u64> = scan.versions.iter().map(|f| f.version).collect();
-            st.last_seen.retain(|v, _| on_disk.contains(v));
-            let SlotState {
-                versions,
-                last_seen,
-                held,
-                ..
-            } = &mut *st;
-            versions.retain(|v, r| {
-                on_disk.contains(v)
-                    || serving.versions.contains_key(v)
-                    || r.state == Some(VersionState::Ready)
+            let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
+            let step = plan::plan_loads(&Inputs {
+                mode,
+                policy: &config.version_policy,
+                disabled: st.disabled,
+                disk: &disk,
+                known: &known,
             });
-            for found in scan.complete() {
-                let Some(identity) = found.identity else {
-                    continue;
-                };
-                let version = found.version;
-                let previous = last_seen.insert(version, identity);
-                let stable = mode == SyncMode::Immediate || previous == Some(identity);
-                if held.contains(&version) {
-                    continue;
-                }
-                let record = versions.entry(version).or_default();
-                if record.loaded == Some(identity) && serving.versions.contains_key(&version) {
-                    loadable.insert(version);
-                    continue;
-                }
-                if record.failed == Some(identity) {
-                    continue;
-                }
-                if !stable {
-                    if !serving.versions.contains_key(&version) {
-                        record.state = Some(VersionState::Loading);
-                        record.reason = Some("waiting for the file to stop changing".to_string());
+            st.versions.retain(|v, _| !step.forget.contains(v));
+            if let Disk::Listed(_) = disk {
+                if !st.disabled {
+                    for (v, record) in st.versions.iter_mut() {
+                        record.last_seen = step.seen.get(v).copied();
+                        record.waiting = step.waiting.contains(v);
                     }
-                    continue;
-                }
-                loadable.insert(version);
-                to_load.push((version, found.dir.clone(), identity));
-            }
-            // Versions already served stay candidates while their directory exists.
-            for v in serving.versions.keys() {
-                if on_disk.contains(v) && !held.contains(v) {
-                    loadable.insert(*v);
+                    for (v, files) in &step.seen {
+                        st.versions.entry(*v).or_default().last_seen = Some(*files);
+                    }
+                    for v in &step.waiting {
+                        st.versions.entry(*v).or_default().waiting = true;
+                    }
                 }
             }
-        }
+            for (v, _) in &step.loads {
+                st.versions.entry(*v).or_default().loading = true;
+            }
+            step.loads
+        };
 
-        let wanted: BTreeSet<u64> = config
-            .version_policy
-            .select(&loadable.iter().copied().collect::<Vec<_>>())
-            .into_iter()
-            .collect();
-        to_load.retain(|(v, _, _)| wanted.contains(v));
-        to_load.sort_by_key(|(v, _, _)| std::cmp::Reverse(*v));
-
-        let mut versions = serving.versions.clone();
-        for (version, dir, identity) in to_load {
-            slot.set_record(version, |r| {
-                if r.state != Some(VersionState::Ready) {
-                    r.state = Some(VersionState::Loading);
-                    r.reason = None;
-                }
-            });
-            match load_version(&config, version, &dir) {
+        let mut outcome = SyncOutcome::default();
+        for (version, files) in loads {
+            let dir = self.root.join(&slot.name).join(version.to_string());
+            let result = load_version(&config, version, &dir);
+            let mut st = lock(&slot.state);
+            let record = st.versions.entry(version).or_default();
+            record.loading = false;
+            match result {
                 Ok(loaded) => {
-                    tracing::info!(model = %slot.name, version, sha256 = %loaded.sha256,
-                        bytes = loaded.param_bytes, ms = loaded.load_duration.as_millis() as u64,
+                    tracing::info!(model = %slot.name, version, sha256 = %loaded.version.sha256,
+                        bytes = loaded.version.param_bytes, ms = loaded.duration.as_millis() as u64,
                         ignored = loaded.report.ignored.len(), upcast = loaded.report.upcast.len(),
                         "version ready");
-                    self.metrics
-                        .load_succeeded(&slot.name, loaded.load_duration);
-                    slot.set_record(version, |r| {
-                        *r = VersionRecord {
-                            state: Some(VersionState::Ready),
-                            loaded: Some(identity),
-                            ..VersionRecord::default()
-                        };
-                    });
-                    if let Some(old) = versions.insert(version, Arc::new(loaded)) {
-                        self.retire(old);
+                    self.metrics.load_succeeded(&slot.name, loaded.duration);
+                    let served = Served {
+                        version: Arc::new(loaded.version),
+                        files,
+                        load_duration: loaded.duration,
+                    };
+                    if let Some(old) = record.served.replace(served) {
+                        self.retire(old.version);
                     }
+                    record.failed = None;
+                    record.unloaded = None;
                     outcome.loaded.push(version);
                 }
                 Err(failure) => {
@@ -134,70 +83,86 @@ impl Repository {
                     tracing::error!(model = %slot.name, version, kind, error = %failure,
                         "version refused; the versions already served keep serving");
                     self.metrics.load_failed(&slot.name, kind);
-                    let still_serving = versions.contains_key(&version);
-                    slot.set_record(version, |r| {
-                        r.failed = Some(identity);
-                        r.report = failure.report().cloned();
-                        if still_serving {
-                            r.state = Some(VersionState::Ready);
-                            r.reason = Some(format!(
-                                "a newer file for this version was refused: {failure}"
-                            ));
-                        } else {
-                            r.state = Some(VersionState::Unavailable);
-                            r.reason = Some(failure.to_string());
-                        }
+                    let failure = Arc::new(failure);
+                    record.failed = Some(Failed {
+                        files,
+                        failure: Arc::clone(&failure),
                     });
-                    outcome.failed.push((version, failure.to_string()));
+                    outcome.failed.push((version, failure));
                 }
             }
         }
 
-        // Apply the policy to what is actually ready, so a failed version never pushes out a
-        // good one. A version whose directory was deleted goes only if another stays.
-        let on_disk: BTreeSet<u64> = scan.versions.iter().map(|f| f.version).collect();
-        let held = lock(&slot.state).held.clone();
-        let ready_on_disk: Vec<u64> = versions
-            .keys()
-            .copied()
-            .filter(|v| on_disk.contains(v) && !held.contains(v))
-            .collect();
-        let mut keep: BTreeSet<u64> = config
-            .version_policy
-            .select(&ready_on_disk)
-            .into_iter()
-            .collect();
-        if keep.is_empty() {
-            // Nothing the policy wants is ready: keep serving the best of what we have.
-            if let Some(v) = ready_on_disk
-                .last()
-                .or(versions.keys().rfind(|v| !held.contains(v)))
-            {
-                keep.insert(*v);
+        let retired = {
+            let mut st = lock(&slot.state);
+            let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
+            let retire = plan::plan_retirements(&Inputs {
+                mode,
+                policy: &config.version_policy,
+                disabled: st.disabled,
+                disk: &disk,
+                known: &known,
+            });
+            for (version, reason) in &retire {
+                self.retire_version(&mut st.versions, *version, *reason, &disk);
             }
-        }
-        let dropped: Vec<u64> = versions
-            .keys()
-            .copied()
-            .filter(|v| !keep.contains(v))
-            .collect();
-        for version in dropped {
-            if let Some(old) = versions.remove(&version) {
-                tracing::info!(model = %slot.name, version, "version unloaded");
-                self.retire(old);
-                slot.set_record(version, |r| {
-                    r.state = on_disk
-                        .contains(&version)
-                        .then_some(VersionState::Unavailable);
-                    r.reason = Some("unloaded: not selected by the version policy".to_string());
-                    r.loaded = None;
-                });
-                outcome.unloaded.push(version);
-            }
+            retire
+        };
+        for (version, _) in &retired {
+            tracing::info!(model = %slot.name, version, "version unloaded");
+            outcome.unloaded.push(*version);
         }
         if !outcome.loaded.is_empty() || !outcome.unloaded.is_empty() {
-            self.publish(slot, versions);
+            self.publish(slot);
         }
         outcome
     }
+
+    /// Takes a version out of service: its weights go to the graveyard; its record stays (with
+    /// the reason) while its directory exists.
+    fn retire_version(
+        &self,
+        versions: &mut std::collections::BTreeMap<u64, VersionRecord>,
+        version: u64,
+        reason: RetireReason,
+        disk: &Disk<crate::state_dict::FileIdentity>,
+    ) {
+        let Some(record) = versions.get_mut(&version) else {
+            return;
+        };
+        if let Some(served) = record.served.take() {
+            self.retire(served.version);
+        }
+        record.unloaded = Some(reason);
+        let on_disk = match disk {
+            Disk::Listed(listed) => listed.contains_key(&version),
+            Disk::Unreadable => true,
+        };
+        if !on_disk && !record.held {
+            versions.remove(&version);
+        }
+    }
+
+    fn warn_ignored(&self, slot: &ModelSlot, scan: &Scan) {
+        let mut st = lock(&slot.state);
+        for name in &scan.ignored {
+            if st.warned.insert(name.clone()) {
+                tracing::warn!(model = %slot.name, entry = %name,
+                    "ignoring an entry of the model directory: versions are directories named by a positive integer without leading zeros");
+            }
+        }
+    }
+}
+
+/// The plan's view of a directory scan.
+fn disk_of(scan: &Scan) -> Disk<crate::state_dict::FileIdentity> {
+    if scan.unreadable {
+        return Disk::Unreadable;
+    }
+    Disk::Listed(
+        scan.versions
+            .iter()
+            .map(|f| (f.version, f.identity))
+            .collect(),
+    )
 }

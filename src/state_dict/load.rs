@@ -8,7 +8,7 @@
 //!    then copy every planned tensor into candle-owned memory (widening F16/BF16 where the plan
 //!    says so) through bounded mapped windows while hashing the file ([`super::stream`]);
 //! 4. `fstat` again: a file that changed while it was read is refused (publishers must rename
-//!    files into place; see security.md F7).
+//!    files into place; see docs/security.md F7).
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -26,7 +26,7 @@ pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<memmap2::Mma
     // SAFETY: the mapping is read-only and every caller copies what it needs into owned memory
     // and drops the mapping before returning. The remaining hazard is another process modifying
     // or truncating the file while it is mapped (torn reads or SIGBUS; memmap2's docs and
-    // security.md F7). The publishing contract is write-elsewhere-then-rename, which never
+    // docs/security.md F7). The publishing contract is write-elsewhere-then-rename, which never
     // touches an inode being read; the repository loads a file only after it looked the same on
     // two checks, and the loader re-checks the file's identity after copying and refuses a file
     // that changed.

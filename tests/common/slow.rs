@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use candle_nn::VarBuilder;
-use wick::arch::{
-    Architecture, Assets, Configured, HostData, HostTensor, InputError, Model, Prepared, Signature,
-};
+use wick::arch::{Architecture, Configured};
+use wick::model::{Assets, HostData, HostTensor, InputError, Model, Prepared, Signature};
 
 /// A first input value that makes any batch containing it fail.
 pub const POISON: f32 = 666.0;
@@ -55,26 +54,25 @@ impl Slow {
             .parse()
             .unwrap();
         let inner = wick::arch::configure("linear", &table).unwrap();
-        Arc::new(Configured::new(Box::new(Slow {
-            inner,
-            delay,
-            probe,
-        })))
+        Arc::new(Configured::new(
+            "linear",
+            Box::new(Slow {
+                inner,
+                delay,
+                probe,
+            }),
+        ))
     }
 }
 
 impl Architecture for Slow {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
     fn signature(&self) -> &Signature {
         self.inner.signature()
     }
 
     fn build(&self, vb: VarBuilder<'_>, assets: &Assets) -> candle_core::Result<Box<dyn Model>> {
         Ok(Box::new(SlowModel {
-            inner: self.inner.build(vb, assets)?,
+            inner: self.inner.architecture().build(vb, assets)?,
             delay: self.delay,
             probe: Arc::clone(&self.probe),
         }))

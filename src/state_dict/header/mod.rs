@@ -1,6 +1,6 @@
 //! Header-first validation of a safetensors file, before any tensor byte is touched.
 //!
-//! The safetensors crate is lenient in ways that matter for a server (security.md F2/F3): it
+//! The safetensors crate is lenient in ways that matter for a server (docs/security.md F2, F3): it
 //! accepts duplicate tensor keys that share offsets (last one wins, so two parsers can disagree on
 //! a dtype), unknown fields inside tensor entries, and absurd shapes for empty tensors. This
 //! module parses the header itself, rejects all of that, caps sizes, checks that the offsets tile

@@ -1,5 +1,5 @@
 //! `bert`: sentence embeddings from Hugging Face `BertModel` checkpoints (all-MiniLM-L6-v2 and
-//! friends): the encoder of [`super::bert_encoder`], mean pooling over the attention mask, L2
+//! friends): the encoder of [`super::encoder`], mean pooling over the attention mask, L2
 //! normalisation — sentence-transformers' pipeline.
 //!
 //! Inputs, all optional, exactly one of `text` / `input_ids` per request:
@@ -19,11 +19,12 @@
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::bert_encoder::{BertEncoder, EncoderDims, HiddenAct, TokenBatch};
-use super::text::TextTokenizer;
-use super::{
-    common_rows, Architecture, Assets, ElemKind, HostData, HostTensor, InputError, IoSpec, Model,
-    Notes, Prepared, Signature,
+use super::encoder::{BertEncoder, EncoderDims, HiddenAct, TokenBatch};
+use super::tokenizer::TextTokenizer;
+use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
+use crate::model::{
+    common_rows, Assets, ElemKind, HostData, HostTensor, InputError, IoSpec, Model, Notes,
+    Prepared, Signature,
 };
 use crate::state_dict::Glob;
 
@@ -74,7 +75,7 @@ pub struct BertArch {
 }
 
 impl BertArch {
-    pub fn new(cfg: BertConfig) -> Result<BertArch, String> {
+    pub fn new(cfg: BertConfig) -> Result<BertArch, InvalidConfig> {
         let sizes = [
             ("vocab_size", cfg.vocab_size),
             ("hidden_size", cfg.hidden_size),
@@ -85,25 +86,31 @@ impl BertArch {
             ("type_vocab_size", cfg.type_vocab_size),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
+            return Err(InvalidConfig::new(name, "must be at least 1"));
         }
         if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                cfg.hidden_size, cfg.num_attention_heads
+            return Err(InvalidConfig::new(
+                "hidden_size",
+                format!(
+                    "{} is not a multiple of num_attention_heads {}",
+                    cfg.hidden_size, cfg.num_attention_heads
+                ),
             ));
         }
         if !(cfg.layer_norm_eps > 0.0 && cfg.layer_norm_eps.is_finite()) {
-            return Err(format!(
-                "layer_norm_eps must be a positive number, got {}",
-                cfg.layer_norm_eps
+            return Err(InvalidConfig::new(
+                "layer_norm_eps",
+                format!("must be a positive number, got {}", cfg.layer_norm_eps),
             ));
         }
         let max_seq_length = cfg.max_seq_length.unwrap_or(cfg.max_position_embeddings);
         if max_seq_length == 0 || max_seq_length > cfg.max_position_embeddings {
-            return Err(format!(
-                "max_seq_length {max_seq_length} must be between 1 and max_position_embeddings ({})",
-                cfg.max_position_embeddings
+            return Err(InvalidConfig::new(
+                "max_seq_length",
+                format!(
+                    "{max_seq_length} must be between 1 and max_position_embeddings ({})",
+                    cfg.max_position_embeddings
+                ),
             ));
         }
         let signature = Signature {
@@ -137,11 +144,13 @@ impl BertArch {
     }
 }
 
-impl Architecture for BertArch {
-    fn name(&self) -> &'static str {
-        "bert"
+impl FamilyConfig for BertConfig {
+    fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
+        Ok(Box::new(BertArch::new(self)?))
     }
+}
 
+impl Architecture for BertArch {
     fn signature(&self) -> &Signature {
         &self.signature
     }
@@ -216,25 +225,26 @@ struct Tokenized {
 
 impl BertEmbedder {
     fn tokenize(&self, texts: &HostTensor) -> Result<Tokenized, InputError> {
-        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
-            InputError(format!(
-                "this version has no {TOKENIZER_FILE}: send input_ids"
-            ))
+        let tokenizer = self.tokenizer.as_ref().ok_or(InputError::MissingAsset {
+            file: TOKENIZER_FILE,
+            instead: "input_ids",
         })?;
         let HostData::Bytes(strings) = &texts.data else {
-            return Err(InputError("input \"text\" must hold BYTES strings".into()));
+            return Err(InputError::Kind {
+                input: "text".to_string(),
+                expected: ElemKind::Bytes,
+            });
         };
         let (mut ids, mut types, mut truncated) = (Vec::new(), Vec::new(), Vec::new());
         for (i, bytes) in strings.iter().enumerate() {
-            let text = std::str::from_utf8(bytes).map_err(|e| {
-                InputError(format!(
-                    "input \"text\" element {i} is not valid UTF-8: {e}"
-                ))
+            let text = std::str::from_utf8(bytes).map_err(|_| InputError::NotUtf8 {
+                input: "text".to_string(),
+                index: i,
             })?;
-            let encoded = tokenizer.encode(text).map_err(|e| {
-                InputError(format!(
-                    "input \"text\" element {i} cannot be tokenised: {e}"
-                ))
+            let encoded = tokenizer.encode(text).map_err(|e| InputError::Tokenize {
+                input: "text".to_string(),
+                index: i,
+                reason: e.to_string(),
             })?;
             ids.push(encoded.ids);
             types.push(encoded.type_ids);
@@ -250,19 +260,22 @@ impl BertEmbedder {
     /// Checks client-tokenised input against the model's sizes.
     fn check_ids(&self, inputs: &[Option<HostTensor>]) -> Result<(), InputError> {
         let Some(ids) = &inputs[1] else {
-            return Err(InputError("send \"text\" or \"input_ids\"".into()));
+            return Err(InputError::Combination("send \"text\" or \"input_ids\""));
         };
         let len = ids.shape[1];
         if len == 0 {
-            return Err(InputError(
-                "input \"input_ids\" has rows of 0 tokens".into(),
-            ));
+            return Err(InputError::EmptyDimension {
+                input: "input_ids".to_string(),
+                shape: ids.shape.clone(),
+            });
         }
         if len > self.dims.max_position_embeddings {
-            return Err(InputError(format!(
-                "input \"input_ids\" has {len} tokens per row; the model takes at most {} (max_position_embeddings)",
-                self.dims.max_position_embeddings
-            )));
+            return Err(InputError::TooLong {
+                input: "input_ids".to_string(),
+                len,
+                max: self.dims.max_position_embeddings,
+                limit: "max_position_embeddings",
+            });
         }
         let limits = [
             ("input_ids", 1, self.dims.vocab_size as i64, "vocab_size"),
@@ -277,19 +290,25 @@ impl BertEmbedder {
         for (name, index, bound, what) in limits {
             let Some(t) = &inputs[index] else { continue };
             if t.shape != ids.shape {
-                return Err(InputError(format!(
-                    "input {name:?} has shape {:?} but \"input_ids\" has {:?}",
-                    t.shape, ids.shape
-                )));
+                return Err(InputError::ShapeMismatch {
+                    input: name.to_string(),
+                    shape: t.shape.clone(),
+                    other: "input_ids".to_string(),
+                    other_shape: ids.shape.clone(),
+                });
             }
-            if let Some((i, v)) = i64_values(t)
+            if let Some((index, value)) = i64_values(t)
                 .iter()
                 .enumerate()
                 .find(|(_, v)| !(0..bound).contains(*v))
             {
-                return Err(InputError(format!(
-                    "input {name:?}: value {v} at index {i} is outside [0, {bound}) ({what})"
-                )));
+                return Err(InputError::OutOfRange {
+                    input: name.to_string(),
+                    index,
+                    value: *value,
+                    bound,
+                    what,
+                });
             }
         }
         if let Some(mask) = &inputs[2] {
@@ -297,9 +316,7 @@ impl BertEmbedder {
                 .chunks(len)
                 .position(|r| r.iter().all(|v| *v == 0))
             {
-                return Err(InputError(format!(
-                    "input \"attention_mask\" row {row} attends to no token"
-                )));
+                return Err(InputError::NothingAttended { row });
             }
         }
         Ok(())
@@ -333,25 +350,18 @@ fn pad_rows(ids: &[Vec<u32>], types: &[Vec<u32>]) -> Vec<Option<HostTensor>> {
 
 impl Model for BertEmbedder {
     fn prepare(&self, mut inputs: Vec<Option<HostTensor>>) -> Result<Prepared, InputError> {
-        if inputs.len() != self.signature.inputs.len() {
-            return Err(InputError(format!(
-                "expected {} input slots (text, input_ids, attention_mask, token_type_ids), got {}",
-                self.signature.inputs.len(),
-                inputs.len()
-            )));
-        }
         let rows = common_rows(&self.signature, &inputs)?;
         let mut notes = Notes::new();
         let tensors = match (&inputs[0], &inputs[1]) {
             (Some(_), Some(_)) => {
-                return Err(InputError(
-                    "send either \"text\" or \"input_ids\", not both".into(),
+                return Err(InputError::Combination(
+                    "send either \"text\" or \"input_ids\", not both",
                 ))
             }
             (Some(text), None) => {
                 if inputs[2].is_some() || inputs[3].is_some() {
-                    return Err(InputError(
-                        "\"attention_mask\" and \"token_type_ids\" go with \"input_ids\"; \"text\" is tokenised by the server".into(),
+                    return Err(InputError::Combination(
+                        "\"attention_mask\" and \"token_type_ids\" go with \"input_ids\"; \"text\" is tokenised by the server",
                     ));
                 }
                 let tokens = self.tokenize(text)?;

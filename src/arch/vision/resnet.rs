@@ -4,7 +4,7 @@
 //! Keys are torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{i}.conv{1,2,3}.weight`,
 //! `layer{L}.{i}.bn{1,2,3}.*`, `layer{L}.0.downsample.{0,1}.*`, `fc.{weight,bias}`. BatchNorm runs in
 //! eval mode with its running statistics, folded into the convolutions at load time (see
-//! [`super::conv`]); `*.num_batches_tracked` (int64 counters used only in training) is accepted
+//! [`crate::arch::kernels::conv`]); `*.num_batches_tracked` (int64 counters used only in training) is accepted
 //! as an optional key. Input: FP32 `[N, 3, H, W]`, any `H, W >= 1` (the network ends in adaptive
 //! average pooling); requests of different sizes are batched separately.
 
@@ -12,10 +12,13 @@ use candle_core::Tensor;
 use candle_nn::{Linear, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::conv::{ConvBn, ConvSpec, Planes};
-use super::{
-    common_rows, split_rows, Architecture, Assets, ElemKind, HostData, HostTensor, InputError,
-    IoSpec, Model, Prepared, Signature,
+use crate::arch::batch::split_rows;
+use crate::arch::kernels::conv::{ConvBn, ConvSpec};
+use crate::arch::kernels::planes::Planes;
+use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
+use crate::model::{
+    common_rows, Assets, ElemKind, HostData, HostTensor, InputError, IoSpec, Model, Prepared,
+    Signature,
 };
 use crate::state_dict::Glob;
 
@@ -64,9 +67,9 @@ pub struct ResNetArch {
 }
 
 impl ResNetArch {
-    pub fn new(cfg: ResNetConfig) -> Result<ResNetArch, String> {
+    pub fn new(cfg: ResNetConfig) -> Result<ResNetArch, InvalidConfig> {
         if cfg.num_classes == 0 {
-            return Err("num_classes must be at least 1".to_string());
+            return Err(InvalidConfig::new("num_classes", "must be at least 1"));
         }
         Ok(ResNetArch {
             signature: Signature {
@@ -86,11 +89,13 @@ impl ResNetArch {
     }
 }
 
-impl Architecture for ResNetArch {
-    fn name(&self) -> &'static str {
-        "resnet"
+impl FamilyConfig for ResNetConfig {
+    fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
+        Ok(Box::new(ResNetArch::new(self)?))
     }
+}
 
+impl Architecture for ResNetArch {
     fn signature(&self) -> &Signature {
         &self.signature
     }
@@ -284,10 +289,10 @@ impl Model for ResNetModel {
         let rows = common_rows(&self.signature, &inputs)?;
         if let Some(Some(t)) = inputs.first() {
             if t.shape[2] == 0 || t.shape[3] == 0 {
-                return Err(InputError(format!(
-                    "input \"input\" has an empty image: shape {:?}",
-                    t.shape
-                )));
+                return Err(InputError::EmptyDimension {
+                    input: "input".to_string(),
+                    shape: t.shape.clone(),
+                });
             }
         }
         Ok(Prepared {

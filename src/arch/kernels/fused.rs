@@ -306,9 +306,9 @@ pub fn embedding_sum(
     let [word, position, token_type] = tables;
     let hidden = word.dim(1)?;
     let mut out = vec![0f32; ids.len() * hidden];
-    super::conv::with_slice(word, |w| {
-        super::conv::with_slice(position, |p| {
-            super::conv::with_slice(token_type, |t| {
+    super::planes::with_slice(word, |w| {
+        super::planes::with_slice(position, |p| {
+            super::planes::with_slice(token_type, |t| {
                 let bounded = ids.iter().all(|i| (*i as usize + 1) * hidden <= w.len())
                     && types.iter().all(|i| (*i as usize + 1) * hidden <= t.len())
                     && len * hidden <= p.len();
@@ -343,7 +343,7 @@ pub fn mean_pool_normalize(
     let width = hidden.dim(1)?;
     let rows = mask.len() / len.max(1);
     let mut out = vec![0f32; rows * width];
-    super::conv::with_slice(hidden, |h| {
+    super::planes::with_slice(hidden, |h| {
         if h.len() != rows * len * width {
             bail!("{} hidden values do not match a {rows}x{len} mask", h.len());
         }

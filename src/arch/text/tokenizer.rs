@@ -15,6 +15,8 @@ pub enum TokenizerError {
     Parse(String),
     #[error("tokenizer.json cannot truncate to {max_len} tokens: {message}")]
     Truncation { max_len: usize, message: String },
+    #[error("{message}")]
+    Encode { message: String },
     #[error("tokenizer.json knows {tokenizer} tokens but the model's vocab_size is {model}: its ids would index past the embeddings")]
     Vocab { tokenizer: usize, model: usize },
 }
@@ -72,11 +74,13 @@ impl TextTokenizer {
     }
 
     /// Tokenises one text with the special tokens of the tokenizer's template (`[CLS] … [SEP]`).
-    pub fn encode(&self, text: &str) -> Result<Encoded, String> {
+    pub fn encode(&self, text: &str) -> Result<Encoded, TokenizerError> {
         let encoding = self
             .inner
             .encode_fast(text, true)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TokenizerError::Encode {
+                message: e.to_string(),
+            })?;
         Ok(Encoded {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),

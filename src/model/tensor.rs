@@ -26,6 +26,15 @@ impl HostData {
         self.len() == 0
     }
 
+    /// No values, of `kind`.
+    pub fn empty(kind: ElemKind) -> HostData {
+        match kind {
+            ElemKind::F32 => HostData::F32(Vec::new()),
+            ElemKind::I64 => HostData::I64(Vec::new()),
+            ElemKind::Bytes => HostData::Bytes(Vec::new()),
+        }
+    }
+
     pub fn kind(&self) -> ElemKind {
         match self {
             HostData::F32(_) => ElemKind::F32,

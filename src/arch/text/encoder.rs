@@ -12,13 +12,15 @@
 //! - padded keys get exactly zero attention weight (HF adds `f32::MIN` to their scores; the
 //!   fused masked softmax skips them), so a padded batch gives the same embedding as a single row;
 //! - bias, activation, residual, mask and softmax run as fused in-place kernels on rayon
-//!   ([`super::fused`]), never on candle's separate elementwise thread pool.
+//!   ([`crate::arch::kernels::fused`]), never on candle's separate elementwise thread pool.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::fused::{embedding_sum, mean_pool_normalize, Act, BiasAct, MaskedSoftmax};
+use crate::arch::kernels::fused::{
+    embedding_sum, mean_pool_normalize, Act, BiasAct, MaskedSoftmax,
+};
 
 /// `hidden_act` of a Hugging Face BERT config.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

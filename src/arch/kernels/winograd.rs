@@ -12,7 +12,7 @@
 use candle_core::{bail, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{with_slice, Planes};
+use super::planes::{with_slice, Planes};
 
 /// Upper bound on the transformed-input buffer of one chunk of tiles, in f32 elements (2 MiB;
 /// the products take as much again). Measured on resnet18 at batch 8, A/B in one window: 8 MiB
