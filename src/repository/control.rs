@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, ModelConfig};
 
 use super::{
     lock, new_slot, IndexEntry, ModelSlot, NotServed, Repository, RepositoryError, SyncMode,
@@ -121,61 +121,24 @@ impl Repository {
         let mut changes = Vec::new();
         let mut to_sync = Vec::new();
         for model in &config.models {
-            match current.get(&model.name) {
-                Some(slot) => {
-                    let old = slot.config();
-                    if *old != *model {
-                        if old.needs_reload(model) {
-                            // New architecture or key mapping: the weights must be checked and
-                            // built again. A fresh slot loads beside the old one; the old one
-                            // keeps serving until the new slot is ready.
-                            let fresh = Arc::new(new_slot(model, &self.metrics)?);
-                            self.sync_model(&fresh, SyncMode::Immediate);
-                            if fresh.is_ready() {
-                                changes.push(format!(
-                                    "model {:?}: reloaded with its new architecture config",
-                                    model.name
-                                ));
-                                next.insert(model.name.clone(), fresh);
-                                continue;
-                            }
-                            changes.push(format!(
-                                "model {:?}: the new architecture config does not load ({}); keeping the running one",
-                                model.name,
-                                self.not_served(&fresh)
-                            ));
-                            next.insert(model.name.clone(), Arc::clone(slot));
-                            continue;
-                        }
-                        slot.engine.set_config(model.batching);
-                        slot.config.store(Arc::new(model.clone()));
-                        changes.push(format!(
-                            "model {:?}: batching or version policy updated",
-                            model.name
-                        ));
-                        to_sync.push(Arc::clone(slot));
-                    }
-                    next.insert(model.name.clone(), Arc::clone(slot));
-                }
+            let slot = match current.get(&model.name) {
+                Some(slot) => self.update_slot(slot, model, &mut changes, &mut to_sync)?,
                 None => {
                     let slot = Arc::new(new_slot(model, &self.metrics)?);
                     changes.push(format!("model {:?}: added", model.name));
                     to_sync.push(Arc::clone(&slot));
-                    next.insert(model.name.clone(), slot);
+                    slot
                 }
-            }
+            };
+            next.insert(model.name.clone(), slot);
         }
         for name in current.keys().filter(|n| !next.contains_key(*n)) {
             changes.push(format!("model {name:?}: removed"));
         }
-        let removed: Vec<Arc<ModelSlot>> = current
+        // Removed slots and slots replaced by a fresh one both stop here.
+        let stopped: Vec<Arc<ModelSlot>> = current
             .iter()
-            .filter(|(n, _)| !next.contains_key(*n))
-            .map(|(_, s)| Arc::clone(s))
-            .collect();
-        let replaced: Vec<Arc<ModelSlot>> = current
-            .iter()
-            .filter(|(n, s)| next.get(*n).is_some_and(|new| !Arc::ptr_eq(new, s)))
+            .filter(|(n, s)| next.get(*n).is_none_or(|new| !Arc::ptr_eq(new, s)))
             .map(|(_, s)| Arc::clone(s))
             .collect();
         self.models.store(Arc::new(next));
@@ -184,7 +147,7 @@ impl Repository {
         }
         // Requests already admitted to a removed or replaced model finish there: shutting its
         // engine down drains the queue before the thread exits.
-        for slot in removed.into_iter().chain(replaced) {
+        for slot in stopped {
             for (v, version) in slot.serving().versions.iter() {
                 self.metrics
                     .set_serving(&slot.name, *v, &version.sha256, None);
@@ -192,8 +155,7 @@ impl Repository {
             slot.engine.shutdown();
         }
         for slot in self.slots() {
-            let serving = slot.serving();
-            for (v, version) in &serving.versions {
+            for (v, version) in &slot.serving().versions {
                 self.metrics.set_serving(
                     &slot.name,
                     *v,
@@ -204,6 +166,48 @@ impl Repository {
         }
         self.reap();
         Ok(changes)
+    }
+
+    /// The slot a configured model keeps after a config change: the same one with new
+    /// serving settings, or a fresh one when the weights must be built again (new architecture
+    /// config or key mapping) and load. The fresh slot loads beside the old one, which keeps
+    /// serving if the new config does not load.
+    fn update_slot(
+        &self,
+        slot: &Arc<ModelSlot>,
+        model: &ModelConfig,
+        changes: &mut Vec<String>,
+        to_sync: &mut Vec<Arc<ModelSlot>>,
+    ) -> std::io::Result<Arc<ModelSlot>> {
+        let old = slot.config();
+        if *old == *model {
+            return Ok(Arc::clone(slot));
+        }
+        if !old.needs_reload(model) {
+            slot.engine.set_config(model.batching);
+            slot.config.store(Arc::new(model.clone()));
+            changes.push(format!(
+                "model {:?}: batching or version policy updated",
+                model.name
+            ));
+            to_sync.push(Arc::clone(slot));
+            return Ok(Arc::clone(slot));
+        }
+        let fresh = Arc::new(new_slot(model, &self.metrics)?);
+        self.sync_model(&fresh, SyncMode::Immediate);
+        if fresh.is_ready() {
+            changes.push(format!(
+                "model {:?}: reloaded with its new architecture config",
+                model.name
+            ));
+            return Ok(fresh);
+        }
+        changes.push(format!(
+            "model {:?}: the new architecture config does not load ({}); keeping the running one",
+            model.name,
+            self.not_served(&fresh)
+        ));
+        Ok(Arc::clone(slot))
     }
 
     /// Why a model serves nothing, for load errors.

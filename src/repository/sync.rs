@@ -5,7 +5,11 @@
 //! readiness must stay answerable meanwhile), logging, counting, and handing retired versions to
 //! the graveyard.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use crate::config::{ModelConfig, VersionPolicy};
+use crate::state_dict::FileIdentity;
 
 use super::plan::{self, Disk, Inputs, RetireReason};
 use super::scan::{scan_model, Scan};
@@ -21,78 +25,10 @@ impl Repository {
         let scan = scan_model(&self.root, &slot.name);
         self.warn_ignored(slot, &scan);
         let disk = disk_of(&scan);
-        let loads = {
-            let mut st = lock(&slot.state);
-            let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
-            let step = plan::plan_loads(&Inputs {
-                mode,
-                policy: &config.version_policy,
-                disabled: st.disabled,
-                disk: &disk,
-                known: &known,
-            });
-            st.versions.retain(|v, _| !step.forget.contains(v));
-            if let Disk::Listed(_) = disk {
-                if !st.disabled {
-                    for (v, record) in st.versions.iter_mut() {
-                        record.last_seen = step.seen.get(v).copied();
-                        record.waiting = step.waiting.contains(v);
-                    }
-                    for (v, files) in &step.seen {
-                        st.versions.entry(*v).or_default().last_seen = Some(*files);
-                    }
-                    for v in &step.waiting {
-                        st.versions.entry(*v).or_default().waiting = true;
-                    }
-                }
-            }
-            for (v, _) in &step.loads {
-                st.versions.entry(*v).or_default().loading = true;
-            }
-            step.loads
-        };
-
         let mut outcome = SyncOutcome::default();
-        for (version, files) in loads {
-            let dir = self.root.join(&slot.name).join(version.to_string());
-            let result = load_version(&config, version, &dir);
-            let mut st = lock(&slot.state);
-            let record = st.versions.entry(version).or_default();
-            record.loading = false;
-            match result {
-                Ok(loaded) => {
-                    tracing::info!(model = %slot.name, version, sha256 = %loaded.version.sha256,
-                        bytes = loaded.version.param_bytes, ms = loaded.duration.as_millis() as u64,
-                        ignored = loaded.report.ignored.len(), upcast = loaded.report.upcast.len(),
-                        "version ready");
-                    self.metrics.load_succeeded(&slot.name, loaded.duration);
-                    let served = Served {
-                        version: Arc::new(loaded.version),
-                        files,
-                        load_duration: loaded.duration,
-                    };
-                    if let Some(old) = record.served.replace(served) {
-                        self.retire(old.version);
-                    }
-                    record.failed = None;
-                    record.unloaded = None;
-                    outcome.loaded.push(version);
-                }
-                Err(failure) => {
-                    let kind = failure.kind();
-                    tracing::error!(model = %slot.name, version, kind, error = %failure,
-                        "version refused; the versions already served keep serving");
-                    self.metrics.load_failed(&slot.name, kind);
-                    let failure = Arc::new(failure);
-                    record.failed = Some(Failed {
-                        files,
-                        failure: Arc::clone(&failure),
-                    });
-                    outcome.failed.push((version, failure));
-                }
-            }
+        for (version, files) in self.plan_loads(slot, mode, &config.version_policy, &disk) {
+            self.load_one(slot, &config, version, files, &mut outcome);
         }
-
         let retired = {
             let mut st = lock(&slot.state);
             let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
@@ -118,14 +54,98 @@ impl Repository {
         outcome
     }
 
+    /// The first step of a sync: plans the loads and records what was seen and what waits.
+    fn plan_loads(
+        &self,
+        slot: &ModelSlot,
+        mode: SyncMode,
+        policy: &VersionPolicy,
+        disk: &Disk<FileIdentity>,
+    ) -> Vec<(u64, FileIdentity)> {
+        let mut st = lock(&slot.state);
+        let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
+        let step = plan::plan_loads(&Inputs {
+            mode,
+            policy,
+            disabled: st.disabled,
+            disk,
+            known: &known,
+        });
+        st.versions.retain(|v, _| !step.forget.contains(v));
+        if matches!(disk, Disk::Listed(_)) && !st.disabled {
+            for (v, record) in st.versions.iter_mut() {
+                record.last_seen = step.seen.get(v).copied();
+                record.waiting = step.waiting.contains(v);
+            }
+            for (v, files) in &step.seen {
+                st.versions.entry(*v).or_default().last_seen = Some(*files);
+            }
+            for v in &step.waiting {
+                st.versions.entry(*v).or_default().waiting = true;
+            }
+        }
+        for (v, _) in &step.loads {
+            st.versions.entry(*v).or_default().loading = true;
+        }
+        step.loads
+    }
+
+    /// Loads one planned version outside the state lock and records the outcome.
+    fn load_one(
+        &self,
+        slot: &ModelSlot,
+        config: &ModelConfig,
+        version: u64,
+        files: FileIdentity,
+        outcome: &mut SyncOutcome,
+    ) {
+        let dir = self.root.join(&slot.name).join(version.to_string());
+        let result = load_version(config, version, &dir);
+        let mut st = lock(&slot.state);
+        let record = st.versions.entry(version).or_default();
+        record.loading = false;
+        match result {
+            Ok(loaded) => {
+                tracing::info!(model = %slot.name, version, sha256 = %loaded.version.sha256,
+                    bytes = loaded.version.param_bytes, ms = loaded.duration.as_millis() as u64,
+                    ignored = loaded.report.ignored.len(), upcast = loaded.report.upcast.len(),
+                    "version ready");
+                self.metrics.load_succeeded(&slot.name, loaded.duration);
+                let served = Served {
+                    version: Arc::new(loaded.version),
+                    files,
+                    load_duration: loaded.duration,
+                };
+                if let Some(old) = record.served.replace(served) {
+                    self.retire(old.version);
+                }
+                record.failed = None;
+                record.unloaded = None;
+                outcome.loaded.push(version);
+            }
+            Err(failure) => {
+                let kind = failure.kind();
+                tracing::error!(model = %slot.name, version, kind, error = %failure,
+                    "version refused; the versions already served keep serving");
+                self.metrics.load_failed(&slot.name, kind);
+                let failure = Arc::new(failure);
+                record.failed = Some(Failed {
+                    files,
+                    failure: Arc::clone(&failure),
+                });
+                outcome.failed.push((version, failure));
+            }
+        }
+    }
+
     /// Takes a version out of service: its weights go to the graveyard; its record stays (with
     /// the reason) while its directory exists.
     fn retire_version(
         &self,
-        versions: &mut std::collections::BTreeMap<u64, VersionRecord>,
+        versions: &mut BTreeMap<u64, VersionRecord>,
         version: u64,
         reason: RetireReason,
-        disk: &Disk<crate::state_dict::FileIdentity>,
+        disk: &Disk<FileIdentity>,
     ) {
         let Some(record) = versions.get_mut(&version) else {
             return;
@@ -155,7 +175,7 @@ impl Repository {
 }
 
 /// The plan's view of a directory scan.
-fn disk_of(scan: &Scan) -> Disk<crate::state_dict::FileIdentity> {
+fn disk_of(scan: &Scan) -> Disk<FileIdentity> {
     if scan.unreadable {
         return Disk::Unreadable;
     }
