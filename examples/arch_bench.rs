@@ -77,8 +77,8 @@ fn minilm() -> anyhow::Result<Box<dyn Model>> {
     let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu)?;
     tensors.remove("embeddings.position_ids");
     let mut assets = Assets::default();
-    assets.files.insert(
-        "tokenizer.json".into(),
+    assets.insert(
+        "tokenizer.json",
         std::fs::read(dir.join("tokenizer.json")).context("tokenizer.json")?,
     );
     Ok(arch.build(tensors, &assets)?)

@@ -92,6 +92,7 @@ async fn minilm_matches_sentence_transformers() {
         &std::fs::read(dir.join("tokenizer.json")).unwrap(),
         max_len,
         30522,
+        true,
     )
     .unwrap();
     for s in sentences {

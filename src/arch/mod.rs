@@ -40,8 +40,14 @@ pub trait Architecture: Send + Sync {
     fn optional_keys(&self) -> Vec<Glob> {
         Vec::new()
     }
-    /// Files every version must have beside the weights (e.g. `tokenizer.json`).
+    /// Files every version must have beside the weights (e.g. `tokenizer.json`), as paths
+    /// relative to the version directory.
     fn required_assets(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Files a version may carry and the architecture reads when present (e.g.
+    /// sentence-transformers' `modules.json`). Both kinds are part of a version's identity.
+    fn optional_assets(&self) -> &'static [&'static str] {
         &[]
     }
     /// Builds the model from weights. `assets` is empty when the registry records the parameter
@@ -176,6 +182,17 @@ impl Configured {
 
     pub fn required_assets(&self) -> &'static [&'static str] {
         self.inner.required_assets()
+    }
+
+    pub fn optional_assets(&self) -> &'static [&'static str] {
+        self.inner.optional_assets()
+    }
+
+    /// Every asset a version may have: the required ones, then the optional ones.
+    pub fn assets(&self) -> Vec<&'static str> {
+        let mut all = self.inner.required_assets().to_vec();
+        all.extend_from_slice(self.inner.optional_assets());
+        all
     }
 
     pub fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {

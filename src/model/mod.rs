@@ -159,6 +159,12 @@ pub enum InputError {
         bytes: usize,
         limit: usize,
     },
+    #[error("input {input:?} element {index} has more than {max} tokens (max_seq_length; truncate = false)")]
+    TooManyTokens {
+        input: String,
+        index: usize,
+        max: usize,
+    },
     #[error("this version has no {file}: send {instead}")]
     MissingAsset {
         file: &'static str,
@@ -171,10 +177,36 @@ pub enum InputError {
     Combination(&'static str),
 }
 
-/// Files a version needs beside `model.safetensors`, by file name.
+/// Files a version has beside `model.safetensors`, by path relative to the version directory,
+/// remembering the order they were added in (the architecture's order).
 #[derive(Debug, Clone, Default)]
 pub struct Assets {
-    pub files: BTreeMap<String, Vec<u8>>,
+    files: BTreeMap<String, Vec<u8>>,
+    order: Vec<String>,
+}
+
+impl Assets {
+    pub fn insert(&mut self, name: &str, bytes: Vec<u8>) {
+        if self.files.insert(name.to_string(), bytes).is_none() {
+            self.order.push(name.to_string());
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// `(name, bytes)` in the order they were added.
+    pub fn order(&self) -> Vec<(&str, &[u8])> {
+        self.order
+            .iter()
+            .filter_map(|n| self.files.get(n).map(|b| (n.as_str(), b.as_slice())))
+            .collect()
+    }
 }
 
 /// A runnable model with weights.

@@ -31,8 +31,10 @@ use serde::Serialize;
 
 use crate::config::{Config, ModelConfig};
 use crate::engine::{Engine, LoadedVersion};
-use crate::state_dict::{FileIdentity, LoadReport};
+use crate::state_dict::LoadReport;
+
 use crate::telemetry::{Metrics, ModelMetrics};
+use scan::VersionFiles;
 
 pub use pipeline::{load_version, LoadFailure, Loaded};
 pub use plan::{RetireReason, SyncMode};
@@ -67,14 +69,14 @@ pub enum VersionState {
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
     version: Arc<LoadedVersion>,
-    files: FileIdentity,
+    files: VersionFiles,
     load_duration: Duration,
 }
 
 /// Files of a version that failed to load, and why.
 #[derive(Debug, Clone)]
 pub(crate) struct Failed {
-    files: FileIdentity,
+    files: VersionFiles,
     failure: Arc<LoadFailure>,
 }
 
@@ -84,7 +86,7 @@ pub(crate) struct VersionRecord {
     served: Option<Served>,
     failed: Option<Failed>,
     /// The files seen at the previous check (stability detection).
-    last_seen: Option<FileIdentity>,
+    last_seen: Option<VersionFiles>,
     /// Unloaded through the repository API: neither loaded nor served until an explicit load.
     held: bool,
     /// Its files changed since the previous check: waiting for them to settle.
@@ -97,11 +99,11 @@ pub(crate) struct VersionRecord {
 
 impl VersionRecord {
     /// The plan's view of this record.
-    fn known(&self) -> plan::Known<FileIdentity> {
+    fn known(&self) -> plan::Known<VersionFiles> {
         plan::Known {
-            served: self.served.as_ref().map(|s| s.files),
-            failed: self.failed.as_ref().map(|f| f.files),
-            last_seen: self.last_seen,
+            served: self.served.as_ref().map(|s| s.files.clone()),
+            failed: self.failed.as_ref().map(|f| f.files.clone()),
+            last_seen: self.last_seen.clone(),
             held: self.held,
         }
     }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::config::ModelConfig;
 use crate::engine::LoadedVersion;
 use crate::model::{Assets, HostData, InputError};
+use sha2::{Digest, Sha256};
+
 use crate::state_dict::{self, LoadError, LoadReport, RecordError};
 
 use super::scan::WEIGHTS_FILE;
@@ -107,7 +109,7 @@ pub fn load_version(config: &ModelConfig, version: u64, dir: &Path) -> Result<Lo
     let started = Instant::now();
     let arch = &config.architecture;
     let expected = arch.expected().map_err(LoadFailure::Record)?;
-    let assets = read_assets(dir, arch.required_assets())?;
+    let assets = read_assets(dir, arch.required_assets(), arch.optional_assets())?;
     let state = state_dict::load(
         &dir.join(WEIGHTS_FILE),
         &target(config, version),
@@ -147,7 +149,7 @@ pub fn load_version(config: &ModelConfig, version: u64, dir: &Path) -> Result<Lo
         version: LoadedVersion {
             model_name: config.name.clone(),
             version,
-            sha256: state.sha256,
+            sha256: version_sha256(&state.sha256, &assets),
             param_bytes: state.param_bytes,
             signature: arch.signature().clone(),
             model,
@@ -157,15 +159,44 @@ pub fn load_version(config: &ModelConfig, version: u64, dir: &Path) -> Result<Lo
     })
 }
 
-fn read_assets(dir: &Path, names: &[&str]) -> Result<Assets, LoadFailure> {
+/// The sha256 that identifies a version's files. Weights alone: the file's own hash, as
+/// `sha256sum model.safetensors` prints it. With assets (a tokenizer, sentence-transformers
+/// settings), the hash of `sha256sum`'s listing of the weights and then each asset present, in
+/// the architecture's order, so a changed tokenizer changes the version's identity too:
+/// `sha256sum model.safetensors tokenizer.json | sha256sum`.
+fn version_sha256(weights_sha256: &str, assets: &Assets) -> String {
+    if assets.is_empty() {
+        return weights_sha256.to_string();
+    }
+    let mut listing = format!("{weights_sha256}  {WEIGHTS_FILE}\n");
+    for (name, bytes) in &assets.order() {
+        listing.push_str(&format!(
+            "{}  {name}\n",
+            state_dict::hex(&Sha256::digest(bytes))
+        ));
+    }
+    state_dict::hex(&Sha256::digest(listing.as_bytes()))
+}
+
+/// Reads the assets a version has: every required one (refusing the version without it) and
+/// the optional ones that are present.
+fn read_assets(dir: &Path, required: &[&str], optional: &[&str]) -> Result<Assets, LoadFailure> {
     let mut assets = Assets::default();
-    for name in names {
+    for (name, needed) in required
+        .iter()
+        .map(|n| (n, true))
+        .chain(optional.iter().map(|n| (n, false)))
+    {
         let path = dir.join(name);
         let failure = |problem| LoadFailure::Asset {
             name: name.to_string(),
             problem,
         };
-        let meta = std::fs::metadata(&path).map_err(|e| failure(AssetProblem::Missing(e)))?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if !needed && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(failure(AssetProblem::Missing(e))),
+        };
         if !meta.is_file() {
             return Err(failure(AssetProblem::NotAFile));
         }
@@ -173,7 +204,7 @@ fn read_assets(dir: &Path, names: &[&str]) -> Result<Assets, LoadFailure> {
             return Err(failure(AssetProblem::TooLarge { size: meta.len() }));
         }
         let bytes = std::fs::read(&path).map_err(|e| failure(AssetProblem::Read(e)))?;
-        assets.files.insert(name.to_string(), bytes);
+        assets.insert(name, bytes);
     }
     Ok(assets)
 }

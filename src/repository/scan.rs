@@ -1,4 +1,7 @@
-//! Version discovery: which `<repository>/<model>/<version>/model.safetensors` exist right now.
+//! Version discovery: which `<repository>/<model>/<version>/model.safetensors` exist right now,
+//! and the identity of every file a version is made of (its weights and the assets its
+//! architecture reads, such as `tokenizer.json`): a change to any of them is a new version of
+//! the files, reloaded like a new checkpoint.
 //!
 //! Versions are positive integers without leading zeros; any other entry is reported once so the
 //! caller can warn about it. Paths follow symlinks (`stat`, not `lstat`), so a Kubernetes-style
@@ -13,13 +16,21 @@ use crate::state_dict::FileIdentity;
 /// The weights file of every version.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// One version directory with its weights file.
+/// The identity of a version's files: its weights and, in the architecture's order, each
+/// asset it reads (`None` where the asset is absent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionFiles {
+    pub weights: FileIdentity,
+    pub assets: Vec<Option<FileIdentity>>,
+}
+
+/// One version directory with its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub version: u64,
     pub dir: PathBuf,
     /// `None` while the directory exists but has no readable weights file yet.
-    pub identity: Option<FileIdentity>,
+    pub files: Option<VersionFiles>,
 }
 
 /// What a model's directory holds.
@@ -35,12 +46,13 @@ pub struct Scan {
 impl Scan {
     /// Versions whose weights file exists.
     pub fn complete(&self) -> impl Iterator<Item = &Found> {
-        self.versions.iter().filter(|f| f.identity.is_some())
+        self.versions.iter().filter(|f| f.files.is_some())
     }
 }
 
-/// Lists the versions of model `name` under `root`.
-pub fn scan_model(root: &Path, name: &str) -> Scan {
+/// Lists the versions of model `name` under `root`, with the identity of the weights and of
+/// each of `assets` (paths relative to the version directory).
+pub fn scan_model(root: &Path, name: &str, assets: &[&str]) -> Scan {
     let dir = root.join(name);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -72,11 +84,19 @@ pub fn scan_model(root: &Path, name: &str) -> Scan {
             scan.ignored.push(text.to_string());
             continue;
         }
-        let identity = FileIdentity::stat(&path.join(WEIGHTS_FILE)).ok();
+        let files = FileIdentity::stat(&path.join(WEIGHTS_FILE))
+            .ok()
+            .map(|weights| VersionFiles {
+                weights,
+                assets: assets
+                    .iter()
+                    .map(|asset| FileIdentity::stat(&path.join(asset)).ok())
+                    .collect(),
+            });
         scan.versions.push(Found {
             version,
             dir: path,
-            identity,
+            files,
         });
     }
     scan.versions.sort_by_key(|f| f.version);
@@ -99,17 +119,39 @@ mod tests {
             std::fs::write(m.join(v).join(WEIGHTS_FILE), b"x").unwrap();
         }
         std::fs::write(m.join("5"), b"a file, not a directory").unwrap();
-        let scan = scan_model(root.path(), "m");
+        let scan = scan_model(root.path(), "m", &[]);
         assert!(!scan.unreadable);
         let versions: Vec<(u64, bool)> = scan
             .versions
             .iter()
-            .map(|f| (f.version, f.identity.is_some()))
+            .map(|f| (f.version, f.files.is_some()))
             .collect();
         assert_eq!(versions, vec![(1, true), (2, false), (10, true)]);
         assert_eq!(scan.ignored, vec!["0", "01", "5", "v3"]);
         assert_eq!(scan.complete().count(), 2);
-        assert!(scan_model(root.path(), "absent").unreadable);
+        assert!(scan_model(root.path(), "absent", &[]).unreadable);
+    }
+
+    #[test]
+    fn an_asset_is_part_of_the_version_s_identity() {
+        let root = tempfile::tempdir().unwrap();
+        let v1 = root.path().join("m/1");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join(WEIGHTS_FILE), b"x").unwrap();
+        let assets = ["tokenizer.json", "1_Pooling/config.json"];
+        let before = scan_model(root.path(), "m", &assets).versions[0]
+            .files
+            .clone();
+        assert_eq!(
+            before.as_ref().map(|f| f.assets.clone()),
+            Some(vec![None, None])
+        );
+        std::fs::write(v1.join("tokenizer.json"), b"{}").unwrap();
+        let after = scan_model(root.path(), "m", &assets).versions[0]
+            .files
+            .clone();
+        assert_ne!(before, after);
+        assert!(after.is_some_and(|f| f.assets[0].is_some() && f.assets[1].is_none()));
     }
 
     #[test]
@@ -120,7 +162,7 @@ mod tests {
         std::fs::write(real.join(WEIGHTS_FILE), b"x").unwrap();
         std::fs::create_dir_all(root.path().join("m")).unwrap();
         std::os::unix::fs::symlink(&real, root.path().join("m/1")).unwrap();
-        let scan = scan_model(root.path(), "m");
+        let scan = scan_model(root.path(), "m", &[]);
         assert_eq!(scan.complete().count(), 1);
     }
 }

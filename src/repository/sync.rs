@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{ModelConfig, VersionPolicy};
-use crate::state_dict::FileIdentity;
 
 use super::plan::{self, Disk, Inputs, RetireReason};
-use super::scan::{scan_model, Scan};
+use super::scan::{scan_model, Scan, VersionFiles};
 use super::{
     load_version, lock, Failed, ModelSlot, Repository, Served, SyncMode, SyncOutcome, VersionRecord,
 };
@@ -22,7 +21,7 @@ impl Repository {
     pub fn sync_model(&self, slot: &ModelSlot, mode: SyncMode) -> SyncOutcome {
         let _ops = lock(&slot.ops);
         let config = slot.config();
-        let scan = scan_model(&self.root, &slot.name);
+        let scan = scan_model(&self.root, &slot.name, &config.architecture.assets());
         self.warn_ignored(slot, &scan);
         let disk = disk_of(&scan);
         let mut outcome = SyncOutcome::default();
@@ -60,8 +59,8 @@ impl Repository {
         slot: &ModelSlot,
         mode: SyncMode,
         policy: &VersionPolicy,
-        disk: &Disk<FileIdentity>,
-    ) -> Vec<(u64, FileIdentity)> {
+        disk: &Disk<VersionFiles>,
+    ) -> Vec<(u64, VersionFiles)> {
         let mut st = lock(&slot.state);
         let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
         let step = plan::plan_loads(&Inputs {
@@ -74,11 +73,11 @@ impl Repository {
         st.versions.retain(|v, _| !step.forget.contains(v));
         if matches!(disk, Disk::Listed(_)) && !st.disabled {
             for (v, record) in st.versions.iter_mut() {
-                record.last_seen = step.seen.get(v).copied();
+                record.last_seen = step.seen.get(v).cloned();
                 record.waiting = step.waiting.contains(v);
             }
             for (v, files) in &step.seen {
-                st.versions.entry(*v).or_default().last_seen = Some(*files);
+                st.versions.entry(*v).or_default().last_seen = Some(files.clone());
             }
             for v in &step.waiting {
                 st.versions.entry(*v).or_default().waiting = true;
@@ -96,7 +95,7 @@ impl Repository {
         slot: &ModelSlot,
         config: &ModelConfig,
         version: u64,
-        files: FileIdentity,
+        files: VersionFiles,
         outcome: &mut SyncOutcome,
     ) {
         let dir = self.root.join(&slot.name).join(version.to_string());
@@ -145,7 +144,7 @@ impl Repository {
         versions: &mut BTreeMap<u64, VersionRecord>,
         version: u64,
         reason: RetireReason,
-        disk: &Disk<FileIdentity>,
+        disk: &Disk<VersionFiles>,
     ) {
         let Some(record) = versions.get_mut(&version) else {
             return;
@@ -175,14 +174,14 @@ impl Repository {
 }
 
 /// The plan's view of a directory scan.
-fn disk_of(scan: &Scan) -> Disk<FileIdentity> {
+fn disk_of(scan: &Scan) -> Disk<VersionFiles> {
     if scan.unreadable {
         return Disk::Unreadable;
     }
     Disk::Listed(
         scan.versions
             .iter()
-            .map(|f| (f.version, f.identity))
+            .map(|f| (f.version, f.files.clone()))
             .collect(),
     )
 }

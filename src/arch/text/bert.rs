@@ -4,7 +4,9 @@
 //!
 //! Inputs, all optional, exactly one of `text` / `input_ids` per request:
 //! - `text` BYTES `[N]`: UTF-8 strings tokenised here with the version's `tokenizer.json`, cut at
-//!   `max_seq_length` tokens; the response's `parameters.truncated` says which rows were cut;
+//!   `max_seq_length` tokens (and to a byte budget before that, see [`super::tokenizer`]); the
+//!   response's `parameters.truncated` says which rows were cut; with `truncate = false`
+//!   over-long texts are refused instead;
 //! - `input_ids` INT64 `[N, L]` with optional `attention_mask` (default all ones) and
 //!   `token_type_ids` (default zeros) of the same shape, for clients that tokenise themselves.
 //!
@@ -20,7 +22,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::encoder::{BertEncoder, EncoderDims, HiddenAct, TokenBatch};
-use super::tokenizer::TextTokenizer;
+use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
 use crate::model::{
     common_rows, Assets, ElemKind, HostData, HostTensor, InputError, IoSpec, Model, Notes,
@@ -56,6 +58,13 @@ pub struct BertConfig {
     /// Texts are cut at this many tokens, `[CLS]` and `[SEP]` included (sentence-transformers'
     /// `max_seq_length`, 256 for all-MiniLM-L6-v2). Defaults to `max_position_embeddings`.
     pub max_seq_length: Option<usize>,
+    /// Cut texts longer than `max_seq_length` (`true`, the default) or refuse them with 400.
+    #[serde(default = "yes")]
+    pub truncate: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn two() -> usize {
@@ -71,6 +80,7 @@ fn bert_eps() -> f64 {
 pub struct BertArch {
     dims: EncoderDims,
     max_seq_length: usize,
+    truncate: bool,
     signature: Signature,
 }
 
@@ -139,6 +149,7 @@ impl BertArch {
                 hidden_act: cfg.hidden_act,
             },
             max_seq_length,
+            truncate: cfg.truncate,
             signature,
         })
     }
@@ -170,10 +181,15 @@ impl Architecture for BertArch {
 
     fn build(&self, vb: VarBuilder<'_>, assets: &Assets) -> candle_core::Result<Box<dyn Model>> {
         let encoder = BertEncoder::load(vb, &self.dims)?;
-        let tokenizer = match assets.files.get(TOKENIZER_FILE) {
+        let tokenizer = match assets.get(TOKENIZER_FILE) {
             Some(bytes) => Some(
-                TextTokenizer::from_json(bytes, self.max_seq_length, self.dims.vocab_size)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                TextTokenizer::from_json(
+                    bytes,
+                    self.max_seq_length,
+                    self.dims.vocab_size,
+                    self.truncate,
+                )
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
             ),
             None => None,
         };
@@ -241,10 +257,23 @@ impl BertEmbedder {
                 input: "text".to_string(),
                 index: i,
             })?;
-            let encoded = tokenizer.encode(text).map_err(|e| InputError::Tokenize {
-                input: "text".to_string(),
-                index: i,
-                reason: e.to_string(),
+            let encoded = tokenizer.encode(text).map_err(|e| match e {
+                TokenizerError::TooManyBytes { bytes, limit } => InputError::TextTooLong {
+                    input: "text".to_string(),
+                    index: i,
+                    bytes,
+                    limit,
+                },
+                TokenizerError::TooManyTokens { max } => InputError::TooManyTokens {
+                    input: "text".to_string(),
+                    index: i,
+                    max,
+                },
+                e => InputError::Tokenize {
+                    input: "text".to_string(),
+                    index: i,
+                    reason: e.to_string(),
+                },
             })?;
             ids.push(encoded.ids);
             types.push(encoded.type_ids);

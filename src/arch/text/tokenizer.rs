@@ -5,6 +5,14 @@
 //! pads every text to 128 tokens and cuts there). wick replaces both: batches are padded by the
 //! model to their longest row, not to a fixed length, and texts are cut at the model's own limit
 //! (`max_seq_length`), with the cut reported to the client rather than hidden.
+//!
+//! Texts are bounded before the tokenizer sees them: a tokenizer's work and memory grow with
+//! the text (a 60 MiB string once cost 30 s and 4-5 GB to tokenise only to be cut to 256 tokens
+//! afterwards). Each text is first cut, on a character boundary, to [`BYTES_PER_TOKEN`] bytes
+//! per token of `max_seq_length`: far more than any real token needs (English averages about
+//! 4-5 bytes per token, CJK about 3-6), so only texts that would be cut to `max_seq_length`
+//! anyway are cut sooner. With `truncate = false` an over-long text is refused instead (as TEI
+//! does). See docs/security.md.
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -17,6 +25,10 @@ pub enum TokenizerError {
     Truncation { max_len: usize, message: String },
     #[error("{message}")]
     Encode { message: String },
+    #[error("has {bytes} bytes, above the limit of {limit} (truncate = false)")]
+    TooManyBytes { bytes: usize, limit: usize },
+    #[error("has more than {max} tokens (truncate = false)")]
+    TooManyTokens { max: usize },
     #[error("tokenizer.json knows {tokenizer} tokens but the model's vocab_size is {model}: its ids would index past the embeddings")]
     Vocab { tokenizer: usize, model: usize },
 }
@@ -30,9 +42,15 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+/// The byte budget per token of `max_seq_length` a text is cut to before tokenisation.
+pub const BYTES_PER_TOKEN: usize = 64;
+
 /// A tokenizer with wick's truncation and padding settings applied.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    max_len: usize,
+    /// Cut over-long texts (`true`) or refuse them.
+    truncate: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -43,11 +61,13 @@ impl std::fmt::Debug for TextTokenizer {
 
 impl TextTokenizer {
     /// Parses `tokenizer.json`, truncating at `max_len` tokens (special tokens included) and
-    /// never padding; refuses a tokenizer whose ids would not fit `vocab_size`.
+    /// never padding; refuses a tokenizer whose ids would not fit `vocab_size`. With
+    /// `truncate = false`, texts longer than that are refused rather than cut.
     pub fn from_json(
         bytes: &[u8],
         max_len: usize,
         vocab_size: usize,
+        truncate: bool,
     ) -> Result<TextTokenizer, TokenizerError> {
         let mut inner =
             Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Parse(e.to_string()))?;
@@ -70,23 +90,55 @@ impl TextTokenizer {
                 max_len,
                 message: e.to_string(),
             })?;
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer {
+            inner,
+            max_len,
+            truncate,
+        })
+    }
+
+    /// The most bytes of a text the tokenizer ever sees.
+    pub fn max_bytes(&self) -> usize {
+        self.max_len.saturating_mul(BYTES_PER_TOKEN)
     }
 
     /// Tokenises one text with the special tokens of the tokenizer's template (`[CLS] … [SEP]`).
     pub fn encode(&self, text: &str) -> Result<Encoded, TokenizerError> {
+        let (text, cut) = cut_to(text, self.max_bytes());
+        if cut && !self.truncate {
+            return Err(TokenizerError::TooManyBytes {
+                bytes: text.len(),
+                limit: self.max_bytes(),
+            });
+        }
         let encoding = self
             .inner
             .encode_fast(text, true)
             .map_err(|e| TokenizerError::Encode {
                 message: e.to_string(),
             })?;
+        let overflowed = !encoding.get_overflowing().is_empty();
+        if overflowed && !self.truncate {
+            return Err(TokenizerError::TooManyTokens { max: self.max_len });
+        }
         Ok(Encoded {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
-            truncated: !encoding.get_overflowing().is_empty(),
+            truncated: cut || overflowed,
         })
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, and whether it was cut.
+pub fn cut_to(text: &str, max: usize) -> (&str, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
 }
 
 #[cfg(test)]
@@ -124,7 +176,7 @@ mod tests {
 
     #[test]
     fn replaces_the_files_padding_and_truncation() {
-        let tok = TextTokenizer::from_json(&tokenizer_json(), 5, 7).unwrap();
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 5, 7, true).unwrap();
         let e = tok.encode("Hello world").unwrap();
         assert_eq!(e.ids, vec![2, 4, 5, 3]);
         assert!(!e.truncated);
@@ -136,7 +188,7 @@ mod tests {
 
     #[test]
     fn refuses_a_vocabulary_larger_than_the_model() {
-        let err = TextTokenizer::from_json(&tokenizer_json(), 5, 6).unwrap_err();
+        let err = TextTokenizer::from_json(&tokenizer_json(), 5, 6, true).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -147,6 +199,40 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(TextTokenizer::from_json(b"{}", 5, 7).is_err());
+        assert!(TextTokenizer::from_json(b"{}", 5, 7, true).is_err());
+    }
+
+    #[test]
+    fn texts_are_cut_to_a_byte_budget_before_tokenisation() {
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 5, 7, true).unwrap();
+        assert_eq!(tok.max_bytes(), 5 * BYTES_PER_TOKEN);
+        // 60 MiB of text is cut to the budget first: the answer comes at once.
+        let huge = "hello ".repeat(10 << 20);
+        let started = std::time::Instant::now();
+        let e = tok.encode(&huge).unwrap();
+        assert_eq!(e.ids, vec![2, 4, 4, 4, 3]);
+        assert!(e.truncated);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Cuts land on character boundaries.
+        assert_eq!(cut_to("ééé", 3), ("é", true));
+        assert_eq!(cut_to("ééé", 6), ("ééé", false));
+        // Spaces alone are not tokens: a text can be cut by bytes without reaching the token
+        // limit, and is still reported as cut.
+        let spaces = format!("hello{}", " ".repeat(1000));
+        assert!(tok.encode(&spaces).unwrap().truncated);
+    }
+
+    #[test]
+    fn truncate_false_refuses_over_long_texts() {
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 5, 7, false).unwrap();
+        assert!(!tok.encode("hello world !").unwrap().truncated);
+        assert!(matches!(
+            tok.encode("hello world ! hello"),
+            Err(TokenizerError::TooManyTokens { max: 5 })
+        ));
+        assert!(matches!(
+            tok.encode(&"x".repeat(10_000)),
+            Err(TokenizerError::TooManyBytes { .. })
+        ));
     }
 }
