@@ -129,6 +129,11 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
                 deadline: server.limits.body_deadline,
             },
             decode: DecodeLimits::default(),
+            max_inflight_body_bytes: server.limits.max_inflight_body_bytes,
+            slow_threads: match server.limits.decode_threads {
+                0 => ThreadBudget::resolve(server.compute_threads).tokio_workers,
+                n => n,
+            },
         },
         server.strict_readiness,
     );

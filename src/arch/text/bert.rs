@@ -22,7 +22,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::encoder::{BertEncoder, EncoderDims, HiddenAct, TokenBatch};
-use super::tokenizer::{TextTokenizer, TokenizerError};
+use super::tokenizer::{TextTokenizer, TokenizerError, BYTES_PER_TOKEN};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
 use crate::model::{
     common_rows, Assets, ElemKind, HostData, HostTensor, InputError, IoSpec, Model, Notes,
@@ -125,7 +125,9 @@ impl BertArch {
         }
         let signature = Signature {
             inputs: vec![
-                IoSpec::new("text", ElemKind::Bytes, &[]).optional(),
+                IoSpec::new("text", ElemKind::Bytes, &[])
+                    .optional()
+                    .max_bytes(max_seq_length.saturating_mul(BYTES_PER_TOKEN)),
                 IoSpec::new("input_ids", ElemKind::I64, &[-1]).optional(),
                 IoSpec::new("attention_mask", ElemKind::I64, &[-1]).optional(),
                 IoSpec::new("token_type_ids", ElemKind::I64, &[-1]).optional(),
