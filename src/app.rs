@@ -139,7 +139,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
     );
     let serve_options = ServeOptions {
         header_read_timeout: server.limits.header_read_timeout,
+        keep_alive_idle: server.limits.keep_alive_idle,
         max_connections: server.limits.max_connections,
+        max_connections_per_peer: server.limits.max_connections_per_peer,
         grace: server.shutdown_grace,
     };
     let (stop, stopped) = watch::channel(false);

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod connections;
 pub mod error;
 mod health;
 mod infer;
