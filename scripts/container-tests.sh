@@ -9,7 +9,7 @@
 #   3. tests/containers/run.py runs the checks (Python standard library, no venv);
 #   4. the run's image tag is removed, and the build chains the cache tag no longer points at.
 #
-# Without a reachable Docker Engine (or docker-compose) this FAILS; it never skips.
+# Without a reachable Docker Engine (or a compose tool) this FAILS; it never skips.
 #
 #   scripts/container-tests.sh
 set -euo pipefail
@@ -19,7 +19,8 @@ export DOCKER_BUILDKIT=0   # the classic builder: BuildKit would pull its fronte
 fail() { echo "container tests: FAILED: $*" >&2; exit 1; }
 command -v docker >/dev/null || fail "no docker command"
 docker info >/dev/null 2>&1 || fail "the Docker Engine is not reachable (docker info: $(docker info 2>&1 | tail -n1))"
-command -v docker-compose >/dev/null || fail "no docker-compose command (the replica tests run deploy/compose.yaml)"
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+    || fail "neither docker-compose nor \`docker compose\` (the replica tests run deploy/compose.yaml)"
 
 run_id="$(date +%s)-$$"
 image="wick-test:$run_id"

@@ -43,6 +43,16 @@ def docker(*args, check_exit=True, timeout=120, input_bytes=None):
     return done.stdout.decode()
 
 
+def compose_command():
+    """docker-compose (v1, what CI's machines have) or the `docker compose` plugin."""
+    import shutil
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    raise TestFailure("neither docker-compose nor `docker compose` is available")
+
+
 def unique(name):
     return f"wick-test-{RUN_ID}-{name}"
 

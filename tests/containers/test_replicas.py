@@ -45,10 +45,10 @@ class Context:
         self.ready_after = time.monotonic() - started
 
     def compose(self, *args, timeout=180):
-        done = subprocess.run(["docker-compose", "-p", self.project, "-f", os.path.join(h.ROOT, "deploy", "compose.yaml"),
+        done = subprocess.run([*h.compose_command(), "-p", self.project, "-f", os.path.join(h.ROOT, "deploy", "compose.yaml"),
                                *args], env=self.env, capture_output=True, timeout=timeout)
         if done.returncode != 0:
-            raise h.TestFailure(f"docker-compose {' '.join(args)}: {done.stderr.decode().strip()}")
+            raise h.TestFailure(f"compose {' '.join(args)}: {done.stderr.decode().strip()}")
         return done.stdout.decode()
 
     def addr(self, container):
