@@ -4,8 +4,8 @@
 # sources, and a slim non-root runtime. The baked-in /etc/wick/config.toml is the repository's
 # config.toml; WICK_* variables override its [server] section (see README "Deploying").
 #
-#   docker build -t wick .
-#   docker run -p 8080:8080 -v "$PWD/models:/models:ro" wick
+#   docker build -t wick:0.1.0 .
+#   docker run -p 8080:8080 --read-only -v "$PWD/models:/models:ro" wick:0.1.0
 
 ARG RUST_VERSION=1.95
 
