@@ -8,7 +8,6 @@ project has a unique name; everything it made is removed at the end (`down -v`),
 import json
 import os
 import subprocess
-import threading
 import time
 
 import harness as h
