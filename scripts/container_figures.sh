@@ -46,7 +46,12 @@ echo
 net="wick-figures-$$"
 docker network create "$net" >/dev/null
 cfg="$(mktemp -d)"
-trap 'docker rm -f $(docker ps -aq --filter "label=wick-figures=$$") >/dev/null 2>&1; docker network rm "$net" >/dev/null 2>&1; rm -rf "$cfg"' EXIT
+cleanup() {
+    docker ps -aq --filter "label=wick-figures=$$" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+    docker network rm "$net" >/dev/null 2>&1 || true
+    rm -rf "$cfg"
+}
+trap cleanup EXIT
 cp config.toml "$cfg/config.toml"
 cat >>"$cfg/config.toml" <<'EOF'
 
@@ -91,7 +96,7 @@ logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True).s
 lines = [json.loads(line) for line in logs if line.startswith("{")]
 serving = next(line["timestamp"] for line in lines if line.get("message", "").endswith(" serving"))
 process = instant(serving) - instant(started)
-subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+subprocess.run(["docker", "rm", "-f", "-v", cid], capture_output=True)
 print(f"{ready * 1000:.0f} {process * 1000:.0f}")
 PY
 }

@@ -125,7 +125,7 @@ def test_cpu_limit_sets_the_thread_budget(ctx):
     unlimited = h.wait_until(lambda: startup_line(ctx.unlimited), 10, what="the startup log line of unlimited")
     cpus = len(os.sched_getaffinity(0))
     check(unlimited["compute_threads"] == cpus, f"no CPU limit on {cpus} CPUs, yet the startup log says {unlimited}")
-    h.docker("rm", "-f", ctx.unlimited)
+    h.docker("rm", "-f", "-v", ctx.unlimited)
     log(f"--cpus 1: compute_threads {limited['compute_threads']}, tokio_workers {limited['tokio_workers']}; "
         f"no limit: compute_threads {unlimited['compute_threads']}")
 

@@ -152,7 +152,7 @@ def test_killing_a_replica_under_load_fails_no_request(ctx):
     log(f"docker kill {victim[:12]} after {killed_at} requests: {stats.summary()}")
     # Back to three replicas for the next test: the killed one is replaced.
     ctx.balancer.remove(victim[:12])
-    h.docker("rm", "-f", victim)
+    h.docker("rm", "-f", "-v", victim)
     replacement = ctx.add_replica()
     ctx.balancer.add(replacement[:12], ctx.addr(replacement))
     ctx.replicas = [replacement if r == victim else r for r in ctx.replicas]
@@ -172,7 +172,7 @@ def test_rolling_restart_under_load_fails_no_request(ctx):
             code = h.inspect(old, "{{.State.ExitCode}}")
             check(code == "0", f"{old[:12]} exited {code} on docker stop")
             ctx.balancer.remove(old[:12])
-            h.docker("rm", old)
+            h.docker("rm", "-v", old)
             ctx.replicas = [new if r == old else r for r in ctx.replicas]
         check(load.wait_for_requests(100), f"the load stalled: {load.stats.summary()}")
         stats = load.stop()
