@@ -123,6 +123,12 @@ pub struct Metrics {
     version_info: Family<VersionInfoLabels, Gauge>,
     resident_bytes: Family<VersionLabels, Gauge>,
     config_reloads: Family<ResultLabel, Counter>,
+    panics: Family<ThreadLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabel {
+    thread: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,8 +166,14 @@ impl Metrics {
             version_info: Family::default(),
             resident_bytes: Family::default(),
             config_reloads: Family::default(),
+            panics: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "background_panics",
+            "Panics caught on background threads (watcher, loader), which kept working",
+            m.panics.clone(),
+        );
         registry.register(
             "requests",
             "Inference requests by model, version and outcome",
@@ -288,6 +300,11 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    /// A panic caught on a background thread (`watcher`, `loader`) that kept working after it.
+    pub fn panicked(&self, thread: &'static str) {
+        self.panics.get_or_create(&ThreadLabel { thread }).inc();
     }
 
     pub fn config_reload(&self, ok: bool) {

@@ -363,18 +363,20 @@ async fn a_burst_of_versions_ends_on_the_newest() {
 async fn a_symlink_swap_of_the_model_directory_is_seen() {
     let io = io();
     let repo = Repo::new();
-    let store = tempfile::tempdir().unwrap();
+    // Inside the repository, as Kubernetes lays out a mounted volume (`..2026_01_01/` folders and
+    // a `..data` link): links may not point outside the repository by default.
+    let store = repo.path().join("..store");
     for (name, file) in [("a", v1()), ("b", v2())] {
-        let dir = store.path().join(name).join("1");
+        let dir = store.join(name).join("1");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(&file, dir.join("model.safetensors")).unwrap();
     }
-    std::os::unix::fs::symlink(store.path().join("a"), repo.path().join("simple")).unwrap();
+    std::os::unix::fs::symlink(store.join("a"), repo.path().join("simple")).unwrap();
     let server = TestServer::start(repo.config("", SIMPLE)).await;
     assert!(serving(&server, &io.x, "1", &io.y1).await);
     // Kubernetes-style atomic swap: a new symlink renamed over the old one.
     let tmp = repo.path().join(".simple-swap");
-    std::os::unix::fs::symlink(store.path().join("b"), &tmp).unwrap();
+    std::os::unix::fs::symlink(store.join("b"), &tmp).unwrap();
     std::fs::rename(&tmp, repo.path().join("simple")).unwrap();
     assert!(
         eventually(WAIT, || serving(&server, &io.x, "1", &io.y2)).await,

@@ -33,11 +33,13 @@ struct AdminState {
     token_digest: Arc<[u8; 32]>,
 }
 
-/// The admin listener's routes. `token` must not be empty.
+/// The admin listener's routes. `token` must not be empty. Surrounding whitespace of the
+/// configured token is ignored as it is for the presented one: a token read from a file (a
+/// Kubernetes secret) usually ends with a newline.
 pub fn router(app: AppState, token: &str) -> Router {
     let state = AdminState {
         app,
-        token_digest: Arc::new(Sha256::digest(token.as_bytes()).into()),
+        token_digest: Arc::new(Sha256::digest(token.trim().as_bytes()).into()),
     };
     let routes = Router::new()
         .route("/v2/repository/index", post(index))
@@ -57,8 +59,8 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
+        .and_then(bearer_token)
+        .map(|t| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() });
     match presented {
         Some(digest) if bool::from(digest.ct_eq(&*state.token_digest)) => next.run(request).await,
         _ => {
@@ -70,6 +72,16 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
             response
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 7235), the token trimmed of surrounding whitespace.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 #[derive(Deserialize, Default)]
@@ -181,4 +193,19 @@ async fn act(
     .await
     .map_err(|e| ApiError::Internal(format!("{action:?} task failed: {e}")))??;
     Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc\n"), Some("abc"));
+        assert_eq!(bearer_token("BEARER   abc  "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+    }
 }

@@ -239,6 +239,8 @@ pub struct SyncOutcome {
 /// Every configured model and the versions being served.
 pub struct Repository {
     root: PathBuf,
+    /// Where version files may resolve to.
+    containment: pipeline::Containment,
     models: ArcSwap<BTreeMap<String, Arc<ModelSlot>>>,
     metrics: Arc<Metrics>,
     /// Versions no longer served, kept until their last user lets go (then freed here, off the
@@ -264,6 +266,10 @@ impl Repository {
             models.insert(model.name.clone(), Arc::new(new_slot(model, &metrics)?));
         }
         Ok(Repository {
+            containment: pipeline::Containment {
+                root: config.server.repository.clone(),
+                allow_external: config.server.allow_external_symlinks,
+            },
             root: config.server.repository.clone(),
             models: ArcSwap::from_pointee(models),
             metrics,

@@ -4,7 +4,7 @@
 //! never on the request path. Its result is a [`LoadedVersion`] that has already answered one
 //! forward pass with finite outputs, or a [`LoadFailure`] that says exactly what is wrong.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,53 @@ pub enum LoadFailure {
     Build(candle_core::Error),
     #[error("warm-up: {0}")]
     Warmup(#[from] WarmupFailure),
+    #[error("{path} resolves to {resolved}, outside the repository {root}; symlinks may only point inside it (or set allow_external_symlinks = true)")]
+    OutsideRepository {
+        path: PathBuf,
+        resolved: PathBuf,
+        root: PathBuf,
+    },
+    #[error("loading panicked: {message}")]
+    Panicked { message: String },
+    #[error("cannot resolve {path}: {source}")]
+    Resolve {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a version's files may live: inside the repository, following symlinks, unless the
+/// operator allows links to point elsewhere. Links inside the repository (Kubernetes' `..data`
+/// swaps of a mounted volume) are what makes hot reload work and stay allowed.
+#[derive(Debug, Clone)]
+pub struct Containment {
+    pub root: PathBuf,
+    pub allow_external: bool,
+}
+
+impl Containment {
+    /// Refuses `path` if it resolves outside the repository.
+    fn check(&self, path: &Path) -> Result<(), LoadFailure> {
+        if self.allow_external {
+            return Ok(());
+        }
+        let resolve = |p: &Path| {
+            std::fs::canonicalize(p).map_err(|source| LoadFailure::Resolve {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let root = resolve(&self.root)?;
+        let resolved = resolve(path)?;
+        if resolved.starts_with(&root) {
+            return Ok(());
+        }
+        Err(LoadFailure::OutsideRepository {
+            path: path.to_path_buf(),
+            resolved,
+            root,
+        })
+    }
 }
 
 /// Why an asset file (e.g. `tokenizer.json`) could not be read.
@@ -74,6 +121,9 @@ impl LoadFailure {
             LoadFailure::Warmup(WarmupFailure::Input(_)) => "warmup_input",
             LoadFailure::Warmup(WarmupFailure::Forward(_)) => "warmup_forward",
             LoadFailure::Warmup(WarmupFailure::NonFinite { .. }) => "warmup_non_finite",
+            LoadFailure::OutsideRepository { .. } => "outside_repository",
+            LoadFailure::Resolve { .. } => "io",
+            LoadFailure::Panicked { .. } => "panic",
         }
     }
 
@@ -105,11 +155,23 @@ pub struct Loaded {
 }
 
 /// Loads version `version` of `config` from `dir`.
-pub fn load_version(config: &ModelConfig, version: u64, dir: &Path) -> Result<Loaded, LoadFailure> {
+pub fn load_version(
+    config: &ModelConfig,
+    version: u64,
+    dir: &Path,
+    containment: &Containment,
+) -> Result<Loaded, LoadFailure> {
     let started = Instant::now();
     let arch = &config.architecture;
     let expected = arch.expected().map_err(LoadFailure::Record)?;
-    let assets = read_assets(dir, arch.required_assets(), arch.optional_assets())?;
+    containment.check(dir)?;
+    containment.check(&dir.join(WEIGHTS_FILE))?;
+    let assets = read_assets(
+        dir,
+        arch.required_assets(),
+        arch.optional_assets(),
+        containment,
+    )?;
     let state = state_dict::load(
         &dir.join(WEIGHTS_FILE),
         &target(config, version),
@@ -180,7 +242,12 @@ fn version_sha256(weights_sha256: &str, assets: &Assets) -> String {
 
 /// Reads the assets a version has: every required one (refusing the version without it) and
 /// the optional ones that are present.
-fn read_assets(dir: &Path, required: &[&str], optional: &[&str]) -> Result<Assets, LoadFailure> {
+fn read_assets(
+    dir: &Path,
+    required: &[&str],
+    optional: &[&str],
+    containment: &Containment,
+) -> Result<Assets, LoadFailure> {
     let mut assets = Assets::default();
     for (name, needed) in required
         .iter()
@@ -200,6 +267,7 @@ fn read_assets(dir: &Path, required: &[&str], optional: &[&str]) -> Result<Asset
         if !meta.is_file() {
             return Err(failure(AssetProblem::NotAFile));
         }
+        containment.check(&path)?;
         if meta.len() > MAX_ASSET_BYTES {
             return Err(failure(AssetProblem::TooLarge { size: meta.len() }));
         }

@@ -13,7 +13,8 @@ use crate::config::{ModelConfig, VersionPolicy};
 use super::plan::{self, Disk, Inputs, RetireReason};
 use super::scan::{scan_model, Scan, VersionFiles};
 use super::{
-    load_version, lock, Failed, ModelSlot, Repository, Served, SyncMode, SyncOutcome, VersionRecord,
+    load_version, lock, Failed, LoadFailure, ModelSlot, Repository, Served, SyncMode, SyncOutcome,
+    VersionRecord,
 };
 
 impl Repository {
@@ -99,7 +100,17 @@ impl Repository {
         outcome: &mut SyncOutcome,
     ) {
         let dir = self.root.join(&slot.name).join(version.to_string());
-        let result = load_version(config, version, &dir);
+        // A panic while loading (a bug in an architecture's build, say) fails this version like
+        // any refused load; the thread that syncs keeps working.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            load_version(config, version, &dir, &self.containment)
+        }))
+        .unwrap_or_else(|panic| {
+            self.metrics.panicked("loader");
+            Err(LoadFailure::Panicked {
+                message: crate::telemetry::panic_message(panic.as_ref()),
+            })
+        });
         let mut st = lock(&slot.state);
         let record = st.versions.entry(version).or_default();
         record.loading = false;

@@ -180,29 +180,44 @@ fn run(
             next_poll = now + poll_interval;
         }
 
-        if let Some(source) = config.as_mut() {
-            let identity = FileIdentity::stat(&source.path).ok();
-            if identity.is_some() && identity != source.identity {
-                reload_config(repository, source);
+        // A panic in a scan (a bug, in wick or in an architecture's code) must not stop hot
+        // reload for good: it is logged and counted, and the next scan runs as usual.
+        let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scan_once(repository, config.as_mut())
+        }));
+        match scan {
+            Ok(true) => due = Some(Instant::now() + SETTLE),
+            Ok(false) => {}
+            Err(panic) => {
+                tracing::error!(panic = %crate::telemetry::panic_message(panic.as_ref()),
+                    "a repository scan panicked; the watcher keeps running");
+                repository.metrics().panicked("watcher");
             }
-        }
-        let mut waiting = false;
-        for slot in repository.slots() {
-            let outcome = repository.sync_model(&slot, SyncMode::RequireStable);
-            if !outcome.loaded.is_empty()
-                || !outcome.failed.is_empty()
-                || !outcome.unloaded.is_empty()
-            {
-                tracing::info!(model = %slot.name, loaded = ?outcome.loaded,
-                    failed = outcome.failed.len(), unloaded = ?outcome.unloaded, "repository change applied");
-            }
-            waiting |= slot.has_pending();
-        }
-        repository.reap();
-        if waiting || repository.retired_len() > 0 {
-            due = Some(Instant::now() + SETTLE);
         }
     }
+}
+
+/// One scan: the config file, then every model. Returns whether another scan is due soon
+/// (files still settling, retired versions still in use).
+fn scan_once(repository: &Repository, config: Option<&mut ConfigSource>) -> bool {
+    if let Some(source) = config {
+        let identity = FileIdentity::stat(&source.path).ok();
+        if identity.is_some() && identity != source.identity {
+            reload_config(repository, source);
+        }
+    }
+    let mut waiting = false;
+    for slot in repository.slots() {
+        let outcome = repository.sync_model(&slot, SyncMode::RequireStable);
+        if !outcome.loaded.is_empty() || !outcome.failed.is_empty() || !outcome.unloaded.is_empty()
+        {
+            tracing::info!(model = %slot.name, loaded = ?outcome.loaded,
+                failed = outcome.failed.len(), unloaded = ?outcome.unloaded, "repository change applied");
+        }
+        waiting |= slot.has_pending();
+    }
+    repository.reap();
+    waiting || repository.retired_len() > 0
 }
 
 /// Re-reads the config file; applies it only if it is valid as a whole.

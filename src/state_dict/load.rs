@@ -4,11 +4,13 @@
 //! 1. `stat` the path: a regular file (never a FIFO or device), opened non-blocking;
 //! 2. read the 8-byte prefix and the JSON header with plain reads and validate them
 //!    ([`super::header`]); compare them with the model's expectations ([`super::report`]);
-//! 3. only for a clean report: map the file, let the safetensors crate re-validate its header,
-//!    then copy every planned tensor into candle-owned memory (widening F16/BF16 where the plan
-//!    says so) through bounded mapped windows while hashing the file ([`super::stream`]);
+//! 3. only for a clean report: let the safetensors crate re-validate the header, then copy every
+//!    planned tensor into candle-owned memory (widening F16/BF16 where the plan says so) through
+//!    a bounded window of positioned reads while hashing the file ([`super::stream`]);
 //! 4. `fstat` again: a file that changed while it was read is refused (publishers must rename
-//!    files into place; see docs/security.md F7).
+//!    files into place; see docs/security.md F7). A file truncated while it is read ends the
+//!    reads early and is refused the same way; nothing is memory-mapped, so it cannot crash
+//!    the process.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -206,27 +208,28 @@ pub fn load(
         return Err(LoadError::Mismatch(Box::new(report)));
     }
 
-    // A second opinion from the reference parser on the header of exactly this file, through
-    // a mapping of the whole file (only the header's pages are touched), and the header's
-    // bytes into the hash.
+    // A second opinion from the reference parser on the header of exactly this file, and the
+    // header's bytes into the hash.
     let mut hasher = Sha256::new();
     {
-        let whole = stream::map(&file, 0, before.size as usize).map_err(io_error(path))?;
-        if whole.len() as u64 != before.size {
-            return Err(LoadError::Changed {
-                path: path.to_path_buf(),
-            });
-        }
-        let parsed =
-            safetensors::SafeTensors::deserialize(&whole).map_err(|e| LoadError::Crate {
+        let mut head = vec![0u8; header.data_offset() as usize];
+        stream::read_at(&file, 0, &mut head).map_err(|e| changed_or_io(path, e))?;
+        let parsed: safetensors::tensor::Metadata =
+            serde_json::from_slice(&head[8..]).map_err(|e| LoadError::Crate {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        if header.data_offset() + parsed.data_len() as u64 != before.size {
+            return Err(LoadError::Crate {
+                path: path.to_path_buf(),
+                message: "the header's tensors do not end where the file does".to_string(),
+            });
+        }
         for entry in &plan {
             let stored = &header.tensors[entry.file_index];
-            let agrees = parsed.tensor(&stored.name).is_ok_and(|view| {
-                view.shape() == stored.shape.as_slice()
-                    && view.data().len() as u64 == stored.bytes()
+            let agrees = parsed.info(&stored.name).is_some_and(|info| {
+                info.shape == stored.shape
+                    && info.data_offsets == (stored.start as usize, stored.end as usize)
             });
             if !agrees {
                 return Err(LoadError::Tensor {
@@ -236,13 +239,10 @@ pub fn load(
                 });
             }
         }
-        hasher.update(&whole[..header.data_offset() as usize]);
+        hasher.update(&head);
     }
     let tensors = stream::stream(&file, &header, &plan, &mut hasher).map_err(|e| match e {
-        stream::StreamError::Io(source) => LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
+        stream::StreamError::Io(source) => changed_or_io(path, source),
         stream::StreamError::Tensor { index, message } => LoadError::Tensor {
             path: path.to_path_buf(),
             name: header.tensors[index].name.clone(),
@@ -269,6 +269,20 @@ pub fn load(
         param_bytes,
         metadata: header.metadata,
     })
+}
+
+/// A read that ended early means the file shrank while it was read.
+fn changed_or_io(path: &Path, source: std::io::Error) -> LoadError {
+    if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        LoadError::Changed {
+            path: path.to_path_buf(),
+        }
+    } else {
+        LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Lower-case hex.

@@ -6,7 +6,7 @@
 //! - [`recording`]: the recording backend that learns what an architecture expects;
 //! - [`report`]: the comparison and the [`LoadReport`] that lists every problem at once;
 //! - [`load`]: reading from disk: header, comparison, copy out, sha256;
-//! - [`stream`]: the copy through bounded memory-mapped windows (wick's one `unsafe`).
+//! - [`stream`]: the copy through a bounded window of positioned reads.
 //!
 //! Nothing here knows about HTTP or the model registry.
 

@@ -1,16 +1,23 @@
-//! Copying a checkpoint's tensors out of the file through bounded memory-mapped windows.
+//! Copying a checkpoint's tensors out of the file through a bounded window, with positioned
+//! reads (`pread`).
 //!
-//! Mapping the whole file and copying from it would keep every touched page of the mapping
-//! resident until the end: loading a 90 MB checkpoint beside the served one would cost three
-//! times its size. Instead the data section is walked once, in file order, through windows of at
-//! most [`WINDOW`] bytes: each window is mapped, hashed, decoded into the tensors it overlaps, and
-//! unmapped before the next. Peak memory is the new weights plus one window. Tensors may start
-//! anywhere, so a decoder keeps the few bytes of an element split across two windows.
+//! The data section is walked once, in file order, through a window of at most [`WINDOW`]
+//! bytes: each window is read, hashed, decoded into the tensors it overlaps, and reused for the
+//! next. Peak memory is the new weights plus one window. Tensors may start anywhere, so a
+//! decoder keeps the few bytes of an element split across two windows.
 //!
-//! This file holds wick's one `unsafe` block: the map call in [`map`].
+//! Why reads and not a memory map: the weights are copied into candle's own memory either way
+//! (candle's CPU tensors own their storage), so a mapping buys nothing once the load is done,
+//! and while it lasts a publisher who truncates the file (a second `cp`, `rsync --inplace`)
+//! turns the next touch of a mapped page into SIGBUS, which kills the whole process and the
+//! version it was serving (docs/security.md F7). A short read is an error like any other: the
+//! load is refused and the served version keeps serving. Reads measured as fast as the mapped
+//! windows they replaced (docs/security.md, "Why wick reads checkpoints instead of mapping
+//! them"); wick has no `unsafe` code.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -21,21 +28,10 @@ use super::report::{Conversion, PlanEntry};
 /// The largest mapping held at once.
 pub const WINDOW: usize = 8 << 20;
 
-/// Maps `len` bytes of `file` from `offset`, read-only. `len` must not be zero.
-pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the mapping is read-only and every caller copies what it needs into owned memory
-    // and drops the mapping before returning. The remaining hazard is another process modifying
-    // or truncating the file while it is mapped (torn reads or SIGBUS; memmap2's docs and
-    // docs/security.md F7). The publishing contract is write-elsewhere-then-rename, which never
-    // touches an inode being read; the repository loads a file only after it looked the same on
-    // two checks, and the loader re-checks the file's identity after copying and refuses a file
-    // that changed.
-    unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .map(file)
-    }
+/// Reads exactly `buf.len()` bytes of `file` at `offset`. A file that ends sooner was truncated
+/// while it was read: `UnexpectedEof`.
+pub fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    file.read_exact_at(buf, offset)
 }
 
 /// Decoded values of one tensor, in the model's dtype.
@@ -196,15 +192,15 @@ pub fn stream(
     }
 
     let (data_start, data_len) = (header.data_offset(), header.data_len());
+    let mut buffer = vec![0u8; data_len.min(WINDOW as u64) as usize];
     let mut pos = 0u64;
     let mut next = 0usize;
     while pos < data_len {
         let len = (data_len - pos).min(WINDOW as u64);
-        let window = map(file, data_start + pos, len as usize).map_err(StreamError::Io)?;
-        if window.len() as u64 != len {
-            return Err(StreamError::Io(std::io::Error::other("short mapping")));
-        }
-        hasher.update(&window[..]);
+        let window = &mut buffer[..len as usize];
+        read_at(file, data_start + pos, window).map_err(StreamError::Io)?;
+        let window = &*window;
+        hasher.update(window);
         let end = pos + len;
         // Tensors are sorted by offset and tile the data section exactly.
         while let Some(tensor) = header.tensors.get(next) {

@@ -183,14 +183,17 @@ pub enum FormatError {
          (convert it offline with `wick convert`)"
     )]
     Foreign(ForeignFormat),
-    #[error("header declares {declared} bytes of JSON, above the cap of {cap} bytes")]
+    // The two errors about the length prefix never print the declared length: for a file that
+    // is not safetensors at all (a symlink to /etc/passwd, say), it is the file's first 8 bytes
+    // read as a number, and a load failure must not leak a file's content.
+    #[error("not a safetensors file, or a damaged one: its length prefix declares a JSON header above the cap of {cap} bytes")]
     HeaderTooLarge { declared: u64, cap: u64 },
-    #[error(
-        "file is truncated: header declares {declared} bytes of JSON but only {available} follow"
-    )]
+    #[error("file is truncated, or not safetensors: its length prefix declares a JSON header longer than the {available} bytes that follow")]
     TruncatedHeader { declared: u64, available: u64 },
     #[error("header is not valid UTF-8")]
     NotUtf8,
+    /// serde_json's message, clipped: a header that is JSON but not safetensors' (an unknown
+    /// field, say) is named, but no long stretch of a file is repeated.
     #[error("header is not a valid safetensors JSON object: {0}")]
     Json(String),
     #[error("duplicate tensor key(s) in header: {}", quoted(.0))]
@@ -245,6 +248,20 @@ fn quoted(keys: &[String]) -> String {
         .join(", ")
 }
 
+fn json_error(e: &serde_json::Error) -> FormatError {
+    const MAX: usize = 160;
+    let mut message = e.to_string();
+    if message.len() > MAX {
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    FormatError::Json(message)
+}
+
 /// Recognises formats that are not safetensors from their first bytes.
 pub fn sniff_foreign(prefix: &[u8]) -> Option<ForeignFormat> {
     match prefix {
@@ -277,7 +294,7 @@ pub fn header_len(prefix: &[u8], file_len: u64, limits: &HeaderLimits) -> Result
             cap: limits.max_header_bytes,
         });
     }
-    let available = file_len - 8;
+    let available = file_len.saturating_sub(8);
     if declared > available {
         return Err(FormatError::TruncatedHeader {
             declared,
@@ -296,8 +313,7 @@ pub fn parse_header(
 ) -> Result<Header, FormatError> {
     let text = std::str::from_utf8(json).map_err(|_| FormatError::NotUtf8)?;
     // safetensors writers pad the header with spaces to an 8-byte boundary.
-    let raw: RawHeader =
-        serde_json::from_str(text).map_err(|e| FormatError::Json(e.to_string()))?;
+    let raw: RawHeader = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     if !raw.duplicates.is_empty() {
         return Err(FormatError::DuplicateKeys(raw.duplicates));
     }
