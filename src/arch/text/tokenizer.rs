@@ -13,8 +13,15 @@
 //! 4-5 bytes per token, CJK about 3-6), so only texts that would be cut to `max_seq_length`
 //! anyway are cut sooner. With `truncate = false` an over-long text is refused instead (as TEI
 //! does). See docs/security.md.
+//!
+//! Pairs (`text`, `text_pair`, as cross-encoders are fed) go through the tokenizer's pair
+//! template (`[CLS] A [SEP] B [SEP]`, `<s> A </s></s> B </s>`) and are cut longest-first, as
+//! transformers' `truncation=True` does; each text of a pair has its own byte budget.
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Sequence};
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 /// Why a `tokenizer.json` cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,17 @@ impl TextTokenizer {
         })
     }
 
+    /// Lowercases every text before the tokenizer's own normalizers, as sentence-transformers
+    /// does for a model whose `sentence_bert_config.json` says `do_lower_case: true`.
+    pub fn lowercase_first(mut self) -> Result<TextTokenizer, TokenizerError> {
+        let mut steps = vec![NormalizerWrapper::from(Lowercase)];
+        steps.extend(self.inner.get_normalizer().cloned());
+        self.inner
+            .with_normalizer(Some(NormalizerWrapper::from(Sequence::new(steps))))
+            .map_err(|e| TokenizerError::Parse(e.to_string()))?;
+        Ok(self)
+    }
+
     /// The most bytes of a text the tokenizer ever sees.
     pub fn max_bytes(&self) -> usize {
         self.max_len.saturating_mul(BYTES_PER_TOKEN)
@@ -104,16 +122,39 @@ impl TextTokenizer {
 
     /// Tokenises one text with the special tokens of the tokenizer's template (`[CLS] … [SEP]`).
     pub fn encode(&self, text: &str) -> Result<Encoded, TokenizerError> {
-        let (text, cut) = cut_to(text, self.max_bytes());
+        self.encode_input(text, None)
+    }
+
+    /// Tokenises a pair with the tokenizer's pair template, cutting the longer text first.
+    pub fn encode_pair(&self, text: &str, pair: &str) -> Result<Encoded, TokenizerError> {
+        self.encode_input(text, Some(pair))
+    }
+
+    /// `text` cut to the byte budget, and whether it was cut; refused when `truncate = false`.
+    fn budget<'t>(&self, text: &'t str) -> Result<(&'t str, bool), TokenizerError> {
+        let (kept, cut) = cut_to(text, self.max_bytes());
         if cut && !self.truncate {
             return Err(TokenizerError::TooManyBytes {
                 bytes: text.len(),
                 limit: self.max_bytes(),
             });
         }
+        Ok((kept, cut))
+    }
+
+    fn encode_input(&self, text: &str, pair: Option<&str>) -> Result<Encoded, TokenizerError> {
+        let (first, mut cut) = self.budget(text)?;
+        let input: EncodeInput = match pair {
+            None => first.into(),
+            Some(pair) => {
+                let (second, second_cut) = self.budget(pair)?;
+                cut |= second_cut;
+                (first, second).into()
+            }
+        };
         let encoding = self
             .inner
-            .encode_fast(text, true)
+            .encode_fast(input, true)
             .map_err(|e| TokenizerError::Encode {
                 message: e.to_string(),
             })?;
