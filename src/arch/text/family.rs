@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::encoder::{Encoder, EncoderSpec};
 use super::head::{Classifier, ClassifierLayout, Head, HeadConfig, PoolingMode, Task};
 use super::model::{Slots, TextModel};
-use super::st_files::{self, FolderError};
+use super::st_files::{self, FolderError, Found};
 use super::tokenizer::TextTokenizer;
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
 use crate::model::{Assets, ElemKind, HostTensor, IoSpec, Model, Notes, Signature};
@@ -192,69 +192,43 @@ impl TextArch {
     /// files', else the defaults; and which of those each came from.
     fn settings(&self, assets: &Assets) -> Result<Settings, FolderError> {
         let folder = st_files::read(assets)?;
-        let mut from = serde_json::Map::new();
-        let mut source = |what: &str, file: &str| {
-            from.insert(what.to_string(), serde_json::json!(file));
-        };
-        let pooling = match (self.head.pooling, &folder.pooling) {
-            (Some(p), _) => {
-                source("pooling", "config");
-                p
-            }
-            (None, Some(found)) => {
-                source("pooling", found.file);
-                found.value.clone().map_err(|mode| FolderError::Parse {
-                    file: found.file,
-                    message: format!("{mode}; set `pooling` in the model's config to override it"),
-                })?
-            }
-            (None, None) => {
-                source("pooling", "default");
-                PoolingMode::Mean
-            }
-        };
-        let normalize = match (self.head.normalize, &folder.normalize) {
-            (Some(n), _) => {
-                source("normalize", "config");
-                n
-            }
-            (None, Some(found)) => {
-                source("normalize", found.file);
-                found.value
-            }
-            (None, None) => {
-                source("normalize", "default");
-                true
-            }
-        };
+        let (pooling, pooling_from) = pick(
+            self.head.pooling.map(Ok),
+            folder.pooling.as_ref().map(Found::pair),
+            (Ok(PoolingMode::Mean), "default"),
+        );
+        let pooling = pooling.map_err(|mode| FolderError::Parse {
+            file: pooling_from,
+            message: format!("{mode}; set `pooling` in the model's config to override it"),
+        })?;
+        let (normalize, normalize_from) = pick(
+            self.head.normalize,
+            folder.normalize.as_ref().map(Found::pair),
+            (true, "default"),
+        );
         let limit = self.spec.max_len();
-        let max_seq_length = match (self.head.max_seq_length, &folder.max_seq_length) {
-            (Some(m), _) => {
-                source("max_seq_length", "config");
-                m
-            }
-            (None, Some(found)) if found.value >= 1.0 => {
-                source("max_seq_length", found.file);
-                found.value.min(limit as f64) as usize
-            }
-            _ => {
-                source("max_seq_length", "max_position_embeddings");
-                limit
-            }
-        };
-        let token_types = self.spec.type_vocab_size > 0
-            && folder.token_types.unwrap_or(self.family.tokenizer_types);
+        let (max_seq_length, length_from) = pick(
+            self.head.max_seq_length,
+            folder
+                .max_seq_length
+                .as_ref()
+                .filter(|f| f.value >= 1.0)
+                .map(|f| (f.value.min(limit as f64) as usize, f.file)),
+            (limit, "max_position_embeddings"),
+        );
         let mut parameters = Notes::new();
+        let mut from = serde_json::Map::new();
         parameters.insert("task".into(), serde_json::json!(self.task_name()));
         if self.head.task == Task::Embedding {
             parameters.insert("pooling".into(), serde_json::json!(pooling.name()));
             parameters.insert("normalize".into(), serde_json::json!(normalize));
+            from.insert("pooling".into(), serde_json::json!(pooling_from));
+            from.insert("normalize".into(), serde_json::json!(normalize_from));
         } else {
-            from.remove("pooling");
-            from.remove("normalize");
             parameters.insert("labels".into(), serde_json::json!(self.labels));
         }
         parameters.insert("max_seq_length".into(), serde_json::json!(max_seq_length));
+        from.insert("max_seq_length".into(), serde_json::json!(length_from));
         parameters.insert("truncate".into(), serde_json::json!(self.head.truncate));
         if folder.lowercase {
             parameters.insert("lowercase".into(), serde_json::json!(true));
@@ -265,7 +239,8 @@ impl TextArch {
             normalize,
             max_seq_length,
             lowercase: folder.lowercase,
-            token_types,
+            token_types: self.spec.type_vocab_size > 0
+                && folder.token_types.unwrap_or(self.family.tokenizer_types),
             parameters,
         })
     }
@@ -275,6 +250,19 @@ impl TextArch {
             Task::Embedding => "embedding",
             Task::Classification => "classification",
         }
+    }
+}
+
+/// The config's value if set, else the file's, else the default, with where it came from.
+fn pick<T>(
+    config: Option<T>,
+    file: Option<(T, &'static str)>,
+    default: (T, &'static str),
+) -> (T, &'static str) {
+    match (config, file) {
+        (Some(value), _) => (value, "config"),
+        (None, Some(found)) => found,
+        (None, None) => default,
     }
 }
 

@@ -33,6 +33,13 @@ pub struct Found<T> {
     pub file: &'static str,
 }
 
+impl<T: Clone> Found<T> {
+    /// The value and its file.
+    pub fn pair(&self) -> (T, &'static str) {
+        (self.value.clone(), self.file)
+    }
+}
+
 /// What a version folder's files say; `None` where they say nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FolderSettings {

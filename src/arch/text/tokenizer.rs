@@ -187,6 +187,10 @@ mod tests {
     use super::*;
 
     fn tokenizer_json() -> Vec<u8> {
+        tokenizer_json_lowercasing(true)
+    }
+
+    fn tokenizer_json_lowercasing(lowercase: bool) -> Vec<u8> {
         let vocab: serde_json::Map<String, serde_json::Value> =
             ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "!"]
                 .iter()
@@ -200,7 +204,7 @@ mod tests {
                         "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"},
             "added_tokens": [],
             "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
-                           "strip_accents": null, "lowercase": true},
+                           "strip_accents": null, "lowercase": lowercase},
             "pre_tokenizer": {"type": "BertPreTokenizer"},
             "post_processor": {"type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -275,5 +279,26 @@ mod tests {
             tok.encode(&"x".repeat(10_000)),
             Err(TokenizerError::TooManyBytes { .. })
         ));
+    }
+
+    #[test]
+    fn pairs_use_the_pair_template_and_lowercasing_comes_first() {
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 6, 7, true).unwrap();
+        // The fixture's pair template is `A B` with type ids 0 and 1 (no special tokens).
+        let e = tok.encode_pair("hello world", "!").unwrap();
+        assert_eq!((e.ids, e.type_ids), (vec![4, 5, 6], vec![0, 0, 1]));
+        // Longest first: the longer text loses its tail until the pair fits in 5.
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 5, 7, true).unwrap();
+        let e = tok.encode_pair("hello world hello world", "! !").unwrap();
+        assert_eq!(
+            (e.ids, e.type_ids),
+            (vec![4, 5, 4, 6, 6], vec![0, 0, 0, 1, 1])
+        );
+        assert!(e.truncated);
+        let cased =
+            TextTokenizer::from_json(&tokenizer_json_lowercasing(false), 6, 7, true).unwrap();
+        assert_eq!(cased.encode("Hello").unwrap().ids, vec![2, 1, 3]);
+        let lowered = cased.lowercase_first().unwrap();
+        assert_eq!(lowered.encode("Hello").unwrap().ids, vec![2, 4, 3]);
     }
 }
