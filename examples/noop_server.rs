@@ -18,13 +18,37 @@ async fn metadata() -> impl IntoResponse {
     )
 }
 
+/// The request as a plain serde reader sees it: the same fields wick's decoder reads, with
+/// `data` parsed into floats.
+#[derive(serde::Deserialize)]
+struct Request {
+    id: Option<String>,
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    inputs: Vec<Input>,
+    outputs: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Input {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    data: Vec<f32>,
+}
+
 async fn infer(body: Bytes) -> axum::response::Response {
-    match serde_json::from_slice::<wick::protocol::request::InferRequest>(&body) {
-        Ok(_) => (
+    match serde_json::from_slice::<Request>(&body) {
+        // Touch what was parsed, as a handler would.
+        Ok(r) if r.inputs.iter().all(|i| {
+            !i.name.is_empty() && !i.datatype.is_empty() && i.shape.len() <= 8 && !i.data.is_empty()
+        }) && r.id.as_deref() != Some("")
+            && r.parameters.as_ref().is_none_or(|p| p.len() < 64)
+            && r.outputs.as_ref().is_none_or(|o| o.len() < 64) => (
             [(header::CONTENT_TYPE, "application/json")],
             r#"{"model_name":"digits","model_version":"1","outputs":[{"name":"output","datatype":"FP32","shape":[1,10],"data":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0]}]}"#,
         )
             .into_response(),
+        Ok(_) => (StatusCode::BAD_REQUEST, "empty input").into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }

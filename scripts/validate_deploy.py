@@ -5,13 +5,17 @@ Core resources (Deployment, Service, HPA, ...) are validated as they are. KServe
 ServingRuntime and InferenceService are custom resources whose schemas are not part of
 Kubernetes: their pod-level parts (containers, volumes, security contexts, probes) are
 validated as a Pod through the core schemas, and their own fields are checked against the
-shape KServe's v1alpha1/v1beta1 API documents. Exits non-zero on the first problem.
+shape KServe's v1alpha1/v1beta1 API documents. Every container image must be the one the README's
+build command makes, wick:<version of Cargo.toml> (or $WICK_IMAGE, for manifests edited to name a
+registry), so the name is never a placeholder to discover. deploy/compose.yaml is not a
+Kubernetes manifest (the container tests run it). Exits non-zero on the first problem.
 
     python scripts/validate_deploy.py [KUBERNETES_VERSION]
 """
 
 import glob
 import os
+import re
 import sys
 
 import kubernetes_validate
@@ -24,6 +28,26 @@ VERSION = sys.argv[1] if len(sys.argv) > 1 else "1.33.0"
 def fail(path, message):
     print(f"FAIL {os.path.relpath(path, ROOT)}: {message}")
     sys.exit(1)
+
+
+def cargo_version():
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        match = re.search(r'^version = "([^"]+)"', f.read(), re.MULTILINE)
+    if not match:
+        fail(os.path.join(ROOT, "Cargo.toml"), "no package version")
+    return match.group(1)
+
+
+def check_images(path, node, expected):
+    """Every `image:` under node names the image the README builds."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str) and value != expected:
+                fail(path, f"image {value!r}, expected {expected!r} (docker build -t {expected} .; or set WICK_IMAGE)")
+            check_images(path, value, expected)
+    elif isinstance(node, list):
+        for item in node:
+            check_images(path, item, expected)
 
 
 def validate_core(path, resource):
@@ -102,13 +126,16 @@ def validate_inference_service(path, resource, runtimes):
 
 
 def main():
-    files = sorted(glob.glob(os.path.join(ROOT, "deploy", "**", "*.yaml"), recursive=True))
+    files = sorted(path for sub in ("kubernetes", "kserve")
+                   for path in glob.glob(os.path.join(ROOT, "deploy", sub, "**", "*.yaml"), recursive=True))
     if not files:
         fail(ROOT, "no manifests in deploy/")
     resources = [(path, r) for path in files for r in yaml.safe_load_all(open(path)) if r]
     runtimes = {r["metadata"]["name"]: {f["name"] for f in r["spec"].get("supportedModelFormats", [])}
                 for _, r in resources if r.get("kind") == "ServingRuntime"}
+    image = os.environ.get("WICK_IMAGE") or f"wick:{cargo_version()}"
     for path, resource in resources:
+        check_images(path, resource, image)
         kind = resource.get("kind")
         if kind == "ServingRuntime":
             validate_serving_runtime(path, resource)

@@ -129,12 +129,19 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
                 deadline: server.limits.body_deadline,
             },
             decode: DecodeLimits::default(),
+            max_inflight_body_bytes: server.limits.max_inflight_body_bytes,
+            slow_threads: match server.limits.decode_threads {
+                0 => ThreadBudget::resolve(server.compute_threads).tokio_workers,
+                n => n,
+            },
         },
         server.strict_readiness,
     );
     let serve_options = ServeOptions {
         header_read_timeout: server.limits.header_read_timeout,
+        keep_alive_idle: server.limits.keep_alive_idle,
         max_connections: server.limits.max_connections,
+        max_connections_per_peer: server.limits.max_connections_per_peer,
         grace: server.shutdown_grace,
     };
     let (stop, stopped) = watch::channel(false);

@@ -198,7 +198,11 @@ async fn malformed_framing_is_a_400() {
     // Size not matching the shape, past the body, trailing bytes, odd and misaligned sizes.
     let (status, _, answer) = send(&server, &header(36), &good_tail[..36]).await;
     expect(status, &answer, "needs 40");
+    // A size that disagrees with the shape is refused as such, before the tail is read.
     let (status, _, answer) = send(&server, &header(80), &good_tail).await;
+    expect(status, &answer, "needs 40");
+    let two_rows = json!({"inputs": [{"name": "input", "shape": [2, 10], "datatype": "FP32", "parameters": {"binary_data_size": 80}}]});
+    let (status, _, answer) = send(&server, &two_rows, &good_tail).await;
     expect(status, &answer, "runs past the end");
     let mut long = good_tail.clone();
     long.extend_from_slice(&[1, 2, 3]);

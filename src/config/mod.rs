@@ -69,15 +69,28 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// Readiness is 200 only when every configured model has a ready version (Triton's default).
     pub strict_readiness: bool,
+    /// Version directories and files may resolve (through symlinks) outside the repository.
+    pub allow_external_symlinks: bool,
 }
 
 /// Protective limits of the HTTP front end.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
+    /// Request-body bytes being received or decoded at once, server-wide.
+    pub max_inflight_body_bytes: usize,
+    /// Threads of the pool that decodes large bodies and tokenises (0: as many as tokio workers).
+    pub decode_threads: usize,
+    /// A new connection's first request head, and any request head once its first byte
+    /// arrived, must be complete within this.
     pub header_read_timeout: Duration,
+    /// Keep-alive connections idle this long are closed.
+    pub keep_alive_idle: Duration,
     pub body_deadline: Duration,
     pub max_connections: usize,
+    /// Open connections from one IP address (0: no limit; behind a load balancer every
+    /// connection comes from a few addresses).
+    pub max_connections_per_peer: usize,
 }
 
 /// One `[[models]]` entry.
@@ -199,18 +212,28 @@ struct RawServer {
     compute_threads: usize,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: usize,
+    #[serde(default = "default_max_inflight_body_bytes")]
+    max_inflight_body_bytes: usize,
+    #[serde(default)]
+    decode_threads: usize,
     #[serde(default = "default_header_read_timeout_ms")]
     header_read_timeout_ms: u64,
+    #[serde(default = "default_keep_alive_idle_ms")]
+    keep_alive_idle_ms: u64,
     #[serde(default = "default_body_deadline_ms")]
     body_deadline_ms: u64,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default)]
+    max_connections_per_peer: usize,
     #[serde(default = "default_shutdown_grace_ms")]
     shutdown_grace_ms: u64,
     #[serde(default)]
     drain_delay_ms: u64,
     #[serde(default = "default_true")]
     strict_readiness: bool,
+    #[serde(default)]
+    allow_external_symlinks: bool,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -219,9 +242,16 @@ fn default_poll_interval_ms() -> u64 {
 fn default_max_body_bytes() -> usize {
     64 << 20
 }
+fn default_max_inflight_body_bytes() -> usize {
+    256 << 20
+}
 fn default_header_read_timeout_ms() -> u64 {
-    // Also the idle keep-alive timeout: hyper starts this timer whenever it waits for a request.
-    30_000
+    10_000
+}
+fn default_keep_alive_idle_ms() -> u64 {
+    // Longer than the 60 s idle timeout of common load balancers, so they close first and
+    // never send a request on a connection the server is closing.
+    75_000
 }
 fn default_body_deadline_ms() -> u64 {
     30_000
@@ -292,6 +322,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WICK_POLL_INTERVAL_MS", "server.poll_interval_ms"),
     ("WICK_COMPUTE_THREADS", "server.compute_threads"),
     ("WICK_MAX_BODY_BYTES", "server.max_body_bytes"),
+    (
+        "WICK_MAX_INFLIGHT_BODY_BYTES",
+        "server.max_inflight_body_bytes",
+    ),
     ("WICK_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
     ("WICK_DRAIN_DELAY_MS", "server.drain_delay_ms"),
 ];
@@ -403,6 +437,15 @@ fn resolve_server(
             "server.max_body_bytes: must be at least 1024".to_string(),
         ));
     }
+    let max_inflight_body_bytes = number(
+        "WICK_MAX_INFLIGHT_BODY_BYTES",
+        raw.max_inflight_body_bytes as u64,
+    )? as usize;
+    if max_inflight_body_bytes < max_body_bytes {
+        return Err(invalid(format!(
+            "server.max_inflight_body_bytes: {max_inflight_body_bytes} is below max_body_bytes ({max_body_bytes}): a body of the largest size could never be admitted"
+        )));
+    }
     let shutdown_grace_ms = number("WICK_SHUTDOWN_GRACE_MS", raw.shutdown_grace_ms)?;
     let drain_delay_ms = number("WICK_DRAIN_DELAY_MS", raw.drain_delay_ms)?;
     if raw.max_connections == 0 {
@@ -418,13 +461,18 @@ fn resolve_server(
         compute_threads,
         limits: HttpLimits {
             max_body_bytes,
+            max_inflight_body_bytes,
+            decode_threads: raw.decode_threads,
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.max(1)),
+            keep_alive_idle: Duration::from_millis(raw.keep_alive_idle_ms.max(1)),
             body_deadline: Duration::from_millis(raw.body_deadline_ms.max(1)),
             max_connections: raw.max_connections,
+            max_connections_per_peer: raw.max_connections_per_peer,
         },
         shutdown_grace: Duration::from_millis(shutdown_grace_ms),
         drain_delay: Duration::from_millis(drain_delay_ms),
         strict_readiness: raw.strict_readiness,
+        allow_external_symlinks: raw.allow_external_symlinks,
     })
 }
 

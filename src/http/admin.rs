@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::model::naming::parse_version;
-use crate::protocol::request::{ParamValue, Parameters};
+use crate::protocol::params::{ParamValue, Parameters};
 use crate::repository::Repository;
 
-use super::body::read_body;
+use super::body::{receive, Encoding};
 use super::error::ApiError;
 use super::AppState;
 
@@ -90,7 +90,14 @@ async fn json_body<T: Default + serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(body, headers, &app.limits).await?;
+    let mut received = receive(body, headers, &app.limits.body, &app.inflight).await?;
+    if received.encoding != Encoding::Identity {
+        return Err(ApiError::Header {
+            header: "Content-Encoding",
+            message: "the repository API takes uncompressed bodies".to_string(),
+        });
+    }
+    let bytes = received.contiguous();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -1,87 +1,283 @@
-//! Reading request bodies with a size limit, a total deadline and bounded decompression.
+//! Receiving request bodies within the server's limits.
 //!
-//! axum's `Bytes` extractor answers an oversized body with a plain-text 413; reading the body
-//! here keeps every error in the JSON shape, refuses a declared `Content-Length` above the limit
-//! before reading a byte, and bounds the total time a body may take (a per-frame timeout would
-//! let a client trickle one byte at a time forever). tritonclient may compress requests
-//! (`Content-Encoding: gzip` or `deflate`); they are inflated here with the same byte limit
-//! applied to the *decompressed* size, so a zip bomb costs at most `max_bytes`.
+//! A body is received as the chunks it arrives in, each chunk's size taken from the server-wide
+//! in-flight budget as it comes ([`Inflight`]): beyond `max_inflight_body_bytes` a request is
+//! refused at once with 503 and `Retry-After`. A declared `Content-Length` above the body limit
+//! is refused before a byte is read, and the whole body must arrive before a deadline (a
+//! per-frame timeout would let a client trickle one byte at a time forever). Decoding then
+//! reads the chunks in order and frees each once consumed, so a large body and its decoded
+//! tensors are never both whole in memory. tritonclient may compress requests
+//! (`Content-Encoding: gzip` or `deflate`): they are inflated while they are decoded, with the
+//! body limit applied to the *decompressed* size, so a zip bomb costs at most `max_bytes` of
+//! work, on the slow-work pool ([`super::pool`]), never on an async worker.
 
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use std::io::Read;
-
 use bytes::Bytes;
 use http::{header, HeaderMap};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 
 /// Limits applied to every request body.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
+    /// One body, after decompression.
     pub max_bytes: usize,
+    /// The whole body must arrive within this.
     pub deadline: Duration,
 }
 
-pub async fn read_body(
-    body: Body,
-    headers: &HeaderMap,
-    limits: &super::Limits,
-) -> Result<Bytes, ApiError> {
-    let limits = limits.body;
-    if let Some(declared) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if declared > limits.max_bytes as u64 {
-            return Err(ApiError::BodyTooLarge {
-                limit: limits.max_bytes,
-            });
+/// The server-wide budget of request-body bytes being received or decoded at once
+/// (`max_inflight_body_bytes`). Beyond it, requests are refused at once (503 with
+/// `Retry-After`) rather than queued into an out-of-memory kill: memory is bounded by what the
+/// server admits, not by what clients send.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+/// Budget units: KiB, so a u32 permit count covers 4 TiB.
+const UNIT: usize = 1024;
+
+impl Inflight {
+    pub fn new(limit_bytes: usize) -> Inflight {
+        let units = (limit_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Inflight {
+            permits: Arc::new(Semaphore::new(units)),
+            limit: limit_bytes,
         }
     }
-    let encoding = headers
+
+    /// Takes `bytes` more of the budget into `held`, or refuses.
+    fn take(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> Result<(), ApiError> {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
+        let busy = || ApiError::Busy { limit: self.limit };
+        if units == 0 {
+            return Ok(());
+        }
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_many_owned(units)
+            .map_err(|_| busy())?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+
+    /// Budget in use now, in bytes (for tests and metrics).
+    pub fn in_use(&self) -> usize {
+        let free = self.permits.available_permits() * UNIT;
+        self.limit.saturating_sub(free.min(self.limit))
+    }
+}
+
+/// How a body's bytes are coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    /// HTTP's "deflate" is the zlib format.
+    Deflate,
+}
+
+/// A body received whole, as the chunks it arrived in, holding its share of the in-flight
+/// budget until it is dropped (after decoding).
+#[derive(Debug)]
+pub struct Received {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    pub encoding: Encoding,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Received {
+    /// Bytes received (compressed bytes for a compressed body).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body as one contiguous buffer (copies only when it arrived in several chunks).
+    pub fn contiguous(&mut self) -> Bytes {
+        if self.chunks.len() == 1 {
+            return self.chunks[0].clone();
+        }
+        let mut all = Vec::with_capacity(self.len);
+        for chunk in &self.chunks {
+            all.extend_from_slice(chunk);
+        }
+        Bytes::from(all)
+    }
+
+    /// A reader of the decoded bytes that frees each chunk once it is consumed and refuses to
+    /// inflate a compressed body past `max_bytes` (`overflow` is set when it tried).
+    pub fn into_reader(self, max_bytes: usize, overflow: Arc<AtomicBool>) -> Box<dyn Read + Send> {
+        let encoding = self.encoding;
+        let chunks = ChunkReader { received: self };
+        match encoding {
+            Encoding::Identity => Box::new(chunks),
+            Encoding::Gzip => Box::new(Bounded::new(
+                flate2::read::GzDecoder::new(chunks),
+                max_bytes,
+                overflow,
+            )),
+            Encoding::Deflate => Box::new(Bounded::new(
+                flate2::read::ZlibDecoder::new(chunks),
+                max_bytes,
+                overflow,
+            )),
+        }
+    }
+}
+
+/// Reads a received body chunk by chunk, dropping each chunk once it is read.
+struct ChunkReader {
+    received: Received,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let chunks = &mut self.received.chunks;
+        while let Some(front) = chunks.front_mut() {
+            if front.is_empty() {
+                chunks.pop_front();
+                continue;
+            }
+            let n = front.len().min(buf.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            let _ = front.split_to(n);
+            if front.is_empty() {
+                chunks.pop_front();
+            }
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// A reader that fails once more than `limit` bytes came out of it: the decompressed size of a
+/// body is bounded like its received size, so a zip bomb costs at most `limit` bytes of work.
+struct Bounded<R> {
+    inner: R,
+    left: usize,
+    overflow: Arc<AtomicBool>,
+}
+
+impl<R> Bounded<R> {
+    fn new(inner: R, limit: usize, overflow: Arc<AtomicBool>) -> Bounded<R> {
+        Bounded {
+            inner,
+            left: limit,
+            overflow,
+        }
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Ask for one byte more than may come: getting it means the limit was passed.
+        let want = buf.len().min(self.left.saturating_add(1));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n > self.left {
+            self.overflow.store(true, Ordering::Release);
+            return Err(std::io::Error::other("the decompressed body is too large"));
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// Receives a request body: refuses a declared `Content-Length` above the limit before reading
+/// a byte, takes each chunk's size from the in-flight budget as it arrives (refusing when the
+/// budget is spent), and bounds the total time the body may take (a per-frame timeout would let
+/// a client trickle one byte at a time forever).
+pub async fn receive(
+    body: Body,
+    headers: &HeaderMap,
+    limits: &BodyLimits,
+    inflight: &Inflight,
+) -> Result<Received, ApiError> {
+    let too_large = || ApiError::BodyTooLarge {
+        limit: limits.max_bytes,
+    };
+    let encoding = match headers
         .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let collect = Limited::new(body, limits.max_bytes).collect();
-    let raw = match tokio::time::timeout(limits.deadline, collect).await {
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("identity") => Encoding::Identity,
+        Some("gzip") => Encoding::Gzip,
+        Some("deflate") => Encoding::Deflate,
+        Some(other) => {
+            return Err(ApiError::Header {
+                header: "Content-Encoding",
+                message: format!(
+                    "{:?} is not supported (gzip, deflate or identity)",
+                    crate::protocol::clip(other)
+                ),
+            })
+        }
+    };
+    let mut budget = None;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared {
+        if declared > limits.max_bytes as u64 {
+            return Err(too_large());
+        }
+        inflight.take(&mut budget, declared as usize)?;
+    }
+    let mut received = Received {
+        chunks: VecDeque::new(),
+        len: 0,
+        encoding,
+        _budget: None,
+    };
+    let collect = async {
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received.len += data.len();
+            if received.len > limits.max_bytes {
+                return Err(too_large());
+            }
+            if declared.is_none() {
+                inflight.take(&mut budget, data.len())?;
+            }
+            received.chunks.push_back(data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limits.deadline, collect).await {
         Err(_) => {
             return Err(ApiError::BodyTimeout {
                 seconds: limits.deadline.as_secs(),
             })
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::BodyTooLarge {
-                limit: limits.max_bytes,
-            })
-        }
-        Ok(Err(e)) => return Err(ApiError::BodyRead(e.to_string())),
-    };
-    match encoding.as_deref() {
-        None | Some("identity") => Ok(raw),
-        Some("gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), limits.max_bytes),
-        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limits.max_bytes),
-        Some(other) => Err(ApiError::Header {
-            header: "Content-Encoding",
-            message: format!("{other:?} is not supported (gzip, deflate or identity)"),
-        }),
+        Ok(result) => result?,
     }
-}
-
-/// Decompresses at most `limit` bytes; one byte more means the body is too large.
-fn inflate(decoder: impl Read, limit: usize) -> Result<Bytes, ApiError> {
-    let mut out = Vec::new();
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::BodyRead(format!("cannot decompress the body: {e}")))?;
-    if out.len() > limit {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    Ok(Bytes::from(out))
+    received._budget = budget;
+    Ok(received)
 }
 
 /// A response content coding wick can produce.
@@ -175,17 +371,64 @@ mod tests {
         assert_eq!(coding("*"), Some(Coding::Gzip));
     }
 
-    #[test]
-    fn compressed_bodies_round_trip() {
-        let body = br#"{"outputs":[1,2,3,4,5,6,7,8,9,10]}"#.repeat(10);
-        for coding in [Coding::Gzip, Coding::Deflate] {
-            let packed = compress(&body, coding).unwrap();
-            let unpacked = match coding {
-                Coding::Gzip => inflate(flate2::read::GzDecoder::new(&packed[..]), 1 << 20),
-                Coding::Deflate => inflate(flate2::read::ZlibDecoder::new(&packed[..]), 1 << 20),
-            }
-            .unwrap();
-            assert_eq!(&unpacked[..], &body[..]);
+    fn received(chunks: &[&[u8]], encoding: Encoding) -> Received {
+        Received {
+            chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
+            len: chunks.iter().map(|c| c.len()).sum(),
+            encoding,
+            _budget: None,
         }
+    }
+
+    #[test]
+    fn compressed_bodies_round_trip_through_the_chunk_reader() {
+        let body = br#"{"outputs":[1,2,3,4,5,6,7,8,9,10]}"#.repeat(10);
+        for (coding, encoding) in [
+            (Coding::Gzip, Encoding::Gzip),
+            (Coding::Deflate, Encoding::Deflate),
+        ] {
+            let packed = compress(&body, coding).unwrap();
+            let (a, b) = packed.split_at(packed.len() / 2);
+            let overflow = Arc::new(AtomicBool::new(false));
+            let mut out = Vec::new();
+            received(&[a, b], encoding)
+                .into_reader(1 << 20, Arc::clone(&overflow))
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, body);
+            assert!(!overflow.load(Ordering::Acquire));
+        }
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_limit() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![0u8; 10 << 20]).unwrap();
+        let packed = encoder.finish().unwrap();
+        assert!(packed.len() < 64 << 10, "{}", packed.len());
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut out = Vec::new();
+        let result = received(&[&packed], Encoding::Gzip)
+            .into_reader(1 << 20, Arc::clone(&overflow))
+            .read_to_end(&mut out);
+        assert!(result.is_err());
+        assert!(out.len() <= 1 << 20);
+        assert!(overflow.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn the_inflight_budget_refuses_beyond_its_limit_and_frees_on_drop() {
+        let inflight = Inflight::new(64 << 10);
+        let mut a = None;
+        inflight.take(&mut a, 40 << 10).unwrap();
+        let mut b = None;
+        assert!(matches!(
+            inflight.take(&mut b, 40 << 10),
+            Err(ApiError::Busy { .. })
+        ));
+        assert_eq!(inflight.in_use(), 40 << 10);
+        drop(a);
+        inflight.take(&mut b, 40 << 10).unwrap();
     }
 }

@@ -59,6 +59,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the server is receiving and decoding its limit of {limit} bytes of request bodies (max_inflight_body_bytes); retry later")]
+    Busy { limit: usize },
     #[error("internal error")]
     Internal(String),
 }
@@ -87,7 +89,8 @@ impl ApiError {
             }
             ApiError::ModelNotReady(_)
             | ApiError::VersionNotReady { .. }
-            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::ShuttingDown
+            | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -106,6 +109,9 @@ impl ApiError {
         }
     }
 }
+
+/// The longest error message a client is sent.
+const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// A JSON error response with `status`.
 pub fn error_response(status: StatusCode, message: &str) -> Response {
@@ -137,6 +143,9 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
+        // Messages quote the request (names, shapes, values); whatever quotes survived the
+        // clipping at their source, no error body repeats more than this much of it.
+        let message = crate::protocol::error::clip_to(&message, MAX_MESSAGE_BYTES);
         let mut response = error_response(status, &message);
         if let Some(detail) = detail {
             response.extensions_mut().insert(FailureDetail(detail));

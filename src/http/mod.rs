@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod body;
+pub mod connections;
 pub mod error;
 mod health;
 mod infer;
 mod observe;
+pub mod pool;
 mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +40,10 @@ pub use server::{serve, Listener, ServeOptions};
 pub struct Limits {
     pub body: BodyLimits,
     pub decode: DecodeLimits,
+    /// `max_inflight_body_bytes`: request-body bytes received or decoded at once, server-wide.
+    pub max_inflight_body_bytes: usize,
+    /// Threads of the slow-work pool.
+    pub slow_threads: usize,
 }
 
 /// Shared state of every handler: `Arc` handles only.
@@ -46,6 +52,10 @@ pub struct AppState {
     pub repository: Arc<Repository>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Request-body bytes being received or decoded, bounded server-wide.
+    pub inflight: body::Inflight,
+    /// Where slow work (big decodes, decompression, tokenising) runs.
+    pub slow: pool::SlowPool,
     /// Set when shutdown begins: readiness turns 503 at once.
     pub draining: Arc<AtomicBool>,
     /// Readiness requires every model to serve a version (otherwise: the process is up).
@@ -57,6 +67,8 @@ impl AppState {
         AppState {
             metrics: Arc::clone(repository.metrics()),
             repository,
+            inflight: body::Inflight::new(limits.max_inflight_body_bytes),
+            slow: pool::SlowPool::new(limits.slow_threads),
             limits,
             draining: Arc::new(AtomicBool::new(false)),
             strict_readiness,

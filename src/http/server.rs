@@ -1,23 +1,32 @@
-//! The connection loop: hyper's HTTP/1 server with a header-read timeout, a connection cap and a
-//! bounded graceful shutdown.
+//! The connection loop: hyper's HTTP/1 server with request-head deadlines, a fair connection
+//! cap and a bounded graceful shutdown.
 //!
 //! `axum::serve` builds hyper without a timer, which silently disables the header-read timeout
-//! (docs/security.md F5): a client sending half a request line would hold a connection forever. Here
-//! the timer is set, so a connection that does not deliver a complete request head within
-//! `header_read_timeout` (also the idle keep-alive time) is closed. Connections beyond
-//! `max_connections` are closed at once. On shutdown the listener closes, idle keep-alive
-//! connections are closed, in-flight requests get until `grace` to finish.
+//! (docs/security.md F5): a client sending half a request line would hold a connection forever.
+//! Here hyper has a timer (its header timeout is the keep-alive idle time: it starts whenever a
+//! connection waits for a request), and [`super::connections`] adds what hyper cannot tell
+//! apart: a new connection's first request head, and any head once its first byte arrived, must
+//! be complete within `header_read_timeout`; at `max_connections` the connection idle longest
+//! makes room for a new one. On shutdown the listener closes, idle keep-alive connections are
+//! closed, in-flight requests get until `grace` to finish.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::Router;
+use bytes::Bytes;
+use http_body::Frame;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use super::connections::{Connections, Fairness, Tracked, Tracker};
 
 pub type Listener = TcpListener;
 
@@ -25,10 +34,15 @@ pub type Listener = TcpListener;
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
+    pub keep_alive_idle: Duration,
     pub max_connections: usize,
+    pub max_connections_per_peer: usize,
     /// How long in-flight requests get after shutdown begins.
     pub grace: Duration,
 }
+
+/// How often overdue request heads are looked for.
+const SWEEP: Duration = Duration::from_millis(200);
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains within `options.grace`.
 pub async fn serve(
@@ -37,20 +51,34 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let connections = Connections::new(Fairness {
+        max_connections: options.max_connections,
+        max_per_peer: options.max_connections_per_peer,
+        header_read_timeout: options.header_read_timeout,
+    });
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        .header_read_timeout(options.keep_alive_idle)
         .keep_alive(true)
         .max_headers(128);
+    let sweeper = tokio::spawn({
+        let connections = Arc::clone(&connections);
+        async move {
+            let mut tick = tokio::time::interval(SWEEP);
+            loop {
+                tick.tick().await;
+                connections.sweep();
+            }
+        }
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -58,29 +86,110 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    tracing::warn!(limit = options.max_connections, "connection limit reached; closing a new connection");
-                    continue;
+                let tracker = match connections.admit(peer.ip()) {
+                    Ok(tracker) => tracker,
+                    Err(why) => {
+                        tracing::warn!(limit = options.max_connections, ?why, %peer, "connection refused: every slot serves a request");
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let service = TowerToHyperService::new(tracked_service(app.clone(), Arc::clone(&tracker)));
+                let io = TokioIo::new(Tracked::new(stream, Arc::clone(&tracker)));
+                let connection = graceful.watch(builder.serve_connection(io, service));
+                let connections = Arc::clone(&connections);
                 tokio::spawn(async move {
-                    // Errors here are client-side: resets, header timeouts, malformed requests.
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended");
+                    tokio::select! {
+                        // Errors here are client-side: resets, header timeouts, malformed requests.
+                        result = connection => if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended");
+                        },
+                        // Evicted, or its request head was overdue: dropping closes the socket.
+                        () = tracker.killed() => {}
                     }
-                    drop(permit);
+                    connections.release(&tracker);
                 });
             }
             () = &mut shutdown => break,
         }
     }
+    sweeper.abort();
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(options.grace) => {
             tracing::warn!(grace_ms = options.grace.as_millis() as u64, "connections still open after the shutdown grace period; closing them");
         }
+    }
+}
+
+/// The router behind a connection, telling the connection's tracker when a request starts and
+/// when its response has been sent (a connection is never evicted in between).
+fn tracked_service(
+    app: Router,
+    tracker: Arc<Tracker>,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let tracker = Arc::clone(&tracker);
+        tracker.request_started();
+        async move {
+            let response = app.oneshot(request).await?;
+            Ok(response.map(|body| {
+                Body::new(Finishing {
+                    inner: body,
+                    tracker: Some(tracker),
+                })
+            }))
+        }
+    })
+}
+
+/// A response body that marks its request finished once it is sent (or dropped).
+struct Finishing {
+    inner: Body,
+    tracker: Option<Arc<Tracker>>,
+}
+
+impl Finishing {
+    fn finish(&mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.request_finished();
+        }
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl http_body::Body for Finishing {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.finish();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

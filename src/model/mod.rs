@@ -31,6 +31,10 @@ pub struct IoSpec {
     pub kind: ElemKind,
     pub dims: Vec<i64>,
     pub optional: bool,
+    /// BYTES inputs: the most bytes of an element the model reads (a text model's byte budget).
+    /// Decoders keep only that much (plus a character, so the model sees the element was
+    /// longer), whatever the client sends.
+    pub max_bytes: Option<usize>,
 }
 
 impl IoSpec {
@@ -40,11 +44,17 @@ impl IoSpec {
             kind,
             dims: dims.to_vec(),
             optional: false,
+            max_bytes: None,
         }
     }
 
     pub fn optional(mut self) -> IoSpec {
         self.optional = true;
+        self
+    }
+
+    pub fn max_bytes(mut self, max_bytes: usize) -> IoSpec {
+        self.max_bytes = Some(max_bytes);
         self
     }
 

@@ -8,13 +8,15 @@
 pub mod datatype;
 pub mod decode;
 pub mod encode;
+pub mod error;
 pub mod metadata;
-pub mod request;
+pub mod params;
 mod values;
 
 pub use datatype::Datatype;
-pub use decode::{decode, DecodeLimits, Decoded, OutputChoice, ProtocolError};
+pub use decode::{decode, decode_reader, DecodeLimits, Decoded, OutputChoice};
 pub use encode::{encode_response, Encoded, ResponseMeta};
+pub use error::{clip, ProtocolError};
 
 /// The response header carrying the length of the JSON part of a binary-extension body.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";

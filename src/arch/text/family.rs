@@ -11,7 +11,7 @@ use super::encoder::{Encoder, EncoderSpec};
 use super::head::{Classifier, ClassifierLayout, Head, HeadConfig, PoolingMode, Task};
 use super::model::{Slots, TextModel};
 use super::st_files::{self, FolderError, Found};
-use super::tokenizer::TextTokenizer;
+use super::tokenizer::{TextTokenizer, BYTES_PER_TOKEN};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
 use crate::model::{Assets, ElemKind, HostTensor, IoSpec, Model, Notes, Signature};
 use crate::state_dict::Glob;
@@ -153,9 +153,20 @@ impl TextArch {
             }
         }
         let classify = head.task == Task::Classification;
-        let mut inputs = vec![IoSpec::new("text", ElemKind::Bytes, &[]).optional()];
+        // Decoders keep at most the tokenizer's byte budget of each text (the longest
+        // max_seq_length a version's files can set is the position table's).
+        let budget = head
+            .max_seq_length
+            .unwrap_or(spec.max_len())
+            .saturating_mul(BYTES_PER_TOKEN);
+        let text = |name| {
+            IoSpec::new(name, ElemKind::Bytes, &[])
+                .optional()
+                .max_bytes(budget)
+        };
+        let mut inputs = vec![text("text")];
         if classify {
-            inputs.push(IoSpec::new("text_pair", ElemKind::Bytes, &[]).optional());
+            inputs.push(text("text_pair"));
         }
         for name in ["input_ids", "attention_mask"] {
             inputs.push(IoSpec::new(name, ElemKind::I64, &[-1]).optional());
