@@ -6,7 +6,11 @@
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench resnet18 1 8
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench minilm 1 8
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench minilm-singles 8
+//! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench roberta 1 8 --tokens 128
 //! ```
+//! `roberta`, `distilbert` and `mpnet` run random weights at the sizes
+//! scripts/bench_arch_torch.py gives them (roberta-base, distilbert-base, mpnet-base) on rows of
+//! `--tokens` token ids (default 128, as minilm), embedded with mean pooling and normalisation.
 //! resnet18 runs at 224×224 with deterministic pseudo-random weights (speed does not depend on
 //! the values); minilm runs the real weights from models/minilm/1 (scripts/fetch_minilm.sh) on
 //! rows of 128 token ids. `minilm-singles N` runs N rows one request at a time, to compare with a
@@ -84,6 +88,54 @@ fn minilm() -> anyhow::Result<Box<dyn Model>> {
     Ok(arch.build(tensors, &assets)?)
 }
 
+/// A text family at full size with deterministic pseudo-random weights (speed does not depend
+/// on the values), the sizes scripts/bench_arch_torch.py uses.
+fn text_family(name: &str) -> anyhow::Result<(std::sync::Arc<Configured>, Box<dyn Model>)> {
+    let table = match name {
+        "roberta" => "vocab_size = 50265\nhidden_size = 768\nnum_hidden_layers = 12\nnum_attention_heads = 12\n\
+                      intermediate_size = 3072\nmax_position_embeddings = 514\ntype_vocab_size = 1\n\
+                      layer_norm_eps = 1e-5\npad_token_id = 1",
+        "distilbert" => "vocab_size = 30522\ndim = 768\nn_layers = 6\nn_heads = 12\nhidden_dim = 3072\n\
+                         max_position_embeddings = 512",
+        "mpnet" => "vocab_size = 30527\nhidden_size = 768\nnum_hidden_layers = 12\nnum_attention_heads = 12\n\
+                    intermediate_size = 3072\nmax_position_embeddings = 514",
+        other => bail!("no text family {other:?}"),
+    };
+    let arch = configure(name, &table.parse()?)?;
+    let expected = arch.expected().map_err(anyhow::Error::msg)?;
+    let mut tensors = HashMap::new();
+    for (i, p) in expected.params.iter().enumerate() {
+        let n: usize = p.shape.iter().product();
+        let fan_in = p.shape.last().copied().unwrap_or(1) as f32;
+        let mut v = pseudo(n, i as u64 + 1, 1.0 / fan_in.sqrt());
+        if p.name.contains("LayerNorm.weight") || p.name.contains("layer_norm.weight") {
+            v.iter_mut().for_each(|x| *x = x.abs() + 0.5);
+        }
+        tensors.insert(
+            p.name.clone(),
+            Tensor::from_vec(v, p.shape.clone(), &Device::Cpu)?,
+        );
+    }
+    let model = arch.build(tensors, &Assets::default())?;
+    Ok((arch, model))
+}
+
+/// `rows` rows of `len` token ids as `input_ids`, aligned with `arch`'s signature.
+fn text_request(arch: &Configured, rows: usize, len: usize) -> Vec<Option<HostTensor>> {
+    let ids = ids_request(rows, len).swap_remove(1);
+    arch.signature()
+        .inputs
+        .iter()
+        .map(|s| {
+            if s.name == "input_ids" {
+                ids.clone()
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Median seconds of `runs` calls of `f` after 3 warm-up calls.
 fn median(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..3 {
@@ -127,9 +179,12 @@ fn main() -> anyhow::Result<()> {
     let which = args.next().unwrap_or_else(|| "resnet18".into());
     let mut batches: Vec<usize> = Vec::new();
     let mut runs: Option<usize> = None;
+    let mut tokens = 128;
     while let Some(a) = args.next() {
         if a == "--runs" {
             runs = Some(args.next().context("--runs N")?.parse()?);
+        } else if a == "--tokens" {
+            tokens = args.next().context("--tokens N")?.parse()?;
         } else {
             batches.push(a.parse().with_context(|| format!("batch size {a:?}"))?);
         }
@@ -163,19 +218,19 @@ fn main() -> anyhow::Result<()> {
         "minilm" => {
             let model = minilm()?;
             for b in batches {
-                let request = ids_request(b, 128);
+                let request = ids_request(b, tokens);
                 let t = median(runs.unwrap_or(if b > 1 { 7 } else { 15 }), || {
                     let p = model.prepare(request.clone()).map_err(anyhow::Error::msg)?;
                     model.forward(&[&p])?;
                     Ok(())
                 })?;
-                println!("wick minilm seq 128 batch {b}: {:.1} ms, {:.1} sequences/s (threads {threads})", t * 1e3, b as f64 / t);
+                println!("wick minilm seq {tokens} batch {b}: {:.1} ms, {:.1} sequences/s (threads {threads})", t * 1e3, b as f64 / t);
             }
         }
         "minilm-singles" => {
             let model = minilm()?;
             for b in batches {
-                let requests: Vec<_> = (0..b).map(|_| ids_request(1, 128)).collect();
+                let requests: Vec<_> = (0..b).map(|_| ids_request(1, tokens)).collect();
                 let t = median(runs.unwrap_or(7), || {
                     for r in &requests {
                         let p = model.prepare(r.clone()).map_err(anyhow::Error::msg)?;
@@ -183,10 +238,22 @@ fn main() -> anyhow::Result<()> {
                     }
                     Ok(())
                 })?;
-                println!("wick minilm seq 128 {b} single requests: {:.1} ms, {:.1} sequences/s (threads {threads})", t * 1e3, b as f64 / t);
+                println!("wick minilm seq {tokens} {b} single requests: {:.1} ms, {:.1} sequences/s (threads {threads})", t * 1e3, b as f64 / t);
             }
         }
-        other => bail!("unknown case {other:?}: resnet18, minilm or minilm-singles"),
+        "roberta" | "distilbert" | "mpnet" => {
+            let (arch, model) = text_family(&which)?;
+            for b in batches {
+                let request = text_request(&arch, b, tokens);
+                let t = median(runs.unwrap_or(if b > 1 { 7 } else { 15 }), || {
+                    let p = model.prepare(request.clone()).map_err(anyhow::Error::msg)?;
+                    model.forward(&[&p])?;
+                    Ok(())
+                })?;
+                println!("wick {which} seq {tokens} batch {b}: {:.1} ms, {:.1} sequences/s (threads {threads})", t * 1e3, b as f64 / t);
+            }
+        }
+        other => bail!("unknown case {other:?}: resnet18, minilm, minilm-singles, roberta, distilbert or mpnet"),
     }
     Ok(())
 }

@@ -89,7 +89,16 @@ pub const REGISTRY: &[(&str, Make)] = &[
     ("linear", make::<mlp::LinearConfig>),
     ("mlp", make::<mlp::MlpConfig>),
     ("resnet", make::<vision::resnet::ResNetConfig>),
-    ("bert", make::<text::bert::BertConfig>),
+    ("bert", make::<text::TextConfig<text::bert::BertConfig>>),
+    (
+        "roberta",
+        make::<text::TextConfig<text::roberta::RobertaConfig>>,
+    ),
+    (
+        "distilbert",
+        make::<text::TextConfig<text::distilbert::DistilBertConfig>>,
+    ),
+    ("mpnet", make::<text::TextConfig<text::mpnet::MPNetConfig>>),
 ];
 
 fn make<C: FamilyConfig>(table: &toml::Table) -> Result<Box<dyn Architecture>, ConfigProblem> {

@@ -45,15 +45,19 @@ fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Result<Resp
     let slot = state.slot(model)?;
     let serving = slot.serving();
     let versions: Vec<u64> = serving.versions.keys().rev().copied().collect();
-    let signature = match version {
-        Some(v) => state.pick_version(&slot, Some(v))?.signature.clone(),
-        // Without a ready version the configured architecture still tells the signature.
-        None => serving
-            .newest()
-            .map(|v| v.signature.clone())
-            .unwrap_or_else(|| slot.config().architecture.signature().clone()),
+    let described = match version {
+        Some(v) => Some(state.pick_version(&slot, Some(v))?),
+        None => serving.newest().cloned(),
     };
-    Ok(Json(model_metadata(model, &versions, &signature)).into_response())
+    // Without a ready version the configured architecture still tells the signature.
+    let (signature, parameters) = match described {
+        Some(v) => (v.signature.clone(), v.model.parameters()),
+        None => (
+            slot.config().architecture.signature().clone(),
+            Default::default(),
+        ),
+    };
+    Ok(Json(model_metadata(model, &versions, &signature, parameters)).into_response())
 }
 
 pub async fn model_ready(

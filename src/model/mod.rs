@@ -231,6 +231,13 @@ pub trait Model: Send + Sync {
     /// with the signature's outputs. An `Err` fails the whole batch; the engine then retries its
     /// requests one by one so one bad request cannot fail the others.
     fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>>;
+
+    /// Settings the model resolved when it was built that a client may want to know (e.g. the
+    /// pooling a text encoder took from its sentence-transformers files): shown in the model
+    /// metadata's `parameters` and in the load log.
+    fn parameters(&self) -> Notes {
+        Notes::new()
+    }
 }
 
 /// A request with one row of zeros for every required input (variable dimensions set to 1).

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::model::Signature;
+use crate::model::{Notes, Signature};
 
 use super::datatype::Datatype;
 
@@ -39,10 +39,19 @@ pub struct ModelMetadata {
     pub platform: &'static str,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
+    /// What the answering version resolved at load time ([`crate::model::Model::parameters`]),
+    /// e.g. a text encoder's pooling; absent when it has nothing to say.
+    #[serde(skip_serializing_if = "Notes::is_empty")]
+    pub parameters: Notes,
 }
 
-/// `versions` lists the ready versions, highest first.
-pub fn model_metadata(name: &str, versions: &[u64], signature: &Signature) -> ModelMetadata {
+/// `versions` lists the ready versions, highest first; `parameters` are the described version's.
+pub fn model_metadata(
+    name: &str,
+    versions: &[u64],
+    signature: &Signature,
+    parameters: Notes,
+) -> ModelMetadata {
     let tensors = |specs: &[crate::model::IoSpec]| {
         specs
             .iter()
@@ -63,5 +72,6 @@ pub fn model_metadata(name: &str, versions: &[u64], signature: &Signature) -> Mo
         platform: "wick_safetensors",
         inputs: tensors(&signature.inputs),
         outputs: tensors(&signature.outputs),
+        parameters,
     }
 }

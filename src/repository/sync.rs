@@ -119,6 +119,7 @@ impl Repository {
                 tracing::info!(model = %slot.name, version, sha256 = %loaded.version.sha256,
                     bytes = loaded.version.param_bytes, ms = loaded.duration.as_millis() as u64,
                     ignored = loaded.report.ignored.len(), upcast = loaded.report.upcast.len(),
+                    parameters = %serde_json::Value::from_iter(loaded.version.model.parameters()),
                     "version ready");
                 self.metrics.load_succeeded(&slot.name, loaded.duration);
                 let served = Served {

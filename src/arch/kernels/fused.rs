@@ -9,7 +9,7 @@
 //! attention. They mutate the matmul's fresh output through candle's `InplaceOp` API, so no
 //! extra allocation either.
 
-use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor};
+use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 
 /// Rows are processed in parallel once a tensor has this many elements (smaller ones are not
@@ -71,6 +71,7 @@ pub enum Act {
     GeluTanh,
     Relu,
     Silu,
+    Tanh,
 }
 
 impl Act {
@@ -85,6 +86,7 @@ impl Act {
             }
             Act::Relu => v.max(0.0),
             Act::Silu => v / (1.0 + (-v).exp()),
+            Act::Tanh => v.tanh(),
         }
     }
 }
@@ -113,7 +115,7 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'
 }
 
 /// Runs `f(row index, row)` over the rows of `values`, in parallel when it is large enough.
-fn for_rows(values: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(super) fn for_rows(values: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if values.len() >= PARALLEL_MIN {
         values
             .par_chunks_mut(width)
@@ -179,6 +181,7 @@ impl BiasAct<'_> {
             Act::Silu => for_rows(x, width, |i, row| {
                 map_row(row, bias, res(i), |v| Act::Silu.apply(v))
             }),
+            Act::Tanh => for_rows(x, width, |i, row| map_row(row, bias, res(i), f32::tanh)),
         }
         Ok(())
     }
@@ -212,11 +215,18 @@ impl InplaceOp2 for BiasAct<'_> {
 
 /// Masked softmax over the last dimension of attention scores `[B, heads, L, L]`, in place:
 /// keys whose mask is 0 get weight exactly 0 (as HF's additive `f32::MIN` mask gives).
-pub struct MaskedSoftmax {
+///
+/// With `relative`, a bias that depends only on the head and on the offset `j - i` between key
+/// and query is added to every score first (MPNet's relative position bias, and T5's): it is
+/// `[heads, 2L - 1]` with offset `j - i` at index `j - i + L - 1`, so the biases of query `i`
+/// are one contiguous slice and the `[B, heads, L, L]` bias tensor PyTorch materialises never
+/// exists.
+pub struct MaskedSoftmax<'a> {
     pub heads: usize,
+    pub relative: Option<&'a [f32]>,
 }
 
-impl InplaceOp2 for MaskedSoftmax {
+impl InplaceOp2 for MaskedSoftmax<'_> {
     fn name(&self) -> &'static str {
         "wick-masked-softmax"
     }
@@ -243,8 +253,25 @@ impl InplaceOp2 for MaskedSoftmax {
                 mask.len()
             );
         }
+        let span = 2 * len - 1;
+        if let Some(relative) = self.relative {
+            if relative.len() != self.heads * span {
+                bail!(
+                    "masked softmax: a relative bias of {} values does not fit {} heads and length {len}",
+                    relative.len(),
+                    self.heads
+                );
+            }
+        }
         let rows_per_item = self.heads * len;
         for_rows(scores, len, |i, row| {
+            if let Some(relative) = self.relative {
+                let (head, query) = ((i / len) % self.heads, i % len);
+                let start = head * span + (len - 1 - query);
+                for (v, b) in row.iter_mut().zip(&relative[start..start + len]) {
+                    *v += b;
+                }
+            }
             let keep = &mask[(i / rows_per_item) * len..(i / rows_per_item + 1) * len];
             let (_, sum) = masked_exp_row(row, keep);
             // Every row has at least one attended key (checked when requests are prepared).
@@ -295,82 +322,11 @@ fn masked_exp_row(row: &mut [f32], keep: &[f32]) -> (f32, f32) {
     (max, sum)
 }
 
-/// `out[r, :] = word[ids[r]] + position[r mod L] + token_type[types[r]]`: BERT's embedding sum
-/// for a `[B, L]` batch, one pass, as a new `[B·L, H]` tensor.
-pub fn embedding_sum(
-    tables: [&Tensor; 3],
-    ids: &[u32],
-    types: &[u32],
-    len: usize,
-) -> candle_core::Result<Tensor> {
-    let [word, position, token_type] = tables;
-    let hidden = word.dim(1)?;
-    let mut out = vec![0f32; ids.len() * hidden];
-    super::planes::with_slice(word, |w| {
-        super::planes::with_slice(position, |p| {
-            super::planes::with_slice(token_type, |t| {
-                let bounded = ids.iter().all(|i| (*i as usize + 1) * hidden <= w.len())
-                    && types.iter().all(|i| (*i as usize + 1) * hidden <= t.len())
-                    && len * hidden <= p.len();
-                if !bounded {
-                    return Err(candle_core::Error::Msg(
-                        "token id outside the embedding tables".into(),
-                    ));
-                }
-                for_rows(&mut out, hidden, |r, row| {
-                    let (id, ty, pos) = (ids[r] as usize, types[r] as usize, r % len);
-                    let w = &w[id * hidden..(id + 1) * hidden];
-                    let p = &p[pos * hidden..(pos + 1) * hidden];
-                    let t = &t[ty * hidden..(ty + 1) * hidden];
-                    for (((o, a), b), c) in row.iter_mut().zip(w).zip(p).zip(t) {
-                        *o = a + b + c;
-                    }
-                });
-                Ok(())
-            })?
-        })?
-    })??;
-    Tensor::from_vec(out, (ids.len(), hidden), &candle_core::Device::Cpu)
-}
-
-/// sentence-transformers' pooling: the mean of each row's hidden states over its attended
-/// positions, L2-normalised (`x / max(‖x‖, 1e-12)`), from `[B·L, H]` hidden states.
-pub fn mean_pool_normalize(
-    hidden: &Tensor,
-    mask: &[f32],
-    len: usize,
-) -> candle_core::Result<Vec<f32>> {
-    let width = hidden.dim(1)?;
-    let rows = mask.len() / len.max(1);
-    let mut out = vec![0f32; rows * width];
-    super::planes::with_slice(hidden, |h| {
-        if h.len() != rows * len * width {
-            bail!("{} hidden values do not match a {rows}x{len} mask", h.len());
-        }
-        for (b, pooled) in out.chunks_mut(width).enumerate() {
-            let keep = &mask[b * len..(b + 1) * len];
-            let count: f32 = keep.iter().sum();
-            for (j, k) in keep.iter().enumerate() {
-                if *k != 0.0 {
-                    let state = &h[(b * len + j) * width..(b * len + j + 1) * width];
-                    pooled.iter_mut().zip(state).for_each(|(o, s)| *o += s * k);
-                }
-            }
-            let denom = count.max(1e-9);
-            pooled.iter_mut().for_each(|o| *o /= denom);
-            let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            pooled.iter_mut().for_each(|o| *o /= norm);
-        }
-        Ok(())
-    })??;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::testing::max_abs_diff;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn fast_erf_and_exp_match_libm() {
@@ -452,8 +408,58 @@ mod tests {
             .unwrap();
         let want = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&additive).unwrap()).unwrap();
         let got = s.copy().unwrap();
-        got.inplace_op2(&m, &MaskedSoftmax { heads: h }).unwrap();
+        got.inplace_op2(
+            &m,
+            &MaskedSoftmax {
+                heads: h,
+                relative: None,
+            },
+        )
+        .unwrap();
         let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn relative_bias_is_added_per_head_and_offset() {
+        let dev = Device::Cpu;
+        let (b, h, l) = (2, 3, 4);
+        let scores: Vec<f32> = (0..b * h * l * l)
+            .map(|i| ((i * 7) % 11) as f32 / 3.0)
+            .collect();
+        let relative: Vec<f32> = (0..h * (2 * l - 1))
+            .map(|i| ((i * 5) % 13) as f32 / 4.0 - 1.5)
+            .collect();
+        // The [B, heads, L, L] bias PyTorch builds: bias[h, i, j] = relative[h, j - i + L - 1].
+        let mut full = vec![0f32; b * h * l * l];
+        for (n, v) in full.iter_mut().enumerate() {
+            let (head, i, j) = ((n / (l * l)) % h, (n / l) % l, n % l);
+            *v = relative[head * (2 * l - 1) + j + l - 1 - i];
+        }
+        let mask = vec![1f32, 1., 0., 1., 1., 1., 1., 0.];
+        let s = Tensor::from_vec(scores, (b, h, l, l), &dev).unwrap();
+        let bias = Tensor::from_vec(full, (b, h, l, l), &dev).unwrap();
+        let m = Tensor::from_vec(mask.clone(), (b, l), &dev).unwrap();
+        let additive = ((1.0 - &m).unwrap() * f64::from(f32::MIN))
+            .unwrap()
+            .reshape((b, 1, 1, l))
+            .unwrap();
+        let want = candle_nn::ops::softmax_last_dim(
+            &(&s + &bias).unwrap().broadcast_add(&additive).unwrap(),
+        )
+        .unwrap();
+        let got = s.copy().unwrap();
+        let op = MaskedSoftmax {
+            heads: h,
+            relative: Some(&relative),
+        };
+        got.inplace_op2(&m, &op).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-6, "{diff}");
+        let short = MaskedSoftmax {
+            heads: h,
+            relative: Some(&relative[1..]),
+        };
+        assert!(s.copy().unwrap().inplace_op2(&m, &short).is_err());
     }
 }

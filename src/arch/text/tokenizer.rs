@@ -13,8 +13,15 @@
 //! 4-5 bytes per token, CJK about 3-6), so only texts that would be cut to `max_seq_length`
 //! anyway are cut sooner. With `truncate = false` an over-long text is refused instead (as TEI
 //! does). See docs/security.md.
+//!
+//! Pairs (`text`, `text_pair`, as cross-encoders are fed) go through the tokenizer's pair
+//! template (`[CLS] A [SEP] B [SEP]`, `<s> A </s></s> B </s>`) and are cut longest-first, as
+//! transformers' `truncation=True` does; each text of a pair has its own byte budget.
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Sequence};
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 /// Why a `tokenizer.json` cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,17 @@ impl TextTokenizer {
         })
     }
 
+    /// Lowercases every text before the tokenizer's own normalizers, as sentence-transformers
+    /// does for a model whose `sentence_bert_config.json` says `do_lower_case: true`.
+    pub fn lowercase_first(mut self) -> Result<TextTokenizer, TokenizerError> {
+        let mut steps = vec![NormalizerWrapper::from(Lowercase)];
+        steps.extend(self.inner.get_normalizer().cloned());
+        self.inner
+            .with_normalizer(Some(NormalizerWrapper::from(Sequence::new(steps))))
+            .map_err(|e| TokenizerError::Parse(e.to_string()))?;
+        Ok(self)
+    }
+
     /// The most bytes of a text the tokenizer ever sees.
     pub fn max_bytes(&self) -> usize {
         self.max_len.saturating_mul(BYTES_PER_TOKEN)
@@ -104,16 +122,39 @@ impl TextTokenizer {
 
     /// Tokenises one text with the special tokens of the tokenizer's template (`[CLS] … [SEP]`).
     pub fn encode(&self, text: &str) -> Result<Encoded, TokenizerError> {
-        let (text, cut) = cut_to(text, self.max_bytes());
+        self.encode_input(text, None)
+    }
+
+    /// Tokenises a pair with the tokenizer's pair template, cutting the longer text first.
+    pub fn encode_pair(&self, text: &str, pair: &str) -> Result<Encoded, TokenizerError> {
+        self.encode_input(text, Some(pair))
+    }
+
+    /// `text` cut to the byte budget, and whether it was cut; refused when `truncate = false`.
+    fn budget<'t>(&self, text: &'t str) -> Result<(&'t str, bool), TokenizerError> {
+        let (kept, cut) = cut_to(text, self.max_bytes());
         if cut && !self.truncate {
             return Err(TokenizerError::TooManyBytes {
                 bytes: text.len(),
                 limit: self.max_bytes(),
             });
         }
+        Ok((kept, cut))
+    }
+
+    fn encode_input(&self, text: &str, pair: Option<&str>) -> Result<Encoded, TokenizerError> {
+        let (first, mut cut) = self.budget(text)?;
+        let input: EncodeInput = match pair {
+            None => first.into(),
+            Some(pair) => {
+                let (second, second_cut) = self.budget(pair)?;
+                cut |= second_cut;
+                (first, second).into()
+            }
+        };
         let encoding = self
             .inner
-            .encode_fast(text, true)
+            .encode_fast(input, true)
             .map_err(|e| TokenizerError::Encode {
                 message: e.to_string(),
             })?;
@@ -146,6 +187,10 @@ mod tests {
     use super::*;
 
     fn tokenizer_json() -> Vec<u8> {
+        tokenizer_json_lowercasing(true)
+    }
+
+    fn tokenizer_json_lowercasing(lowercase: bool) -> Vec<u8> {
         let vocab: serde_json::Map<String, serde_json::Value> =
             ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "!"]
                 .iter()
@@ -159,7 +204,7 @@ mod tests {
                         "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"},
             "added_tokens": [],
             "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
-                           "strip_accents": null, "lowercase": true},
+                           "strip_accents": null, "lowercase": lowercase},
             "pre_tokenizer": {"type": "BertPreTokenizer"},
             "post_processor": {"type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -234,5 +279,26 @@ mod tests {
             tok.encode(&"x".repeat(10_000)),
             Err(TokenizerError::TooManyBytes { .. })
         ));
+    }
+
+    #[test]
+    fn pairs_use_the_pair_template_and_lowercasing_comes_first() {
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 6, 7, true).unwrap();
+        // The fixture's pair template is `A B` with type ids 0 and 1 (no special tokens).
+        let e = tok.encode_pair("hello world", "!").unwrap();
+        assert_eq!((e.ids, e.type_ids), (vec![4, 5, 6], vec![0, 0, 1]));
+        // Longest first: the longer text loses its tail until the pair fits in 5.
+        let tok = TextTokenizer::from_json(&tokenizer_json(), 5, 7, true).unwrap();
+        let e = tok.encode_pair("hello world hello world", "! !").unwrap();
+        assert_eq!(
+            (e.ids, e.type_ids),
+            (vec![4, 5, 4, 6, 6], vec![0, 0, 0, 1, 1])
+        );
+        assert!(e.truncated);
+        let cased =
+            TextTokenizer::from_json(&tokenizer_json_lowercasing(false), 6, 7, true).unwrap();
+        assert_eq!(cased.encode("Hello").unwrap().ids, vec![2, 1, 3]);
+        let lowered = cased.lowercase_first().unwrap();
+        assert_eq!(lowered.encode("Hello").unwrap().ids, vec![2, 4, 3]);
     }
 }
