@@ -162,7 +162,7 @@ pub enum InputError {
         index: usize,
         reason: String,
     },
-    #[error("input {input:?} element {index} has {bytes} bytes, above the limit of {limit} (truncate = false)")]
+    #[error("input {input:?} element {index} is longer than the limit of {limit} bytes (truncate = false)")]
     TextTooLong {
         input: String,
         index: usize,

@@ -32,7 +32,7 @@ pub enum TokenizerError {
     Truncation { max_len: usize, message: String },
     #[error("{message}")]
     Encode { message: String },
-    #[error("has {bytes} bytes, above the limit of {limit} (truncate = false)")]
+    #[error("is longer than the limit of {limit} bytes (truncate = false)")]
     TooManyBytes { bytes: usize, limit: usize },
     #[error("has more than {max} tokens (truncate = false)")]
     TooManyTokens { max: usize },
