@@ -1,9 +1,7 @@
 //! The Open Inference Protocol on a real socket: every endpoint, and every way a request can be
 //! wrong, each answered with the right status and a JSON `{"error": ...}` body.
 
-mod common;
-
-use common::{Repo, TestServer, DEMO_MODELS};
+use crate::util::{Repo, TestServer, DEMO_MODELS};
 use http::Method;
 use serde_json::{json, Value};
 

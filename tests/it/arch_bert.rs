@@ -5,11 +5,9 @@
 //! and batched; bad inputs are refused with a reason; a checkpoint with a layer missing is refused
 //! with the exact keys.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{fixture, output_f32, Repo, TestServer};
+use crate::util::{fixture, output_f32, Repo, TestServer};
 use serde_json::{json, Value};
 
 fn reference() -> Value {

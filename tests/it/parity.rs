@@ -1,9 +1,7 @@
 //! Served outputs against PyTorch's, through HTTP: `simple` and `digits` within 1e-5, and the
 //! whole digits test split classified exactly as PyTorch does.
 
-mod common;
-
-use common::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
+use crate::util::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
 use serde_json::json;
 
 #[tokio::test]

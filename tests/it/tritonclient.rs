@@ -3,9 +3,7 @@
 //! `WICK_TEST_PYTHON` (scripts/test.sh creates a venv with tests/python/requirements.txt), else
 //! `python3`; a Python without tritonclient fails the test with instructions, never skips it.
 
-mod common;
-
-use common::{Repo, TestServer, DEMO_MODELS, TOKEN};
+use crate::util::{Repo, TestServer, DEMO_MODELS, TOKEN};
 
 #[tokio::test]
 async fn tritonclient_http_works_against_wick() {

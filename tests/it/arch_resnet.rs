@@ -7,12 +7,10 @@
 //! come from the counter-based generator the script documents, rebuilt here, so the 45 MB and
 //! 94 MB checkpoints cost a few hundred kB to commit.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use common::{fixture, output_f32, read_tensors, Repo, TestServer, Values};
+use crate::util::{fixture, output_f32, read_tensors, Repo, TestServer, Values};
 use serde_json::{json, Value};
 
 /// splitmix64 over `seed + i·γ`, as in scripts/make_arch_fixtures.py.

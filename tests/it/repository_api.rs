@@ -1,12 +1,10 @@
 //! Triton's model-repository extension on the admin listener: authentication, index, load and
 //! unload (whole model or one version, i.e. rollback), and consistency under concurrent use.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fixture, read_tensors, Repo, TestServer, SIMPLE, TOKEN};
+use crate::util::{fixture, read_tensors, Repo, TestServer, SIMPLE, TOKEN};
 use serde_json::Value;
 
 fn x() -> Vec<f32> {
@@ -28,7 +26,7 @@ async fn admin_server(repo: &Repo) -> TestServer {
 #[tokio::test]
 async fn the_api_needs_the_bearer_token() {
     let repo = Repo::new();
-    repo.install("simple", 1, &common::demo_model("simple", 1));
+    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
     let server = admin_server(&repo).await;
     for token in [
         None,
@@ -81,7 +79,7 @@ async fn an_admin_listener_without_a_token_refuses_to_start() {
 #[tokio::test]
 async fn unload_and_load_a_model() {
     let repo = Repo::new();
-    repo.install("simple", 1, &common::demo_model("simple", 1));
+    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
     let server = admin_server(&repo).await;
     let (status, _) = server
         .admin(
@@ -174,7 +172,7 @@ async fn a_load_that_fails_reports_why() {
 #[tokio::test]
 async fn rollback_by_unloading_the_bad_version() {
     let repo = Repo::new();
-    repo.install("simple", 1, &common::demo_model("simple", 1));
+    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
     repo.install("simple", 2, &fixture("simple_v2.safetensors"));
     let server = admin_server(&repo).await;
     assert_eq!(served_version(&server).await.as_deref(), Some("2"));
@@ -206,7 +204,7 @@ async fn rollback_by_unloading_the_bad_version() {
 #[tokio::test]
 async fn concurrent_loads_and_unloads_leave_a_consistent_state() {
     let repo = Repo::new();
-    repo.install("simple", 1, &common::demo_model("simple", 1));
+    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
     repo.install("simple", 2, &fixture("simple_v2.safetensors"));
     let server = Arc::new(admin_server(&repo).await);
     let mut tasks = Vec::new();

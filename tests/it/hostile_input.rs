@@ -3,12 +3,10 @@
 //! malformed HTTP framing itself, with a bare status), nothing crashes or hangs, and a normal
 //! request succeeds afterwards.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Repo, TestServer, DEMO_MODELS};
+use crate::util::{Repo, TestServer, DEMO_MODELS};
 use tokio::io::AsyncWriteExt;
 
 const INFER: &str = "/v2/models/simple/infer";
@@ -25,7 +23,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer (and close) before reading everything: ignore write errors.
     let _ = stream.write_all(bytes).await;
-    let (seen, closed) = common::read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let (seen, closed) = crate::util::read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(
         closed.is_some(),
         "the server neither answered nor closed within 5 s: {:?}",

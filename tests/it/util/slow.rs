@@ -1,7 +1,6 @@
 //! A test architecture: the real `linear` model (same checkpoint keys, same maths) whose forward
 //! pass takes a fixed extra time, counts its calls, and fails batches that contain a poisoned
 //! row, so queueing, batching, timeouts, cancellation and failure isolation can be observed.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

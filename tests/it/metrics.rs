@@ -1,10 +1,8 @@
 //! `/metrics` parses as Prometheus/OpenMetrics text and its counters move as requests are served.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 
-use common::{Repo, TestServer, DEMO_MODELS};
+use crate::util::{Repo, TestServer, DEMO_MODELS};
 use serde_json::json;
 
 /// One sample line: name, labels, value.

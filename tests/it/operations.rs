@@ -1,16 +1,14 @@
 //! wick as infrastructure: a real `wick serve` process drains on SIGTERM, slow clients are cut
 //! off by the header and body deadlines, and `wick health` tells ready from not ready.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::slow::{Probe, Slow};
-use common::{demo_model, Repo, TestServer, DEMO_MODELS};
+use crate::util::slow::{Probe, Slow};
+use crate::util::{demo_model, Repo, TestServer, DEMO_MODELS};
 use tokio::io::AsyncWriteExt;
 use wick::bench::Target;
 
@@ -221,7 +219,7 @@ async fn shutdown_finishes_queued_requests_and_joins_compute_threads() {
         .collect();
     let slot = server.server().repository().get("simple").unwrap();
     assert!(
-        common::eventually(Duration::from_secs(5), || async {
+        crate::util::eventually(Duration::from_secs(5), || async {
             slot.engine.queue_len() == 3
         })
         .await
@@ -241,7 +239,7 @@ async fn read_until_closed(
     stream: &mut tokio::net::TcpStream,
     limit: Duration,
 ) -> (String, Option<Duration>) {
-    let (seen, closed) = common::read_until_closed(stream, limit).await;
+    let (seen, closed) = crate::util::read_until_closed(stream, limit).await;
     (String::from_utf8_lossy(&seen).into_owned(), closed)
 }
 

@@ -1,6 +1,5 @@
 //! Shared helpers of the integration tests: real servers on port 0 over temporary repositories,
 //! a small HTTP client, and fixture readers.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -300,6 +299,7 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+pub mod process;
 pub mod slow;
 
 /// The admin token tests use.

@@ -1,13 +1,12 @@
-//! A long run of swaps under load (its own test binary, so its memory and descriptors are its
-//! own): resident memory returns near its starting level, and no descriptor or mapping leaks.
-
-mod common;
+//! A long run of swaps under load, alone in a child process (so the memory, descriptors and
+//! mappings it measures are its own, not those of the tests running beside it): resident memory
+//! returns near its starting level, and no descriptor or mapping leaks.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{Repo, TestServer, TOKEN};
+use crate::util::{Repo, TestServer, TOKEN};
 use serde_json::json;
 
 const WIDTH: usize = 1024;
@@ -65,8 +64,21 @@ fn checkpoint_mappings() -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn two_hundred_swaps_under_load_do_not_leak() {
+#[test]
+fn two_hundred_swaps_under_load_do_not_leak() {
+    crate::util::process::alone(
+        "reload_soak::two_hundred_swaps_under_load_do_not_leak",
+        || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(swaps_under_load());
+        },
+    );
+}
+
+async fn swaps_under_load() {
     let repo = Repo::new();
     let staging = tempfile::tempdir().unwrap();
     let models = format!(
@@ -141,7 +153,7 @@ async fn two_hundred_swaps_under_load_do_not_leak() {
     );
     assert_eq!(checkpoint_mappings(), 0, "a checkpoint is still mapped");
     // Deleted version directories leave the index at the watcher's next scan.
-    let settled = common::eventually(std::time::Duration::from_secs(5), || async {
+    let settled = crate::util::eventually(std::time::Duration::from_secs(5), || async {
         let index = server.index().await;
         index.len() == 1 && index[0]["version"] == "201" && index[0]["state"] == "READY"
     })

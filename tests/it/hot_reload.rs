@@ -2,14 +2,12 @@
 //! broken versions never replace good ones, careless publishers and vanishing directories are
 //! survived, and config changes apply without a restart.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, fixture, read_tensors, Repo, TestServer, SIMPLE};
+use crate::util::{eventually, fixture, read_tensors, Repo, TestServer, SIMPLE};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -31,7 +29,7 @@ fn io() -> Io {
 }
 
 fn v1() -> std::path::PathBuf {
-    common::demo_model("simple", 1)
+    crate::util::demo_model("simple", 1)
 }
 
 fn v2() -> std::path::PathBuf {
@@ -45,7 +43,7 @@ async fn infer(server: &TestServer, x: &[f32]) -> Answer {
         return (status, String::new(), Vec::new());
     }
     let version = answer["model_version"].as_str().unwrap().to_string();
-    (status, version, common::output_f32(&answer, "output"))
+    (status, version, crate::util::output_f32(&answer, "output"))
 }
 
 fn close(a: &[f32], b: &[f32]) -> bool {
@@ -451,7 +449,7 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
     assert_eq!(server.get("/v2/models/digits").await.0, 404);
 
     // A model added to the file goes live.
-    write_config(&repo, common::DEMO_MODELS);
+    write_config(&repo, crate::util::DEMO_MODELS);
     assert!(
         eventually(WAIT, || async {
             server.get("/v2/models/digits/ready").await.0 == 200
@@ -461,7 +459,7 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
     );
 
     // An invalid file changes nothing (and is reported in the metrics).
-    let broken = common::DEMO_MODELS.replace("out_features = 10", "out_feature = 10");
+    let broken = crate::util::DEMO_MODELS.replace("out_features = 10", "out_feature = 10");
     write_config(&repo, &broken);
     let counted = eventually(WAIT, || async {
         server

@@ -1,9 +1,7 @@
 //! Triton's binary tensor extension through a real server: every datatype the models accept
 //! round-trips, outputs come back binary when asked, and malformed framing is a 400.
 
-mod common;
-
-use common::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
+use crate::util::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
 use http::Method;
 use serde_json::{json, Value};
 

@@ -1,13 +1,11 @@
 //! Dynamic batching, admission control, deadlines, cancellation and failure isolation, observed
 //! through a real server whose `linear` model takes a known time per forward pass.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::slow::{Probe, Slow, POISON};
-use common::{demo_model, output_f32, read_tensors, Repo, TestServer, SIMPLE};
+use crate::util::slow::{Probe, Slow, POISON};
+use crate::util::{demo_model, output_f32, read_tensors, Repo, TestServer, SIMPLE};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;

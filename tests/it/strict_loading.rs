@@ -1,12 +1,10 @@
 //! The strict loader against checkpoints made by PyTorch with known problems: every problem is
 //! reported at once, bad formats are named, and `wick check` prints PyTorch's report style.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{demo_model, fixture, Repo, DEMO_MODELS};
+use crate::util::{demo_model, fixture, Repo, DEMO_MODELS};
 use wick::config::Config;
 use wick::state_dict::{self, ForeignFormat, FormatError, LoadError};
 

@@ -6,11 +6,9 @@
 //! The weights (90 MB) are not committed: `scripts/fetch_minilm.sh` puts them in models/minilm/1/
 //! and the README's test command runs it first. Without them this test fails and says so.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{fixture, output_f32, Repo, TestServer};
+use crate::util::{fixture, output_f32, Repo, TestServer};
 use serde_json::{json, Value};
 use wick::arch::text::tokenizer::TextTokenizer;
 

@@ -6,11 +6,9 @@
 //! sentence-transformers files are the ones reported in its metadata; checkpoints of the wrong
 //! head or family are refused with the exact keys.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{fixture, output_f32, Repo, TestServer};
+use crate::util::{fixture, output_f32, Repo, TestServer};
 use serde_json::{json, Value};
 
 const EMBEDDING: [&str; 6] = [
