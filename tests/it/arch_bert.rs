@@ -7,12 +7,20 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{fixture, output_f32, Repo, TestServer};
+use crate::util::tensors::{ids_request, read_json, text_request};
+use crate::util::{
+    assert_close, assert_error, f32s, fixture, infer_request, output_f32, Repo, TestServer,
+    Tolerance,
+};
 use serde_json::{json, Value};
 
+/// What transformers computed (scripts/make_arch_fixtures.py).
 fn reference() -> Value {
-    serde_json::from_slice(&std::fs::read(fixture("arch/bert_small.json")).unwrap()).unwrap()
+    read_json(&fixture("arch/bert_small.json"))
 }
+
+/// F32 against transformers' F32 forward pass of the same F16 weights.
+const TOLERANCE: Tolerance = Tolerance::Absolute(1e-4);
 
 fn model_toml(name: &str, extra_load: &str) -> String {
     let c = &reference()["config"];
@@ -53,43 +61,6 @@ async fn small_server() -> (TestServer, Repo) {
     (server, repo)
 }
 
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-4, "{what}[{i}]: wick {g}, PyTorch {w}");
-    }
-}
-
-fn text_request(texts: &[&str]) -> Value {
-    json!({"inputs": [{"name": "text", "shape": [texts.len()], "datatype": "BYTES", "data": texts}]})
-}
-
-fn ids_request(ids: &Value, mask: Option<&Value>, types: Option<&Value>) -> Value {
-    let rows = ids.as_array().unwrap();
-    let shape = json!([rows.len(), rows[0].as_array().unwrap().len()]);
-    let mut inputs =
-        vec![json!({"name": "input_ids", "shape": shape, "datatype": "INT64", "data": ids})];
-    if let Some(m) = mask {
-        inputs.push(
-            json!({"name": "attention_mask", "shape": shape, "datatype": "INT64", "data": m}),
-        );
-    }
-    if let Some(t) = types {
-        inputs.push(
-            json!({"name": "token_type_ids", "shape": shape, "datatype": "INT64", "data": t}),
-        );
-    }
-    json!({ "inputs": inputs })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_embeddings_match_pytorch_alone_and_batched() {
     let (server, _repo) = small_server().await;
@@ -122,6 +93,7 @@ async fn text_embeddings_match_pytorch_alone_and_batched() {
         assert_close(
             &batched[i * hidden..(i + 1) * hidden],
             &want,
+            TOLERANCE,
             &format!("batched text {i}"),
         );
         let (status, alone) = server
@@ -129,7 +101,7 @@ async fn text_embeddings_match_pytorch_alone_and_batched() {
             .await;
         assert_eq!(status, 200, "{alone}");
         let alone = output_f32(&alone, "embedding");
-        assert_close(&alone, &want, &format!("text {i}"));
+        assert_close(&alone, &want, TOLERANCE, &format!("text {i}"));
         // The server's tokenisation is the fixture's: the same ids sent as INT64 give the same
         // embedding.
         let (status, by_ids) = server
@@ -170,7 +142,12 @@ async fn token_ids_with_mask_and_types_match_pytorch() {
         .collect();
     for (status, response) in [a, b] {
         assert_eq!(status, 200, "{response}");
-        assert_close(&output_f32(&response, "embedding"), &want, "ids case");
+        assert_close(
+            &output_f32(&response, "embedding"),
+            &want,
+            TOLERANCE,
+            "ids case",
+        );
         let out = response["outputs"]
             .as_array()
             .unwrap()
@@ -225,7 +202,7 @@ async fn bad_inputs_are_refused_with_a_reason() {
             "max_position_embeddings",
         ),
         (
-            json!({"inputs": [{"name": "text", "shape": [0], "datatype": "BYTES", "data": []}]}),
+            infer_request("text", "BYTES", [0], json!([])),
             "batch of 0 rows",
         ),
         (
@@ -243,12 +220,7 @@ async fn bad_inputs_are_refused_with_a_reason() {
     ];
     for (request, needle) in cases {
         let (status, response) = server.post_json("/v2/models/small/infer", &request).await;
-        assert_eq!(status, 400, "{request} -> {response}");
-        let error = response["error"].as_str().unwrap_or_default();
-        assert!(
-            error.contains(needle),
-            "{request}: {error:?} lacks {needle:?}"
-        );
+        assert_error(&request.to_string(), (status, &response), 400, needle);
     }
     server.shutdown().await;
 }

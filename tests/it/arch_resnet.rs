@@ -10,8 +10,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::util::{fixture, output_f32, read_tensors, Repo, TestServer, Values};
+use crate::util::tensors::read_json;
+use crate::util::{
+    assert_close, assert_error, fixture, infer_request, output_f32, read_tensors, Repo, TestServer,
+    Tolerance, Values,
+};
 use serde_json::{json, Value};
+
+/// torchvision's logits reach tens: their rounding grows with them.
+const TOLERANCE: Tolerance = Tolerance::Relative(1e-4);
 
 /// splitmix64 over `seed + i·γ`, as in scripts/make_arch_fixtures.py.
 fn generated(name: &str, count: usize, exponent: i32) -> Vec<f32> {
@@ -35,10 +42,7 @@ fn generated(name: &str, count: usize, exponent: i32) -> Vec<f32> {
 /// Rebuilds the torchvision checkpoint of `preset` (every key of its state_dict, F32 and I64)
 /// into `dir/<preset>.safetensors`.
 fn checkpoint(preset: &str, dir: &Path) -> PathBuf {
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(fixture(&format!("arch/{preset}_manifest.json"))).unwrap(),
-    )
-    .unwrap();
+    let manifest = read_json(&fixture(&format!("arch/{preset}_manifest.json")));
     let stored = read_tensors(&fixture(&format!("arch/{preset}_bn.safetensors")));
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for entry in manifest["tensors"].as_array().unwrap() {
@@ -94,27 +98,8 @@ fn models(entries: &[(&str, &str)]) -> String {
         .collect()
 }
 
-/// Within 1e-4, absolute for logits up to 1 and relative beyond.
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0f32, f32::max);
-    println!("{what}: largest difference from torchvision {worst:e}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = 1e-4 * w.abs().max(1.0);
-        assert!(
-            (g - w).abs() <= tol,
-            "{what}[{i}]: wick {g}, torchvision {w} (diff {})",
-            (g - w).abs()
-        );
-    }
-}
-
 fn infer_body(shape: &[usize], data: &[f32]) -> Value {
-    json!({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]})
+    infer_request("input", "FP32", shape, data)
 }
 
 /// Serves the rebuilt checkpoint and compares both fixture inputs, alone and batched together
@@ -133,11 +118,14 @@ async fn parity(preset: &str) {
             .post_json(&path, &infer_body(shape, input.f32()))
             .await;
         assert_eq!(status, 200, "{response}");
-        assert_close(
+        let what = format!("{preset} output_{case}");
+        let worst = assert_close(
             &output_f32(&response, "logits"),
             want.f32(),
-            &format!("{preset} output_{case}"),
+            TOLERANCE,
+            &what,
         );
+        println!("{what}: largest difference from torchvision {worst:e}");
         let out = response["outputs"]
             .as_array()
             .unwrap()
@@ -162,11 +150,9 @@ async fn parity(preset: &str) {
         } else {
             io["output_b"].1.f32()
         };
-        assert_close(
-            &output_f32(response, "logits"),
-            want,
-            &format!("{preset} concurrent {i}"),
-        );
+        let what = format!("{preset} concurrent {i}");
+        let worst = assert_close(&output_f32(response, "logits"), want, TOLERANCE, &what);
+        println!("{what}: largest difference from torchvision {worst:e}");
     }
     server.shutdown().await;
 }
@@ -193,14 +179,7 @@ async fn image_input_is_validated() {
             &infer_body(&[1, 4, 8, 8], &[0.0; 256]),
         )
         .await;
-    assert_eq!(status, 400, "{response}");
-    assert!(
-        response["error"]
-            .as_str()
-            .unwrap()
-            .contains("[-1, 3, -1, -1]"),
-        "{response}"
-    );
+    assert_error("4 channels", (status, &response), 400, "[-1, 3, -1, -1]");
     let (status, response) = server
         .post_json("/v2/models/r18/infer", &infer_body(&[1, 3, 0, 8], &[]))
         .await;

@@ -4,23 +4,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::slow::{Probe, Slow, POISON};
-use crate::util::{demo_model, output_f32, read_tensors, Repo, TestServer, SIMPLE};
+use crate::util::slow::{self, Probe, POISON};
+use crate::util::{
+    assert_close, assert_error, demo_model, infer_request, output_f32, read_tensors, wait_for,
+    Repo, TestServer, Tolerance,
+};
 use http::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 /// A server whose `simple` model sleeps `delay` per forward pass.
 async fn slow_server(delay: Duration, batching: &str) -> (TestServer, Repo, Arc<Probe>) {
-    let repo = Repo::new();
-    repo.install("simple", 1, &demo_model("simple", 1));
-    let mut config = repo.config("", &format!("{SIMPLE}batching = {batching}\n"));
-    let probe = Arc::new(Probe::default());
-    config.models[0].architecture = Slow::configured(10, delay, Arc::clone(&probe));
-    let server = TestServer::start(config).await;
-    probe.reset();
-    (server, repo, probe)
+    slow::slow_server("", delay, batching).await
 }
+
+/// `linear` in f64 against wick's f32.
+const TOLERANCE: Tolerance = Tolerance::Absolute(1e-3);
 
 /// Rows whose first value identifies them.
 fn rows(marker: f32, count: usize) -> Vec<f32> {
@@ -38,7 +37,7 @@ fn rows(marker: f32, count: usize) -> Vec<f32> {
 }
 
 fn body(data: &[f32], extra: Value) -> Vec<u8> {
-    let mut request = json!({"inputs": [{"name": "input", "shape": [data.len() / 10, 10], "datatype": "FP32", "data": data}]});
+    let mut request = infer_request("input", "FP32", [data.len() / 10, 10], data);
     if let Value::Object(map) = extra {
         for (k, v) in map {
             request[k] = v;
@@ -64,24 +63,10 @@ fn expected(data: &[f32]) -> Vec<f32> {
 }
 
 async fn post(server: &TestServer, body: Vec<u8>) -> (u16, http::HeaderMap, Value) {
-    let mut conn = server.target.connect().await.unwrap();
-    let (status, headers, bytes) = conn
-        .send_full(Method::POST, "/v2/models/simple/infer", &[], body.into())
-        .await
-        .unwrap();
-    (
-        status.as_u16(),
-        headers,
-        serde_json::from_slice(&bytes).unwrap(),
-    )
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (status, headers, bytes) = server
+        .request_full(Method::POST, "/v2/models/simple/infer", &[], body)
+        .await;
+    (status, headers, serde_json::from_slice(&bytes).unwrap())
 }
 
 #[tokio::test]
@@ -102,15 +87,12 @@ async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
     for task in tasks {
         let (status, data, answer) = task.await.unwrap();
         assert_eq!(status, 200, "{answer}");
-        let got = output_f32(&answer, "output");
-        let want = expected(&data);
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert!(
-                (g - w).abs() < 1e-3,
-                "a client got someone else's rows: {got:?} vs {want:?}"
-            );
-        }
+        assert_close(
+            &output_f32(&answer, "output"),
+            &expected(&data),
+            TOLERANCE,
+            "a client's own rows",
+        );
     }
     let calls = probe.calls();
     assert!(
@@ -121,7 +103,7 @@ async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
         probe.batches.lock().unwrap().iter().any(|rows| *rows > 3),
         "no batch held several requests"
     );
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -170,7 +152,7 @@ async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
         "{:?}",
         sent.elapsed()
     );
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -196,10 +178,11 @@ async fn a_full_queue_answers_429_at_once_and_admitted_requests_succeed() {
     for marker in [5.0, 6.0] {
         let started = Instant::now();
         let (status, headers, answer) = post(&server, body(&rows(marker, 1), json!({}))).await;
-        assert_eq!(status, 429, "{answer}");
-        assert!(
-            answer["error"].as_str().unwrap().contains("max_queue_size"),
-            "{answer}"
+        assert_error(
+            "a request past the queue",
+            (status, &answer),
+            429,
+            "max_queue_size",
         );
         assert_eq!(headers.get("retry-after").unwrap(), "1");
         assert!(
@@ -217,7 +200,7 @@ async fn a_full_queue_answers_429_at_once_and_admitted_requests_succeed() {
         metrics.contains(r#"wick_rejections_total{model="simple",reason="queue_full"} 2"#),
         "{metrics}"
     );
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -249,13 +232,11 @@ async fn timeouts_drop_queued_requests_before_compute() {
         body(&rows(2.0, 1), json!({"parameters": {"timeout": 50_000}})),
     )
     .await;
-    assert_eq!(status, 503, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("timeout of 50000 µs"),
-        "{answer}"
+    assert_error(
+        "timeout parameter",
+        (status, &answer),
+        503,
+        "timeout of 50000 µs",
     );
     assert!(headers.get("retry-after").is_some());
     assert!(
@@ -265,11 +246,7 @@ async fn timeouts_drop_queued_requests_before_compute() {
     );
     // ...and the configured default.
     let (status, _, answer) = post(&server, body(&rows(3.0, 1), json!({}))).await;
-    assert_eq!(status, 503, "{answer}");
-    assert!(
-        answer["error"].as_str().unwrap().contains("150000"),
-        "{answer}"
-    );
+    assert_error("default timeout", (status, &answer), 503, "150000");
     assert_eq!(first.await.unwrap().0, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -277,7 +254,7 @@ async fn timeouts_drop_queued_requests_before_compute() {
         vec![1.0],
         "a timed-out request was computed"
     );
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -319,7 +296,7 @@ async fn a_client_that_disconnects_has_its_work_dropped() {
         metrics.contains(r#"wick_rejections_total{model="simple",reason="client_disconnected"} 1"#),
         "{metrics}"
     );
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -346,15 +323,17 @@ async fn one_failing_request_does_not_fail_its_batch_mates() {
     for task in good {
         let ((status, _, answer), data) = task.await.unwrap();
         assert_eq!(status, 200, "{answer}");
-        let got = output_f32(&answer, "output");
-        for (g, w) in got.iter().zip(expected(&data)) {
-            assert!((g - w).abs() < 1e-3);
-        }
+        assert_close(
+            &output_f32(&answer, "output"),
+            &expected(&data),
+            TOLERANCE,
+            "a batch-mate's rows",
+        );
     }
     // The failed batch held all four; then each ran alone.
     let batches = probe.batches.lock().unwrap().clone();
     assert_eq!(batches, vec![1, 7, 1, 2, 2, 2], "{batches:?}");
     // The compute thread survived: the model still answers.
     assert_eq!(post(&server, body(&rows(5.0, 1), json!({}))).await.0, 200);
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }

@@ -1,7 +1,11 @@
 //! Triton's binary tensor extension through a real server: every datatype the models accept
 //! round-trips, outputs come back binary when asked, and malformed framing is a 400.
 
-use crate::util::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
+use crate::util::tensors::le_f32s;
+use crate::util::{
+    assert_close, assert_error, demo_models, fixture, output_f32, read_tensors, Repo, TestServer,
+    Tolerance,
+};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -24,17 +28,14 @@ async fn send_raw(
     body: Vec<u8>,
     ihcl: &str,
 ) -> (u16, http::HeaderMap, bytes::Bytes) {
-    let mut conn = server.target.connect().await.unwrap();
-    let (status, headers, body) = conn
-        .send_full(
+    server
+        .request_full(
             Method::POST,
             "/v2/models/simple/infer",
             &[(IHCL, ihcl.to_string())],
-            body.into(),
+            body,
         )
         .await
-        .unwrap();
-    (status.as_u16(), headers, body)
 }
 
 /// Splits a binary-extension response into its JSON and its tail.
@@ -82,7 +83,7 @@ fn encode(datatype: &str, values: &[f32]) -> Vec<u8> {
 #[tokio::test]
 async fn every_accepted_datatype_round_trips() {
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("", &demo_models())).await;
     let signed = integer_rows();
     let unsigned: Vec<f32> = signed.iter().map(|v| v + 5.0).collect();
     for datatype in [
@@ -117,11 +118,11 @@ async fn every_accepted_datatype_round_trips() {
             json["outputs"][0]["parameters"]["binary_data_size"], 8,
             "{datatype}"
         );
-        let got: Vec<f32> = out
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        assert_eq!(got, output_f32(&reference, "output"), "{datatype}");
+        assert_eq!(
+            le_f32s(&out),
+            output_f32(&reference, "output"),
+            "{datatype}"
+        );
     }
     server.shutdown().await;
 }
@@ -130,7 +131,7 @@ async fn every_accepted_datatype_round_trips() {
 async fn binary_output_follows_tritonclient_defaults() {
     // tritonclient with no requested outputs sets binary_data_output = true.
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("", &demo_models())).await;
     let io = read_tensors(&fixture("simple_io.safetensors"));
     let x = io["x"].1.f32();
     let y = io["y"].1.f32();
@@ -145,13 +146,12 @@ async fn binary_output_follows_tritonclient_defaults() {
     let (json, out) = split(&headers, &body);
     assert_eq!(json["id"], "b1");
     assert_eq!(json["outputs"][0]["shape"], json!([8, 1]));
-    let got: Vec<f32> = out
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    for (g, e) in got.iter().zip(y) {
-        assert!((g - e).abs() <= 1e-5);
-    }
+    assert_close(
+        &le_f32s(&out),
+        y,
+        Tolerance::Absolute(1e-5),
+        "binary output",
+    );
     // A binary request may still ask for a JSON output.
     let header = json!({
         "inputs": [{"name": "input", "shape": [8, 10], "datatype": "FP32", "parameters": {"binary_data_size": tail.len()}}],
@@ -169,14 +169,12 @@ async fn binary_output_follows_tritonclient_defaults() {
 #[tokio::test]
 async fn malformed_framing_is_a_400() {
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("", &demo_models())).await;
     let good_tail = encode("FP32", &integer_rows()[..10]);
     let header = |size: usize| json!({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "parameters": {"binary_data_size": size}}]});
     let expect = |status: u16, body: &bytes::Bytes, needle: &str| {
         let value: Value = serde_json::from_slice(body).unwrap();
-        let message = value["error"].as_str().unwrap().to_string();
-        assert_eq!(status, 400, "{message}");
-        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        assert_error("malformed framing", (status, &value), 400, needle);
     };
 
     // Header length past the end of the body.

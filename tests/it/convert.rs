@@ -5,20 +5,21 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sha2::{Digest, Sha256};
 use wick::convert::{convert_bytes, pickle, torch, Limits};
 
+use crate::util::process::wick;
+use crate::util::{config_text, fixture};
+
 fn pth(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/pth")
-        .join(name)
+    fixture(&format!("pth/{name}"))
 }
 
 /// Runs `wick convert ARGS` in `dir` (so a payload that ran would leave its file there).
 fn convert(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wick"))
+    wick()
         .arg("convert")
         .args(args)
         .current_dir(dir)
@@ -177,11 +178,11 @@ fn a_training_checkpoint_lists_what_it_drops() {
 
 fn write_config(dir: &Path, hidden: usize) -> PathBuf {
     let path = dir.join("config.toml");
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nrepository = \".\"\n\n[[models]]\nname = \"net\"\narchitecture = \"mlp\"\nconfig = {{ in_features = 8, hidden = [{hidden}], \
+    let model = format!(
+        "[[models]]\nname = \"net\"\narchitecture = \"mlp\"\nconfig = {{ in_features = 8, hidden = [{hidden}], \
          out_features = 4, activation = \"relu\", layer_names = [\"fc1\", \"fc2\"] }}\n"
     );
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, config_text(Path::new("."), "", &model)).unwrap();
     path
 }
 
@@ -209,7 +210,7 @@ fn check_config_runs_the_strict_check_before_publishing() {
     );
     assert!(dir.path().join("ok.safetensors").exists());
     // The report is the one `wick check` prints for the same file.
-    let check = Command::new(env!("CARGO_BIN_EXE_wick"))
+    let check = wick()
         .args([
             "check",
             "--config",

@@ -6,7 +6,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::util::{Repo, TestServer, DEMO_MODELS};
+use crate::util::server::read_until_closed;
+use crate::util::{demo_models, infer_request, Repo, TestServer};
 use tokio::io::AsyncWriteExt;
 
 const INFER: &str = "/v2/models/simple/infer";
@@ -23,7 +24,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer (and close) before reading everything: ignore write errors.
     let _ = stream.write_all(bytes).await;
-    let (seen, closed) = crate::util::read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let (seen, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(
         closed.is_some(),
         "the server neither answered nor closed within 5 s: {:?}",
@@ -75,7 +76,8 @@ fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
 }
 
 fn valid_json() -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}]})).unwrap()
+    let data = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    serde_json::to_vec(&infer_request("input", "FP32", [1, 10], data)).unwrap()
 }
 
 fn input_with(field: &str) -> Vec<u8> {
@@ -99,7 +101,7 @@ async fn the_bad_input_catalogue() {
     let repo = Repo::demo();
     let server = TestServer::start(repo.config(
         "max_body_bytes = 65536\nbody_deadline_ms = 700\nheader_read_timeout_ms = 2000",
-        DEMO_MODELS,
+        &demo_models(),
     ))
     .await;
     let addr = server.server().addr;

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{eventually, fixture, read_tensors, Repo, TestServer, SIMPLE};
+use crate::util::{
+    assert_error, demo_model, demo_models, eventually, fixture, output_f32, read_tensors,
+    simple_with, Repo, TestServer, Tolerance, SIMPLE, WAIT,
+};
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 struct Io {
     x: Vec<f32>,
@@ -29,7 +30,7 @@ fn io() -> Io {
 }
 
 fn v1() -> std::path::PathBuf {
-    crate::util::demo_model("simple", 1)
+    demo_model("simple", 1)
 }
 
 fn v2() -> std::path::PathBuf {
@@ -43,11 +44,14 @@ async fn infer(server: &TestServer, x: &[f32]) -> Answer {
         return (status, String::new(), Vec::new());
     }
     let version = answer["model_version"].as_str().unwrap().to_string();
-    (status, version, crate::util::output_f32(&answer, "output"))
+    (status, version, output_f32(&answer, "output"))
 }
 
 fn close(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| Tolerance::Absolute(1e-5).allows(*x, *y))
 }
 
 /// (status, version, outputs) of one answer.
@@ -150,7 +154,7 @@ async fn a_new_version_goes_live_under_load_without_a_failed_request() {
         503
     );
     eprintln!("version 2 answered {live_after:?} after its rename");
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -264,7 +268,7 @@ async fn a_slow_in_place_writer_is_never_loaded_half_written() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     check_answers(&load.finish().await, &io);
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -310,7 +314,7 @@ async fn overwriting_the_served_file_in_place_does_not_disturb_serving() {
     let answers = load.finish().await;
     check_answers(&answers, &io);
     assert!(answers.iter().all(|(_, v, _)| v == "1"));
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -408,12 +412,13 @@ async fn starting_without_versions_then_one_arrives() {
     assert_eq!(server.get("/v2/health/live").await.0, 200);
     assert_eq!(server.get("/v2/health/ready").await.0, 503);
     assert_eq!(server.get("/v2/models/simple/ready").await.0, 503);
-    let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
-    assert_eq!(status, 503, "{answer}");
-    assert!(answer["error"]
-        .as_str()
-        .unwrap()
-        .contains("no ready version"));
+    let answer = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
+    assert_error(
+        "no version yet",
+        (answer.0, &answer.1),
+        503,
+        "no ready version",
+    );
     repo.install("simple", 1, &v1());
     assert!(
         eventually(WAIT, || async {
@@ -425,31 +430,17 @@ async fn starting_without_versions_then_one_arrives() {
     server.shutdown().await;
 }
 
-/// A config file on disk, so the watcher can see it change.
-fn write_config(repo: &Repo, models: &str) -> std::path::PathBuf {
-    let path = repo.path().join(".wick.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nrepository = {:?}\npoll_interval_ms = 100\n{models}",
-        repo.path().display().to_string()
-    );
-    // Rename into place, as editors and ConfigMaps do.
-    let tmp = repo.path().join(".wick.toml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn config_changes_apply_without_a_restart_all_or_nothing() {
     let io = io();
     let repo = Repo::demo();
-    let path = write_config(&repo, SIMPLE);
+    let path = repo.write_config("", SIMPLE);
     let config = wick::config::Config::load(&path, &|_| None).unwrap();
     let server = TestServer::start(config).await;
     assert_eq!(server.get("/v2/models/digits").await.0, 404);
 
     // A model added to the file goes live.
-    write_config(&repo, crate::util::DEMO_MODELS);
+    repo.write_config("", &demo_models());
     assert!(
         eventually(WAIT, || async {
             server.get("/v2/models/digits/ready").await.0 == 200
@@ -459,8 +450,8 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
     );
 
     // An invalid file changes nothing (and is reported in the metrics).
-    let broken = crate::util::DEMO_MODELS.replace("out_features = 10", "out_feature = 10");
-    write_config(&repo, &broken);
+    let broken = demo_models().replace("out_features = 10", "out_feature = 10");
+    repo.write_config("", &broken);
     let counted = eventually(WAIT, || async {
         server
             .get("/metrics")
@@ -475,8 +466,8 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
     assert!(serving(&server, &io.x, "1", &io.y1).await);
 
     // Batching changes apply to the running engine; removing a model unloads it.
-    let smaller = format!("{SIMPLE}batching = {{ max_batch_size = 4 }}\n");
-    write_config(&repo, &smaller);
+    let smaller = simple_with("{ max_batch_size = 4 }");
+    repo.write_config("", &smaller);
     assert!(
         eventually(WAIT, || async {
             server.get("/v2/models/digits").await.0 == 404
@@ -484,15 +475,11 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
         .await,
         "digits was not removed"
     );
-    let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["error"].as_str().unwrap().contains("at most 4"),
-        "{answer}"
-    );
+    let answer = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
+    assert_error("8 rows", (answer.0, &answer.1), 400, "at most 4");
 
     // SIGHUP (what `wick serve` turns it into): a reload on demand.
-    write_config(&repo, SIMPLE);
+    repo.write_config("", SIMPLE);
     server
         .server()
         .watcher()

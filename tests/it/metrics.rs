@@ -2,8 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::util::{Repo, TestServer, DEMO_MODELS};
-use serde_json::json;
+use crate::util::{demo_models, infer_request, Repo, TestServer};
 
 /// One sample line: name, labels, value.
 #[derive(Debug, Clone)]
@@ -161,7 +160,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn metrics_parse_and_move() {
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("", &demo_models())).await;
     let (status, body) = server.get("/metrics").await;
     assert_eq!(status, 200);
     let before = parse(&body.text());
@@ -189,14 +188,14 @@ async fn metrics_parse_and_move() {
         1.0
     );
 
-    let good = json!({"inputs": [{"name": "input", "shape": [3, 10], "datatype": "FP32", "data": vec![0.5f32; 30]}]});
+    let good = infer_request("input", "FP32", [3, 10], vec![0.5f32; 30]);
     for _ in 0..5 {
         assert_eq!(
             server.post_json("/v2/models/simple/infer", &good).await.0,
             200
         );
     }
-    let bad = json!({"inputs": [{"name": "input", "shape": [1, 9], "datatype": "FP32", "data": vec![0.5f32; 9]}]});
+    let bad = infer_request("input", "FP32", [1, 9], vec![0.5f32; 9]);
     assert_eq!(
         server.post_json("/v2/models/simple/infer", &bad).await.0,
         400

@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{fixture, output_f32, Repo, TestServer};
-use serde_json::{json, Value};
+use crate::util::tensors::{ids_request, read_json, text_request};
+use crate::util::{assert_close, f32s, fixture, output_f32, Repo, TestServer, Tolerance};
+use serde_json::json;
 use wick::arch::text::tokenizer::TextTokenizer;
 
 const MODEL: &str = r#"
@@ -33,18 +34,6 @@ fn minilm_dir() -> PathBuf {
     dir
 }
 
-fn reference() -> Value {
-    serde_json::from_slice(&std::fs::read(fixture("arch/minilm_reference.json")).unwrap()).unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
         .iter()
@@ -56,14 +45,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-fn text_request(texts: &[&str]) -> Value {
-    json!({"inputs": [{"name": "text", "shape": [texts.len()], "datatype": "BYTES", "data": texts}]})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_matches_sentence_transformers() {
     let dir = minilm_dir();
-    let reference = reference();
+    let reference = read_json(&fixture("arch/minilm_reference.json"));
     let max_len = reference["max_seq_length"].as_u64().unwrap() as usize;
     assert_eq!(
         max_len, 256,
@@ -143,8 +128,9 @@ async fn minilm_matches_sentence_transformers() {
         );
 
         // The ids the server tokenised are the reference's: sending them gives the same answer.
-        let by_ids = json!({"inputs": [{"name": "input_ids", "shape": [1, ids.len()], "datatype": "INT64", "data": ids}]});
-        let (status, response) = server.post_json(path, &by_ids).await;
+        let (status, response) = server
+            .post_json(path, &ids_request(&json!([ids]), None, None))
+            .await;
         assert_eq!(status, 200, "{response}");
         assert_eq!(
             output_f32(&response, "embedding"),
@@ -164,16 +150,11 @@ async fn minilm_matches_sentence_transformers() {
     let batched = output_f32(&response, "embedding");
     let hidden = 384;
     for (i, single) in singles.iter().enumerate() {
-        let row = &batched[i * hidden..(i + 1) * hidden];
-        let worst = row
-            .iter()
-            .zip(single)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-5,
-            "{:?}: batched differs from single by {worst}",
-            texts[i]
+        assert_close(
+            &batched[i * hidden..(i + 1) * hidden],
+            single,
+            Tolerance::Absolute(1e-5),
+            &format!("{:?} batched, against it alone", texts[i]),
         );
     }
     println!(

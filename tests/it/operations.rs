@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::util::slow::{Probe, Slow};
-use crate::util::{demo_model, Repo, TestServer, DEMO_MODELS};
+use crate::util::process::wick;
+use crate::util::server::read_until_closed;
+use crate::util::slow::slow_server;
+use crate::util::{demo_models, eventually, infer_request, Repo, TestServer};
 use tokio::io::AsyncWriteExt;
 use wick::bench::Target;
 
@@ -22,16 +24,8 @@ struct Process {
 impl Process {
     fn start(extra_server: &str) -> Process {
         let repo = Repo::demo();
-        let config = repo.path().join(".config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nrepository = {:?}\n{extra_server}\n{DEMO_MODELS}",
-                repo.path().display().to_string()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+        let config = repo.write_config(extra_server, &demo_models());
+        let mut child = wick()
             .args([
                 "serve",
                 "--config",
@@ -115,7 +109,8 @@ async fn sigterm_drains_and_exits_zero() {
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let body = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![3.0f32; 64]}]})).unwrap();
+    let body =
+        serde_json::to_vec(&infer_request("input", "FP32", [1, 64], vec![3.0f32; 64])).unwrap();
     let clients: Vec<_> = (0..6)
         .map(|_| {
             let (target, stop, ok, bad, body) = (
@@ -195,31 +190,29 @@ async fn sigterm_drains_and_exits_zero() {
 
 #[tokio::test]
 async fn shutdown_finishes_queued_requests_and_joins_compute_threads() {
-    let repo = Repo::new();
-    repo.install("simple", 1, &demo_model("simple", 1));
-    let mut config = repo.config(
+    let (server, _repo, probe) = slow_server(
         "shutdown_grace_ms = 5000",
-        "[[models]]\nname = \"simple\"\narchitecture = \"linear\"\nconfig = { in_features = 10, out_features = 1 }\nbatching = { max_batch_size = 1 }\n",
-    );
-    let probe = Arc::new(Probe::default());
-    config.models[0].architecture =
-        Slow::configured(10, Duration::from_millis(150), Arc::clone(&probe));
-    let server = TestServer::start(config).await;
-    probe.reset();
+        Duration::from_millis(150),
+        "{ max_batch_size = 1 }",
+    )
+    .await;
     let requests: Vec<_> = (0..4)
         .map(|i| {
             let target = server.target.clone();
             tokio::spawn(async move {
-                let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": vec![i as f32; 10]}]});
+                let body = infer_request("input", "FP32", [1, 10], vec![i as f32; 10]);
                 let mut conn = target.connect().await.unwrap();
                 let body = serde_json::to_vec(&body).unwrap().into();
-                conn.send(http::Method::POST, "/v2/models/simple/infer", &[], body).await.unwrap().0
+                conn.send(http::Method::POST, "/v2/models/simple/infer", &[], body)
+                    .await
+                    .unwrap()
+                    .0
             })
         })
         .collect();
     let slot = server.server().repository().get("simple").unwrap();
     assert!(
-        crate::util::eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(5), || async {
             slot.engine.queue_len() == 3
         })
         .await
@@ -235,11 +228,11 @@ async fn shutdown_finishes_queued_requests_and_joins_compute_threads() {
 }
 
 /// What the server said before closing, and when it closed.
-async fn read_until_closed(
+async fn said_until_closed(
     stream: &mut tokio::net::TcpStream,
     limit: Duration,
 ) -> (String, Option<Duration>) {
-    let (seen, closed) = crate::util::read_until_closed(stream, limit).await;
+    let (seen, closed) = read_until_closed(stream, limit).await;
     (String::from_utf8_lossy(&seen).into_owned(), closed)
 }
 
@@ -248,7 +241,7 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     let repo = Repo::demo();
     let server = TestServer::start(repo.config(
         "header_read_timeout_ms = 500\nbody_deadline_ms = 700",
-        DEMO_MODELS,
+        &demo_models(),
     ))
     .await;
     let addr = server.server().addr;
@@ -285,7 +278,7 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
         assert_eq!(status, 200);
     }
 
-    let (said, closed) = read_until_closed(&mut partial, Duration::from_secs(3)).await;
+    let (said, closed) = said_until_closed(&mut partial, Duration::from_secs(3)).await;
     let closed = closed.expect("the slowloris connection was not closed");
     assert!(
         closed < Duration::from_millis(1500),
@@ -294,7 +287,7 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     assert!(!said.contains("200 OK"), "{said}");
 
     let mut trickle = trickler.await.unwrap();
-    let (said, _) = read_until_closed(&mut trickle, Duration::from_secs(3)).await;
+    let (said, _) = said_until_closed(&mut trickle, Duration::from_secs(3)).await;
     assert!(
         said.starts_with("HTTP/1.1 408"),
         "the trickled body was not cut at the deadline: {said:?}"
@@ -308,7 +301,7 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
 }
 
 fn health(url: &str) -> i32 {
-    Command::new(env!("CARGO_BIN_EXE_wick"))
+    wick()
         .args(["health", "--url", url, "--timeout-ms", "1000"])
         .status()
         .unwrap()
@@ -319,7 +312,7 @@ fn health(url: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wick_health_tells_ready_from_not_ready() {
     let repo = Repo::demo();
-    let ready = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let ready = TestServer::start(repo.config("", &demo_models())).await;
     let url = format!("http://{}", ready.server().addr);
     assert_eq!(
         tokio::task::spawn_blocking(move || health(&url))
@@ -330,7 +323,7 @@ async fn wick_health_tells_ready_from_not_ready() {
 
     // Configured models without any version: live, not ready.
     let empty = Repo::new();
-    let not_ready = TestServer::start(empty.config("", DEMO_MODELS)).await;
+    let not_ready = TestServer::start(empty.config("", &demo_models())).await;
     let url = format!("http://{}", not_ready.server().addr);
     assert_eq!(
         tokio::task::spawn_blocking(move || health(&url))

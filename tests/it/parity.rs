@@ -1,30 +1,31 @@
 //! Served outputs against PyTorch's, through HTTP: `simple` and `digits` within 1e-5, and the
 //! whole digits test split classified exactly as PyTorch does.
 
-use crate::util::{fixture, output_f32, read_tensors, Repo, TestServer, DEMO_MODELS};
-use serde_json::json;
+use crate::util::{
+    assert_close, assert_error, demo_models, fixture, infer_request, output_f32, read_tensors,
+    Repo, TestServer, Tolerance,
+};
+
+/// wick's F32 against PyTorch's F32.
+const TOLERANCE: Tolerance = Tolerance::Absolute(1e-5);
 
 #[tokio::test]
 async fn simple_matches_pytorch() {
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("", &demo_models())).await;
     let io = read_tensors(&fixture("simple_io.safetensors"));
     let (x_shape, x) = &io["x"];
     let (_, y) = &io["y"];
     let (status, answer) = server.infer_f32("simple", "input", x_shape, x.f32()).await;
     assert_eq!(status, 200, "{answer}");
-    let got = output_f32(&answer, "output");
-    assert_eq!(got.len(), y.f32().len());
-    for (g, e) in got.iter().zip(y.f32()) {
-        assert!((g - e).abs() <= 1e-5, "{g} vs {e}");
-    }
+    assert_close(&output_f32(&answer, "output"), y.f32(), TOLERANCE, "simple");
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn digits_test_split_matches_pytorch_exactly() {
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("", &demo_models())).await;
     let split = read_tensors(&fixture("digits_test.safetensors"));
     let (shape, x) = &split["x"];
     let labels = split["label"].1.i64();
@@ -40,9 +41,8 @@ async fn digits_test_split_matches_pytorch_exactly() {
         let (status, answer) = server.infer_f32("digits", "input", &[1, 64], row).await;
         assert_eq!(status, 200);
         let got = output_f32(&answer, "output");
-        for (g, e) in got.iter().zip(&logits[i * 10..(i + 1) * 10]) {
-            assert!((g - e).abs() <= 1e-5, "sample {i}: {g} vs {e}");
-        }
+        let want = &logits[i * 10..(i + 1) * 10];
+        assert_close(&got, want, TOLERANCE, &format!("sample {i}"));
         predictions.push(argmax(&got));
     }
     assert_eq!(
@@ -70,16 +70,11 @@ async fn digits_test_split_matches_pytorch_exactly() {
     assert_eq!(batched, expected_pred);
     // ...and a request above it is refused with the reason, as Triton does.
     let (status, answer) = server.infer_f32("digits", "input", &[n, 64], x.f32()).await;
-    assert_eq!(status, 400);
-    assert!(
-        answer["error"].as_str().unwrap().contains("max_batch_size"),
-        "{answer}"
-    );
+    assert_error("the whole split", (status, &answer), 400, "max_batch_size");
 
     // Raw pixels as integers convert losslessly into the FP32 input.
     let ints: Vec<i64> = x.f32()[..64].iter().map(|v| *v as i64).collect();
-    let body =
-        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": ints}]});
+    let body = infer_request("input", "INT64", [1, 64], ints);
     let (status, answer) = server.post_json("/v2/models/digits/infer", &body).await;
     assert_eq!(status, 200);
     assert_eq!(argmax(&output_f32(&answer, "output")), expected_pred[0]);

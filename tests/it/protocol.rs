@@ -1,36 +1,29 @@
 //! The Open Inference Protocol on a real socket: every endpoint, and every way a request can be
 //! wrong, each answered with the right status and a JSON `{"error": ...}` body.
 
-use crate::util::{Repo, TestServer, DEMO_MODELS};
+use crate::util::{assert_error, demo_models, infer_request, Repo, TestServer};
 use http::Method;
 use serde_json::{json, Value};
 
 async fn demo() -> (TestServer, Repo) {
     let repo = Repo::demo();
-    let server = TestServer::start(repo.config("max_body_bytes = 65536", DEMO_MODELS)).await;
+    let server = TestServer::start(repo.config("max_body_bytes = 65536", &demo_models())).await;
     (server, repo)
 }
 
 fn simple_request(data: Value, shape: Value, datatype: &str) -> Value {
-    json!({"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}]})
+    infer_request("input", datatype, shape, data)
 }
 
 fn ten() -> Vec<f32> {
     (0..10).map(|i| i as f32 * 0.5).collect()
 }
 
-/// Asserts a JSON error answer with `status` whose message contains `needle`.
+/// POSTs `body` to `path` and asserts a JSON error answer with `status` whose message contains
+/// `needle`.
 async fn expect_error(server: &TestServer, path: &str, body: Vec<u8>, status: u16, needle: &str) {
     let (got, bytes) = server.post(path, body).await;
-    let value = bytes.json();
-    let message = value["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error field: {value}"));
-    assert_eq!(got, status, "{path}: {message}");
-    assert!(
-        message.contains(needle),
-        "{path}: {message:?} does not mention {needle:?}"
-    );
+    assert_error(path, (got, &bytes.json()), status, needle);
 }
 
 #[tokio::test]

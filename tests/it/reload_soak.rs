@@ -6,8 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::util::{Repo, TestServer, TOKEN};
-use serde_json::json;
+use crate::util::{eventually, infer_request, Repo, TestServer, TOKEN};
 
 const WIDTH: usize = 1024;
 
@@ -96,9 +95,14 @@ async fn swaps_under_load() {
     let served = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..2)
         .map(|_| {
-            let (server, stop, failures, served) = (Arc::clone(&server), Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&served));
+            let (server, stop, failures, served) = (
+                Arc::clone(&server),
+                Arc::clone(&stop),
+                Arc::clone(&failures),
+                Arc::clone(&served),
+            );
             tokio::spawn(async move {
-                let body = json!({"inputs": [{"name": "input", "shape": [1, WIDTH], "datatype": "FP32", "data": vec![0.5f32; WIDTH]}]});
+                let body = infer_request("input", "FP32", [1, WIDTH], vec![0.5f32; WIDTH]);
                 while !stop.load(Ordering::Relaxed) {
                     let (status, _) = server.post_json("/v2/models/big/infer", &body).await;
                     if status == 200 {
@@ -153,11 +157,11 @@ async fn swaps_under_load() {
     );
     assert_eq!(checkpoint_mappings(), 0, "a checkpoint is still mapped");
     // Deleted version directories leave the index at the watcher's next scan.
-    let settled = crate::util::eventually(std::time::Duration::from_secs(5), || async {
+    let settled = eventually(std::time::Duration::from_secs(5), || async {
         let index = server.index().await;
         index.len() == 1 && index[0]["version"] == "201" && index[0]["state"] == "READY"
     })
     .await;
     assert!(settled, "{:?}", server.index().await);
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::util::{fixture, read_tensors, Repo, TestServer, SIMPLE, TOKEN};
+use crate::util::{
+    assert_error, demo_model, fixture, read_tensors, Repo, TestServer, SIMPLE, TOKEN,
+};
 use serde_json::Value;
 
 fn x() -> Vec<f32> {
@@ -26,7 +28,7 @@ async fn admin_server(repo: &Repo) -> TestServer {
 #[tokio::test]
 async fn the_api_needs_the_bearer_token() {
     let repo = Repo::new();
-    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
+    repo.install("simple", 1, &demo_model("simple", 1));
     let server = admin_server(&repo).await;
     for token in [
         None,
@@ -79,7 +81,7 @@ async fn an_admin_listener_without_a_token_refuses_to_start() {
 #[tokio::test]
 async fn unload_and_load_a_model() {
     let repo = Repo::new();
-    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
+    repo.install("simple", 1, &demo_model("simple", 1));
     let server = admin_server(&repo).await;
     let (status, _) = server
         .admin(
@@ -160,11 +162,11 @@ async fn a_load_that_fails_reports_why() {
     let (status, body) = server
         .admin("/v2/repository/models/simple/load", "", Some(TOKEN))
         .await;
-    assert_eq!(status, 400);
-    let message = body["error"].as_str().unwrap();
-    assert!(
-        message.contains("size mismatch for linear.weight"),
-        "{message}"
+    assert_error(
+        "load",
+        (status, &body),
+        400,
+        "size mismatch for linear.weight",
     );
     server.shutdown().await;
 }
@@ -172,7 +174,7 @@ async fn a_load_that_fails_reports_why() {
 #[tokio::test]
 async fn rollback_by_unloading_the_bad_version() {
     let repo = Repo::new();
-    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
+    repo.install("simple", 1, &demo_model("simple", 1));
     repo.install("simple", 2, &fixture("simple_v2.safetensors"));
     let server = admin_server(&repo).await;
     assert_eq!(served_version(&server).await.as_deref(), Some("2"));
@@ -204,7 +206,7 @@ async fn rollback_by_unloading_the_bad_version() {
 #[tokio::test]
 async fn concurrent_loads_and_unloads_leave_a_consistent_state() {
     let repo = Repo::new();
-    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
+    repo.install("simple", 1, &demo_model("simple", 1));
     repo.install("simple", 2, &fixture("simple_v2.safetensors"));
     let server = Arc::new(admin_server(&repo).await);
     let mut tasks = Vec::new();
@@ -250,5 +252,5 @@ async fn concurrent_loads_and_unloads_leave_a_consistent_state() {
     let ready: Vec<&Value> = index.iter().filter(|e| e["state"] == "READY").collect();
     assert_eq!(ready.len(), 1, "{index:?}");
     assert_eq!(ready[0]["version"], "2");
-    Arc::try_unwrap(server).ok().unwrap().shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }

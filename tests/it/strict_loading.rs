@@ -2,14 +2,14 @@
 //! reported at once, bad formats are named, and `wick check` prints PyTorch's report style.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::util::{demo_model, fixture, Repo, DEMO_MODELS};
+use crate::util::process;
+use crate::util::{demo_model, demo_models, fixture, Repo};
 use wick::config::Config;
 use wick::state_dict::{self, ForeignFormat, FormatError, LoadError};
 
 fn config() -> Config {
-    Repo::new().config("", DEMO_MODELS)
+    Repo::new().config("", &demo_models())
 }
 
 /// Loads `file` as model `name` of the demo config.
@@ -195,7 +195,7 @@ fn sha256_is_the_files_digest() {
 }
 
 fn wick(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+    let out = process::wick()
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

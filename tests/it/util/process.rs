@@ -1,8 +1,13 @@
-//! Child processes: a test that measures the process it runs in (resident memory, descriptors,
-//! mappings) runs alone in a child process of this test binary, since the other tests share the
-//! parent and would move its figures.
+//! Child processes: the `wick` binary the CLI tests run, and a test that measures the process it
+//! runs in (resident memory, descriptors, mappings) run alone in a child process of this test
+//! binary, since the other tests share the parent and would move its figures.
 
 use std::process::Command;
+
+/// The `wick` binary cargo built for these tests.
+pub fn wick() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wick"))
+}
 
 /// Set in the child process to the name of the one test it runs.
 const ALONE: &str = "WICK_IT_ALONE";

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use candle_nn::VarBuilder;
 use wick::arch::{Architecture, Configured};
+use wick::config::Config;
 use wick::model::{Assets, HostData, HostTensor, InputError, Model, Prepared, Signature};
+
+use super::{demo_model, simple_with, Repo, TestServer};
 
 /// A first input value that makes any batch containing it fail.
 pub const POISON: f32 = 666.0;
@@ -38,6 +41,34 @@ impl Probe {
         self.batches.lock().unwrap().clear();
         self.computed.lock().unwrap().clear();
     }
+}
+
+/// A config serving the demo `simple` model from `repo` with `batching` (a TOML inline table),
+/// through [`Slow`] with `delay` per forward pass, and the probe that watches it.
+pub fn slow_config(
+    repo: &Repo,
+    extra_server: &str,
+    delay: Duration,
+    batching: &str,
+) -> (Config, Arc<Probe>) {
+    repo.install("simple", 1, &demo_model("simple", 1));
+    let mut config = repo.config(extra_server, &simple_with(batching));
+    let probe = Arc::new(Probe::default());
+    config.models[0].architecture = Slow::configured(10, delay, Arc::clone(&probe));
+    (config, probe)
+}
+
+/// A server of [`slow_config`], its repository, and the probe, reset after the warm-up pass.
+pub async fn slow_server(
+    extra_server: &str,
+    delay: Duration,
+    batching: &str,
+) -> (TestServer, Repo, Arc<Probe>) {
+    let repo = Repo::new();
+    let (config, probe) = slow_config(&repo, extra_server, delay, batching);
+    let server = TestServer::start(config).await;
+    probe.reset();
+    (server, repo, probe)
 }
 
 pub struct Slow {
