@@ -256,8 +256,7 @@ async fn a_missing_layer_and_an_unmapped_head_are_refused_with_the_exact_keys() 
         model_toml("headed", ""),
         model_toml("good", IGNORE_HEAD)
     );
-    let server =
-        TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", &models)).await;
+    let server = TestServer::start_admin(repo.config("", &models)).await;
 
     let entry = server.index_entry("pruned", 1).await.expect("index entry");
     assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");

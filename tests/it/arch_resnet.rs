@@ -220,10 +220,7 @@ async fn wrong_preset_is_refused_with_the_exact_keys() {
     let r18 = checkpoint("resnet18", scratch.path());
     repo.install("as34", 1, &r18);
     repo.install("as50", 1, &r18);
-    let config = repo.config(
-        "admin_listen = \"127.0.0.1:0\"",
-        &models(&[("as34", "resnet34"), ("as50", "resnet50")]),
-    );
+    let config = repo.config("", &models(&[("as34", "resnet34"), ("as50", "resnet50")]));
     let server = TestServer::start_admin(config).await;
 
     let entry = server.index_entry("as34", 1).await.expect("index entry");

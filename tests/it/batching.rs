@@ -13,9 +13,10 @@ use http::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-/// A server whose `simple` model sleeps `delay` per forward pass.
-async fn slow_server(delay: Duration, batching: &str) -> (TestServer, Repo, Arc<Probe>) {
-    slow::slow_server("", delay, batching).await
+/// A server whose `simple` model sleeps `delay` per forward pass, shared by client tasks.
+async fn slow_server(delay: Duration, batching: &str) -> (Arc<TestServer>, Repo, Arc<Probe>) {
+    let (server, repo, probe) = slow::slow_server("", delay, batching).await;
+    (Arc::new(server), repo, probe)
 }
 
 /// `linear` in f64 against wick's f32.
@@ -69,11 +70,19 @@ async fn post(server: &TestServer, body: Vec<u8>) -> (u16, http::HeaderMap, Valu
     (status, headers, serde_json::from_slice(&bytes).unwrap())
 }
 
+/// [`post`] on a task of its own.
+fn spawn_post(
+    server: &Arc<TestServer>,
+    body: Vec<u8>,
+) -> tokio::task::JoinHandle<(u16, http::HeaderMap, Value)> {
+    let server = Arc::clone(server);
+    tokio::spawn(async move { post(&server, body).await })
+}
+
 #[tokio::test]
 async fn concurrent_requests_share_forward_passes_and_get_their_own_rows() {
     let (server, _repo, probe) =
         slow_server(Duration::from_millis(40), "{ max_batch_size = 64 }").await;
-    let server = Arc::new(server);
     let mut tasks = Vec::new();
     for i in 0..32 {
         let server = Arc::clone(&server);
@@ -122,7 +131,7 @@ async fn an_idle_server_never_waits_for_batch_mates() {
         "{:?}",
         started.elapsed()
     );
-    server.shutdown().await;
+    TestServer::shutdown_shared(server).await;
 }
 
 #[tokio::test]
@@ -132,17 +141,10 @@ async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
         "{ max_batch_size = 64, max_queue_delay_us = 300000 }",
     )
     .await;
-    let server = Arc::new(server);
-    let first = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { post(&server, body(&rows(1.0, 1), json!({}))).await })
-    };
+    let first = spawn_post(&server, body(&rows(1.0, 1), json!({})));
     wait_for("the first request to start", || probe.calls() == 1).await;
     let sent = Instant::now();
-    let second = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { post(&server, body(&rows(2.0, 1), json!({}))).await })
-    };
+    let second = spawn_post(&server, body(&rows(2.0, 1), json!({})));
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(second.await.unwrap().0, 200);
     // The second arrived while the model was busy: it waited for batch-mates up to the delay,
@@ -162,12 +164,8 @@ async fn a_full_queue_answers_429_at_once_and_admitted_requests_succeed() {
         "{ max_batch_size = 1, max_queue_size = 3 }",
     )
     .await;
-    let server = Arc::new(server);
     let mut admitted = Vec::new();
-    let spawn = |marker: f32| {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { post(&server, body(&rows(marker, 1), json!({}))).await })
-    };
+    let spawn = |marker: f32| spawn_post(&server, body(&rows(marker, 1), json!({})));
     admitted.push(spawn(1.0));
     wait_for("the first request to start", || probe.calls() == 1).await;
     for marker in [2.0, 3.0, 4.0] {
@@ -210,20 +208,13 @@ async fn timeouts_drop_queued_requests_before_compute() {
         "{ max_batch_size = 1, default_timeout_us = 150000 }",
     )
     .await;
-    let server = Arc::new(server);
-    let first = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move {
-            post(
-                &server,
-                body(
-                    &rows(1.0, 1),
-                    json!({"parameters": {"timeout": 10_000_000}}),
-                ),
-            )
-            .await
-        })
-    };
+    let first = spawn_post(
+        &server,
+        body(
+            &rows(1.0, 1),
+            json!({"parameters": {"timeout": 10_000_000}}),
+        ),
+    );
     wait_for("the first request to start", || probe.calls() == 1).await;
     // Triton's per-request timeout parameter (µs)...
     let started = Instant::now();
@@ -261,11 +252,7 @@ async fn timeouts_drop_queued_requests_before_compute() {
 async fn a_client_that_disconnects_has_its_work_dropped() {
     let (server, _repo, probe) =
         slow_server(Duration::from_millis(400), "{ max_batch_size = 1 }").await;
-    let server = Arc::new(server);
-    let first = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { post(&server, body(&rows(1.0, 1), json!({}))).await })
-    };
+    let first = spawn_post(&server, body(&rows(1.0, 1), json!({})));
     wait_for("the first request to start", || probe.calls() == 1).await;
     let slot = server.server().repository().get("simple").unwrap();
     // A raw client sends a complete request, then goes away before it is computed.
@@ -303,7 +290,6 @@ async fn a_client_that_disconnects_has_its_work_dropped() {
 async fn one_failing_request_does_not_fail_its_batch_mates() {
     let (server, _repo, probe) =
         slow_server(Duration::from_millis(150), "{ max_batch_size = 64 }").await;
-    let server = Arc::new(server);
     let spawn = |data: Vec<f32>| {
         let server = Arc::clone(&server);
         tokio::spawn(async move { (post(&server, body(&data, json!({}))).await, data) })

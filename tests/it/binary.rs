@@ -3,8 +3,7 @@
 
 use crate::util::tensors::le_f32s;
 use crate::util::{
-    assert_close, assert_error, demo_models, fixture, output_f32, read_tensors, Repo, TestServer,
-    Tolerance,
+    assert_close, assert_error, fixture, output_f32, read_tensors, TestServer, Tolerance,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -82,8 +81,7 @@ fn encode(datatype: &str, values: &[f32]) -> Vec<u8> {
 
 #[tokio::test]
 async fn every_accepted_datatype_round_trips() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", &demo_models())).await;
+    let (server, _repo) = TestServer::demo("").await;
     let signed = integer_rows();
     let unsigned: Vec<f32> = signed.iter().map(|v| v + 5.0).collect();
     for datatype in [
@@ -130,8 +128,7 @@ async fn every_accepted_datatype_round_trips() {
 #[tokio::test]
 async fn binary_output_follows_tritonclient_defaults() {
     // tritonclient with no requested outputs sets binary_data_output = true.
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", &demo_models())).await;
+    let (server, _repo) = TestServer::demo("").await;
     let io = read_tensors(&fixture("simple_io.safetensors"));
     let x = io["x"].1.f32();
     let y = io["y"].1.f32();
@@ -168,8 +165,7 @@ async fn binary_output_follows_tritonclient_defaults() {
 
 #[tokio::test]
 async fn malformed_framing_is_a_400() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", &demo_models())).await;
+    let (server, _repo) = TestServer::demo("").await;
     let good_tail = encode("FP32", &integer_rows()[..10]);
     let header = |size: usize| json!({"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "parameters": {"binary_data_size": size}}]});
     let expect = |status: u16, body: &bytes::Bytes, needle: &str| {

@@ -186,22 +186,28 @@ fn write_config(dir: &Path, hidden: usize) -> PathBuf {
     path
 }
 
-#[test]
-fn check_config_runs_the_strict_check_before_publishing() {
-    let dir = tempfile::tempdir().unwrap();
+/// `wick convert checkpoint_adam.pth OUT --key model --check-config CONFIG --model MODEL` in
+/// `dir`.
+fn convert_checked(dir: &Path, out: &str, config: &str, model: &str) -> Output {
     let input = pth("checkpoint_adam.pth").display().to_string();
-    let config = write_config(dir.path(), 16).display().to_string();
     let args = [
         &input,
-        "ok.safetensors",
+        out,
         "--key",
         "model",
         "--check-config",
-        &config,
+        config,
         "--model",
-        "net",
+        model,
     ];
-    let output = convert(dir.path(), &args);
+    convert(dir, &args)
+}
+
+#[test]
+fn check_config_runs_the_strict_check_before_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 16).display().to_string();
+    let output = convert_checked(dir.path(), "ok.safetensors", &config, "net");
     assert!(
         output.status.success(),
         "{}{}",
@@ -232,17 +238,7 @@ fn check_config_runs_the_strict_check_before_publishing() {
 
     // A model that does not match: the report is printed and nothing is written.
     let config = write_config(dir.path(), 32).display().to_string();
-    let args = [
-        &input,
-        "bad.safetensors",
-        "--key",
-        "model",
-        "--check-config",
-        &config,
-        "--model",
-        "net",
-    ];
-    let output = convert(dir.path(), &args);
+    let output = convert_checked(dir.path(), "bad.safetensors", &config, "net");
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("size mismatch for fc1.weight"), "{stdout}");
@@ -251,17 +247,7 @@ fn check_config_runs_the_strict_check_before_publishing() {
         "{stdout}"
     );
     assert!(!dir.path().join("bad.safetensors").exists());
-    let args = [
-        &input,
-        "bad.safetensors",
-        "--key",
-        "model",
-        "--check-config",
-        &config,
-        "--model",
-        "nope",
-    ];
-    let output = convert(dir.path(), &args);
+    let output = convert_checked(dir.path(), "bad.safetensors", &config, "nope");
     assert!(
         text(&output.stderr).contains("no model \"nope\""),
         "{}",

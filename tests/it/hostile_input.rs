@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::util::server::read_until_closed;
-use crate::util::{demo_models, infer_request, Repo, TestServer};
+use crate::util::{infer_request, TestServer};
 use tokio::io::AsyncWriteExt;
 
 const INFER: &str = "/v2/models/simple/infer";
@@ -98,11 +98,9 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bad_input_catalogue() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config(
+    let (server, _repo) = TestServer::demo(
         "max_body_bytes = 65536\nbody_deadline_ms = 700\nheader_read_timeout_ms = 2000",
-        &demo_models(),
-    ))
+    )
     .await;
     let addr = server.server().addr;
 

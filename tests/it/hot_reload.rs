@@ -37,6 +37,20 @@ fn v2() -> std::path::PathBuf {
     fixture("simple_v2.safetensors")
 }
 
+/// A server of `simple` over a new repository holding version 1, with the repository API if
+/// `admin`.
+async fn server_with_v1(admin: bool) -> (TestServer, Repo) {
+    let repo = Repo::new();
+    repo.install("simple", 1, &v1());
+    let config = repo.config("", SIMPLE);
+    let server = if admin {
+        TestServer::start_admin(config).await
+    } else {
+        TestServer::start(config).await
+    };
+    (server, repo)
+}
+
 /// (status, version, outputs) of one inference of the fixture input.
 async fn infer(server: &TestServer, x: &[f32]) -> Answer {
     let (status, answer) = server.infer_f32("simple", "input", &[8, 10], x).await;
@@ -129,9 +143,8 @@ async fn serving(server: &TestServer, x: &[f32], version: &str, expected: &[f32]
 #[tokio::test]
 async fn a_new_version_goes_live_under_load_without_a_failed_request() {
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server = Arc::new(TestServer::start(repo.config("", SIMPLE)).await);
+    let (server, repo) = server_with_v1(false).await;
+    let server = Arc::new(server);
     let load = Load::start(&server, 6, &io.x);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let published = Instant::now();
@@ -160,10 +173,7 @@ async fn a_new_version_goes_live_under_load_without_a_failed_request() {
 #[tokio::test]
 async fn broken_versions_never_replace_the_good_one() {
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server =
-        TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await;
+    let (server, repo) = server_with_v1(true).await;
     let cases = [
         (
             "broken/missing_bias.safetensors",
@@ -248,9 +258,8 @@ async fn write_slowly(path: &Path, bytes: &[u8], chunks: usize, pause: Duration)
 #[tokio::test]
 async fn a_slow_in_place_writer_is_never_loaded_half_written() {
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server = Arc::new(TestServer::start(repo.config("", SIMPLE)).await);
+    let (server, repo) = server_with_v1(false).await;
+    let server = Arc::new(server);
     let load = Load::start(&server, 4, &io.x);
     let dir = repo.version_dir("simple", 2);
     std::fs::create_dir_all(&dir).unwrap();
@@ -274,11 +283,8 @@ async fn a_slow_in_place_writer_is_never_loaded_half_written() {
 #[tokio::test]
 async fn overwriting_the_served_file_in_place_does_not_disturb_serving() {
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server = Arc::new(
-        TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await,
-    );
+    let (server, repo) = server_with_v1(true).await;
+    let server = Arc::new(server);
     let load = Load::start(&server, 4, &io.x);
     let file = repo.version_dir("simple", 1).join("model.safetensors");
     let original = std::fs::read(&file).unwrap();
@@ -345,9 +351,7 @@ async fn delete_and_readd_a_version() {
 #[tokio::test]
 async fn a_burst_of_versions_ends_on_the_newest() {
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server = TestServer::start(repo.config("", SIMPLE)).await;
+    let (server, repo) = server_with_v1(false).await;
     for version in 2..=5 {
         let file = if version % 2 == 0 { v2() } else { v1() };
         repo.install("simple", version, &file);
@@ -390,9 +394,7 @@ async fn a_symlink_swap_of_the_model_directory_is_seen() {
 #[tokio::test]
 async fn a_vanished_model_directory_keeps_the_last_good_version() {
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server = TestServer::start(repo.config("", SIMPLE)).await;
+    let (server, repo) = server_with_v1(false).await;
     let away = repo.path().join(".away");
     std::fs::rename(repo.path().join("simple"), &away).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -499,9 +501,7 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
 async fn every_response_names_the_weights_that_computed_it() {
     use sha2::Digest;
     let io = io();
-    let repo = Repo::new();
-    repo.install("simple", 1, &v1());
-    let server = TestServer::start(repo.config("", SIMPLE)).await;
+    let (server, _repo) = server_with_v1(false).await;
     let (_, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
     let expected = wick::state_dict::hex(&sha2::Sha256::digest(std::fs::read(v1()).unwrap()));
     assert_eq!(

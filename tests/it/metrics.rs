@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::util::{demo_models, infer_request, Repo, TestServer};
+use crate::util::{infer_request, TestServer};
 
 /// One sample line: name, labels, value.
 #[derive(Debug, Clone)]
@@ -159,8 +159,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn metrics_parse_and_move() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", &demo_models())).await;
+    let (server, _repo) = TestServer::demo("").await;
     let (status, body) = server.get("/metrics").await;
     assert_eq!(status, 200);
     let before = parse(&body.text());

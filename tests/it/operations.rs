@@ -238,12 +238,8 @@ async fn said_until_closed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_while_others_are_served() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config(
-        "header_read_timeout_ms = 500\nbody_deadline_ms = 700",
-        &demo_models(),
-    ))
-    .await;
+    let (server, _repo) =
+        TestServer::demo("header_read_timeout_ms = 500\nbody_deadline_ms = 700").await;
     let addr = server.server().addr;
 
     // Slowloris: half a request head, then silence.
@@ -300,50 +296,38 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     server.shutdown().await;
 }
 
-fn health(url: &str) -> i32 {
-    wick()
-        .args(["health", "--url", url, "--timeout-ms", "1000"])
-        .status()
-        .unwrap()
-        .code()
-        .unwrap_or(-1)
+/// The exit code of `wick health` against `addr` (run off the runtime's workers, which keep
+/// serving meanwhile).
+async fn health(addr: impl std::fmt::Display) -> i32 {
+    let url = format!("http://{addr}");
+    tokio::task::spawn_blocking(move || {
+        wick()
+            .args(["health", "--url", &url, "--timeout-ms", "1000"])
+            .status()
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wick_health_tells_ready_from_not_ready() {
-    let repo = Repo::demo();
-    let ready = TestServer::start(repo.config("", &demo_models())).await;
-    let url = format!("http://{}", ready.server().addr);
-    assert_eq!(
-        tokio::task::spawn_blocking(move || health(&url))
-            .await
-            .unwrap(),
-        0
-    );
+    let (ready, _repo) = TestServer::demo("").await;
+    assert_eq!(health(ready.server().addr).await, 0);
 
     // Configured models without any version: live, not ready.
     let empty = Repo::new();
     let not_ready = TestServer::start(empty.config("", &demo_models())).await;
-    let url = format!("http://{}", not_ready.server().addr);
-    assert_eq!(
-        tokio::task::spawn_blocking(move || health(&url))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(health(not_ready.server().addr).await, 1);
 
     // Nothing listening.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let url = format!("http://{closed}");
-    assert_eq!(
-        tokio::task::spawn_blocking(move || health(&url))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(health(closed).await, 1);
     ready.shutdown().await;
     not_ready.shutdown().await;
 }

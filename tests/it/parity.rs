@@ -2,8 +2,8 @@
 //! whole digits test split classified exactly as PyTorch does.
 
 use crate::util::{
-    assert_close, assert_error, demo_models, fixture, infer_request, output_f32, read_tensors,
-    Repo, TestServer, Tolerance,
+    assert_close, assert_error, fixture, infer_request, output_f32, read_tensors, TestServer,
+    Tolerance,
 };
 
 /// wick's F32 against PyTorch's F32.
@@ -11,8 +11,7 @@ const TOLERANCE: Tolerance = Tolerance::Absolute(1e-5);
 
 #[tokio::test]
 async fn simple_matches_pytorch() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", &demo_models())).await;
+    let (server, _repo) = TestServer::demo("").await;
     let io = read_tensors(&fixture("simple_io.safetensors"));
     let (x_shape, x) = &io["x"];
     let (_, y) = &io["y"];
@@ -24,8 +23,7 @@ async fn simple_matches_pytorch() {
 
 #[tokio::test]
 async fn digits_test_split_matches_pytorch_exactly() {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("", &demo_models())).await;
+    let (server, _repo) = TestServer::demo("").await;
     let split = read_tensors(&fixture("digits_test.safetensors"));
     let (shape, x) = &split["x"];
     let labels = split["label"].1.i64();

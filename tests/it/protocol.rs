@@ -1,14 +1,13 @@
 //! The Open Inference Protocol on a real socket: every endpoint, and every way a request can be
 //! wrong, each answered with the right status and a JSON `{"error": ...}` body.
 
-use crate::util::{assert_error, demo_models, infer_request, Repo, TestServer};
+use crate::util::{assert_error, infer_request, Repo, TestServer};
 use http::Method;
 use serde_json::{json, Value};
 
+/// The demo server with a 64 KiB body limit.
 async fn demo() -> (TestServer, Repo) {
-    let repo = Repo::demo();
-    let server = TestServer::start(repo.config("max_body_bytes = 65536", &demo_models())).await;
-    (server, repo)
+    TestServer::demo("max_body_bytes = 65536").await
 }
 
 fn simple_request(data: Value, shape: Value, datatype: &str) -> Value {
@@ -17,6 +16,11 @@ fn simple_request(data: Value, shape: Value, datatype: &str) -> Value {
 
 fn ten() -> Vec<f32> {
     (0..10).map(|i| i as f32 * 0.5).collect()
+}
+
+/// A valid request for `simple`: one row.
+fn one_row() -> Value {
+    simple_request(json!(ten()), json!([1, 10]), "FP32")
 }
 
 /// POSTs `body` to `path` and asserts a JSON error answer with `status` whose message contains
@@ -72,7 +76,7 @@ async fn health_and_metadata_endpoints() {
 #[tokio::test]
 async fn infer_answers_with_version_sha_and_id() {
     let (server, _repo) = demo().await;
-    let mut body = simple_request(json!(ten()), json!([1, 10]), "FP32");
+    let mut body = one_row();
     body["id"] = json!("req-42");
     let bytes = serde_json::to_vec(&body).unwrap();
     // No Content-Type header at all, as tritonclient sends it.
@@ -142,51 +146,34 @@ async fn infer_answers_with_version_sha_and_id() {
 #[tokio::test]
 async fn nested_data_and_lossless_datatype_conversion() {
     let (server, _repo) = demo().await;
-    let flat = simple_request(
-        json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        json!([2, 10]),
-        "FP32",
-    );
-    let nested = simple_request(
-        json!([
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        ]),
-        json!([2, 10]),
-        "FP32",
-    );
-    let ints = simple_request(
-        json!([
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        ]),
-        json!([2, 10]),
-        "INT32",
-    );
-    let bytes = simple_request(
-        json!([
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        ]),
-        json!([2, 10]),
-        "UINT8",
-    );
-    let (s1, a) = server.post_json("/v2/models/simple/infer", &flat).await;
-    let (s2, b) = server.post_json("/v2/models/simple/infer", &nested).await;
-    let (s3, c) = server.post_json("/v2/models/simple/infer", &ints).await;
-    let (s4, d) = server.post_json("/v2/models/simple/infer", &bytes).await;
-    assert_eq!((s1, s2, s3, s4), (200, 200, 200, 200));
-    assert_eq!(a["outputs"], b["outputs"]);
-    assert_eq!(a["outputs"], c["outputs"]);
-    assert_eq!(a["outputs"], d["outputs"]);
-    assert_eq!(a["outputs"][0]["shape"], json!([2, 1]));
+    let flat = json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let nested = json!([
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    ]);
+    let mut outputs = Vec::new();
+    for (data, datatype) in [
+        (&flat, "FP32"),
+        (&nested, "FP32"),
+        (&nested, "INT32"),
+        (&nested, "UINT8"),
+    ] {
+        let request = simple_request(data.clone(), json!([2, 10]), datatype);
+        let (status, answer) = server.post_json("/v2/models/simple/infer", &request).await;
+        assert_eq!(status, 200, "{request} -> {answer}");
+        outputs.push(answer["outputs"].clone());
+    }
+    for other in &outputs[1..] {
+        assert_eq!(&outputs[0], other);
+    }
+    assert_eq!(outputs[0][0]["shape"], json!([2, 1]));
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn output_selection_and_unknown_outputs() {
     let (server, _repo) = demo().await;
-    let mut body = simple_request(json!(ten()), json!([1, 10]), "FP32");
+    let mut body = one_row();
     body["outputs"] = json!([{"name": "output"}]);
     let (status, answer) = server.post_json("/v2/models/simple/infer", &body).await;
     assert_eq!(status, 200);
@@ -261,9 +248,7 @@ async fn bad_requests_are_400_with_a_reason() {
     );
     expect_error(&server, path, deep.into_bytes(), 400, "invalid JSON").await;
     // The server still answers normally afterwards.
-    let (status, _) = server
-        .post_json(path, &simple_request(json!(ten()), json!([1, 10]), "FP32"))
-        .await;
+    let (status, _) = server.post_json(path, &one_row()).await;
     assert_eq!(status, 200);
     server.shutdown().await;
 }
@@ -271,7 +256,7 @@ async fn bad_requests_are_400_with_a_reason() {
 #[tokio::test]
 async fn routing_errors() {
     let (server, _repo) = demo().await;
-    let body = serde_json::to_vec(&simple_request(json!(ten()), json!([1, 10]), "FP32")).unwrap();
+    let body = serde_json::to_vec(&one_row()).unwrap();
     expect_error(
         &server,
         "/v2/models/nope/infer",
@@ -342,10 +327,7 @@ async fn oversized_bodies_are_413() {
     )
     .await;
     let (status, _) = server
-        .post_json(
-            "/v2/models/simple/infer",
-            &simple_request(json!(ten()), json!([1, 10]), "FP32"),
-        )
+        .post_json("/v2/models/simple/infer", &one_row())
         .await;
     assert_eq!(status, 200);
     server.shutdown().await;
@@ -357,8 +339,7 @@ async fn non_finite_outputs_are_explicit_tokens() {
     // values as tokens Python's json reads, never `null` (serde_json's silent default).
     let (server, _repo) = demo().await;
     let huge = vec![3.0e38f32; 64];
-    let body =
-        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": huge}]});
+    let body = infer_request("input", "FP32", [1, 64], huge);
     let (status, bytes) = server
         .post(
             "/v2/models/digits/infer",

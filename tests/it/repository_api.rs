@@ -22,8 +22,25 @@ async fn served_version(server: &TestServer) -> Option<String> {
 }
 
 async fn admin_server(repo: &Repo) -> TestServer {
-    TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", SIMPLE)).await
+    TestServer::start_admin(repo.config("", SIMPLE)).await
 }
+
+/// A repository holding versions 1 and 2 of `simple`.
+fn two_versions() -> Repo {
+    let repo = Repo::new();
+    repo.install("simple", 1, &demo_model("simple", 1));
+    repo.install("simple", 2, &fixture("simple_v2.safetensors"));
+    repo
+}
+
+/// `POST /v2/repository/models/simple/{action}` (`load` or `unload`) with the token.
+async fn act(server: &TestServer, action: &str, body: &str) -> (u16, Value) {
+    let path = format!("/v2/repository/models/simple/{action}");
+    server.admin(&path, body, Some(TOKEN)).await
+}
+
+/// The body that names version 2 (a wick extension of the repository API).
+const VERSION_2: &str = r#"{"parameters":{"version":"2"}}"#;
 
 #[tokio::test]
 async fn the_api_needs_the_bearer_token() {
@@ -83,13 +100,12 @@ async fn unload_and_load_a_model() {
     let repo = Repo::new();
     repo.install("simple", 1, &demo_model("simple", 1));
     let server = admin_server(&repo).await;
-    let (status, _) = server
-        .admin(
-            "/v2/repository/models/simple/unload",
-            r#"{"parameters":{"unload_dependents":false}}"#,
-            Some(TOKEN),
-        )
-        .await;
+    let (status, _) = act(
+        &server,
+        "unload",
+        r#"{"parameters":{"unload_dependents":false}}"#,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(served_version(&server).await, None);
     assert_eq!(server.get("/v2/models/simple/ready").await.0, 503);
@@ -105,10 +121,7 @@ async fn unload_and_load_a_model() {
         .await;
     assert_eq!(ready, serde_json::json!([]));
 
-    let (status, _) = server
-        .admin("/v2/repository/models/simple/load", "{}", Some(TOKEN))
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(act(&server, "load", "{}").await.0, 200);
     assert_eq!(served_version(&server).await.as_deref(), Some("1"));
 
     // Unknown models, file or config overrides, bad versions.
@@ -119,38 +132,15 @@ async fn unload_and_load_a_model() {
             .0,
         404
     );
-    let (status, body) = server
-        .admin(
-            "/v2/repository/models/simple/load",
-            r#"{"parameters":{"config":"{}"}}"#,
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    let (status, _) = server
-        .admin(
-            "/v2/repository/models/simple/load",
-            r#"{"parameters":{"file:1/model.safetensors":"AAAA"}}"#,
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, 400);
-    let (status, _) = server
-        .admin(
-            "/v2/repository/models/simple/load",
-            r#"{"parameters":{"version":"01"}}"#,
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, 400);
-    let (status, _) = server
-        .admin(
-            "/v2/repository/models/simple/load",
-            "{not json",
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, 400);
+    for body in [
+        r#"{"parameters":{"config":"{}"}}"#,
+        r#"{"parameters":{"file:1/model.safetensors":"AAAA"}}"#,
+        r#"{"parameters":{"version":"01"}}"#,
+        "{not json",
+    ] {
+        let (status, answer) = act(&server, "load", body).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+    }
     server.shutdown().await;
 }
 
@@ -173,63 +163,42 @@ async fn a_load_that_fails_reports_why() {
 
 #[tokio::test]
 async fn rollback_by_unloading_the_bad_version() {
-    let repo = Repo::new();
-    repo.install("simple", 1, &demo_model("simple", 1));
-    repo.install("simple", 2, &fixture("simple_v2.safetensors"));
+    let repo = two_versions();
     let server = admin_server(&repo).await;
     assert_eq!(served_version(&server).await.as_deref(), Some("2"));
-    let (status, _) = server
-        .admin(
-            "/v2/repository/models/simple/unload",
-            r#"{"parameters":{"version":"2"}}"#,
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(act(&server, "unload", VERSION_2).await.0, 200);
     assert_eq!(served_version(&server).await.as_deref(), Some("1"));
     // It stays rolled back across watcher scans...
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(served_version(&server).await.as_deref(), Some("1"));
     // ...until version 2 is explicitly loaded again.
-    let (status, _) = server
-        .admin(
-            "/v2/repository/models/simple/load",
-            r#"{"parameters":{"version":"2"}}"#,
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(act(&server, "load", VERSION_2).await.0, 200);
     assert_eq!(served_version(&server).await.as_deref(), Some("2"));
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn concurrent_loads_and_unloads_leave_a_consistent_state() {
-    let repo = Repo::new();
-    repo.install("simple", 1, &demo_model("simple", 1));
-    repo.install("simple", 2, &fixture("simple_v2.safetensors"));
+    let repo = two_versions();
     let server = Arc::new(admin_server(&repo).await);
     let mut tasks = Vec::new();
     for t in 0..16 {
         let server = Arc::clone(&server);
         tasks.push(tokio::spawn(async move {
             for i in 0..8 {
-                let (path, body) = match (t + i) % 4 {
-                    0 => ("/v2/repository/models/simple/unload", String::new()),
-                    1 => ("/v2/repository/models/simple/load", String::new()),
-                    2 => (
-                        "/v2/repository/models/simple/unload",
-                        r#"{"parameters":{"version":"2"}}"#.to_string(),
-                    ),
-                    _ => (
-                        "/v2/repository/models/simple/load",
-                        r#"{"parameters":{"version":"2"}}"#.to_string(),
-                    ),
+                let (action, body) = match (t + i) % 4 {
+                    0 => ("unload", ""),
+                    1 => ("load", ""),
+                    2 => ("unload", VERSION_2),
+                    _ => ("load", VERSION_2),
                 };
-                let (status, body) = server.admin(path, &body, Some(TOKEN)).await;
+                let (status, answer) = act(&server, action, body).await;
                 // Loads may race with unloads; every answer is still a well-formed success or
                 // a 400 with a reason, never a 5xx.
-                assert!(status == 200 || status == 400, "{path}: {status} {body}");
+                assert!(
+                    status == 200 || status == 400,
+                    "{action} {body}: {status} {answer}"
+                );
                 // Inference meanwhile answers 200 or 503 (model unloaded), never anything else.
                 let (status, _) = server.infer_f32("simple", "input", &[8, 10], &x()).await;
                 assert!(
@@ -243,10 +212,7 @@ async fn concurrent_loads_and_unloads_leave_a_consistent_state() {
         task.await.unwrap();
     }
     // One final explicit load decides the state, and the index agrees with what is served.
-    let (status, _) = server
-        .admin("/v2/repository/models/simple/load", "", Some(TOKEN))
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(act(&server, "load", "").await.0, 200);
     assert_eq!(served_version(&server).await.as_deref(), Some("2"));
     let index = server.index().await;
     let ready: Vec<&Value> = index.iter().filter(|e| e["state"] == "READY").collect();

@@ -206,17 +206,20 @@ fn wick(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `wick check --config config.toml --model MODEL [--json] FILE`.
+fn check(model: &str, json: bool, file: &Path) -> (i32, String) {
+    let mut args = vec!["check", "--config", "config.toml", "--model", model];
+    if json {
+        args.push("--json");
+    }
+    args.push(file.to_str().unwrap());
+    wick(&args)
+}
+
 #[test]
 fn wick_check_prints_pytorch_style_and_exits_1() {
     let file = fixture("broken/three_problems.safetensors");
-    let (code, out) = wick(&[
-        "check",
-        "--config",
-        "config.toml",
-        "--model",
-        "simple",
-        file.to_str().unwrap(),
-    ]);
+    let (code, out) = check("simple", false, &file);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("Error(s) in loading state_dict for linear \"simple\":"),
@@ -232,15 +235,7 @@ fn wick_check_prints_pytorch_style_and_exits_1() {
     );
     assert!(out.contains("\tsize mismatch for linear.weight: copying a param with shape [2, 10] from checkpoint, the shape in current model is [1, 10]."), "{out}");
 
-    let (code, out) = wick(&[
-        "check",
-        "--config",
-        "config.toml",
-        "--model",
-        "simple",
-        "--json",
-        file.to_str().unwrap(),
-    ]);
+    let (code, out) = check("simple", true, &file);
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["ok"], false);
@@ -253,28 +248,11 @@ fn wick_check_prints_pytorch_style_and_exits_1() {
         serde_json::json!([2, 10])
     );
 
-    let good = demo_model("digits", 1);
-    let (code, out) = wick(&[
-        "check",
-        "--config",
-        "config.toml",
-        "--model",
-        "digits",
-        good.to_str().unwrap(),
-    ]);
+    let (code, out) = check("digits", false, &demo_model("digits", 1));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("compatible"), "{out}");
 
-    let pickle = fixture("broken/pickle_zip.safetensors");
-    let (code, out) = wick(&[
-        "check",
-        "--config",
-        "config.toml",
-        "--model",
-        "simple",
-        "--json",
-        pickle.to_str().unwrap(),
-    ]);
+    let (code, out) = check("simple", true, &fixture("broken/pickle_zip.safetensors"));
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["kind"], "foreign_format");

@@ -8,9 +8,7 @@ use crate::util::{demo_models, Repo, TestServer, TOKEN};
 #[tokio::test]
 async fn tritonclient_http_works_against_wick() {
     let repo = Repo::demo();
-    let server =
-        TestServer::start_admin(repo.config("admin_listen = \"127.0.0.1:0\"", &demo_models()))
-            .await;
+    let server = TestServer::start_admin(repo.config("", &demo_models())).await;
     let python = std::env::var("WICK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -1,5 +1,6 @@
 //! Real servers on port 0 and the small HTTP client the tests talk to them with.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use serde_json::Value;
 use wick::app::{self, Server, StartOptions};
 use wick::bench::Target;
 use wick::config::Config;
+
+use super::{demo_models, Repo};
 
 /// The admin token tests use.
 pub const TOKEN: &str = "test-token-1234";
@@ -24,13 +27,26 @@ impl TestServer {
         TestServer::start_with(config, StartOptions::default()).await
     }
 
-    /// Starts with the repository API on a loopback port, protected by [`TOKEN`].
-    pub async fn start_admin(config: Config) -> TestServer {
+    /// Starts with the repository API on a loopback port (port 0 unless `config` names one),
+    /// protected by [`TOKEN`].
+    pub async fn start_admin(mut config: Config) -> TestServer {
+        config
+            .server
+            .admin_listen
+            .get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
         let options = StartOptions {
             admin_token: Some(TOKEN.to_string()),
             ..StartOptions::default()
         };
         TestServer::start_with(config, options).await
+    }
+
+    /// A server of both demo models (version 1 of each, in a new repository), with
+    /// `extra_server` lines in its `[server]` section.
+    pub async fn demo(extra_server: &str) -> (TestServer, Repo) {
+        let repo = Repo::demo();
+        let server = TestServer::start(repo.config(extra_server, &demo_models())).await;
+        (server, repo)
     }
 
     pub async fn start_with(config: Config, options: StartOptions) -> TestServer {
