@@ -22,6 +22,7 @@ mod parity;
 mod protocol;
 mod reload_soak;
 mod repository_api;
+mod router;
 mod strict_loading;
 mod tritonclient;
 mod util;

@@ -1,9 +1,10 @@
 //! A test architecture: the real `linear` model (same checkpoint keys, same maths) whose forward
-//! pass takes a fixed extra time, counts its calls, and fails batches that contain a poisoned
-//! row, so queueing, batching, timeouts, cancellation and failure isolation can be observed.
+//! pass takes a fixed extra time, can be held until the test releases it, counts its calls, and
+//! fails batches that contain a poisoned row, so queueing, batching, timeouts, cancellation and
+//! failure isolation can be observed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use candle_nn::VarBuilder;
@@ -24,6 +25,9 @@ pub struct Probe {
     pub batches: Mutex<Vec<usize>>,
     /// First input value of every row computed.
     pub computed: Mutex<Vec<f32>>,
+    /// While true, forward passes wait (after counting their call); see [`Probe::hold`].
+    held: Mutex<bool>,
+    released: Condvar,
 }
 
 impl Probe {
@@ -40,6 +44,29 @@ impl Probe {
         self.forward_calls.store(0, Ordering::SeqCst);
         self.batches.lock().unwrap().clear();
         self.computed.lock().unwrap().clear();
+    }
+
+    /// Makes the next forward passes wait: the compute thread stays busy, deterministically,
+    /// until the returned guard is dropped (also when the test fails, so the compute thread can
+    /// be joined).
+    pub fn hold(&self) -> Held<'_> {
+        *self.held.lock().unwrap() = true;
+        Held(self)
+    }
+
+    fn wait_while_held(&self) {
+        let held = self.held.lock().unwrap();
+        drop(self.released.wait_while(held, |held| *held).unwrap());
+    }
+}
+
+/// Forward passes wait while this lives; see [`Probe::hold`].
+pub struct Held<'a>(&'a Probe);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.0.released.notify_all();
     }
 }
 
@@ -138,6 +165,7 @@ impl Model for SlowModel {
         let rows: usize = batch.iter().map(|p| p.rows).sum();
         self.probe.batches.lock().unwrap().push(rows);
         let firsts: Vec<f32> = batch.iter().flat_map(|p| first_values(p)).collect();
+        self.probe.wait_while_held();
         std::thread::sleep(self.delay);
         if firsts.contains(&POISON) {
             candle_core::bail!("poisoned row in the batch");
