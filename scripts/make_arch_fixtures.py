@@ -32,7 +32,7 @@ Writes tests/fixtures/arch/:
   minilm_reference.json (--minilm)
       sentence-transformers' embeddings and token ids of all-MiniLM-L6-v2 for varied sentences.
 
-The weight generator (shared with tests/arch_resnet.rs): for a tensor named K with n elements,
+The weight generator (shared with tests/it/arch_resnet.rs): for a tensor named K with n elements,
 seed = FNV-1a-64(K); element i takes z = splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15), its top 16
 bits h, and the value (h - 32768) / 32768 * 2^-e, exact in float32; e is recorded in the manifest.
 """

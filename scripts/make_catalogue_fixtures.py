@@ -61,7 +61,7 @@ Numeric cases: tests/fixtures/catalogue/<case>/case.json, always with
       position embedding randomised. F16 files: the references are computed in F32 from the
       F16-rounded values, so load F16 as F32. ResNets cannot be small in torchvision (stage widths
       are fixed at 64..2048): their case.json lists `generated` tensors (the counter generator of
-      scripts/make_arch_fixtures.py, mirrored by tests/arch_resnet.rs) and stored.safetensors holds
+      scripts/make_arch_fixtures.py, mirrored by tests/it/arch_resnet.rs) and stored.safetensors holds
       the BatchNorm tensors; the full state dict is their union.
 
   Text embedding cases (a sentence-transformers model folder: config.json, model.safetensors,

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torchvision.models import convnext, efficientnet, mobilenetv3, resnet, vision_transformer
 
-from make_arch_fixtures import generated  # the counter generator tests/arch_resnet.rs mirrors
+from make_arch_fixtures import generated  # the counter generator tests/it/arch_resnet.rs mirrors
 
 from . import manifests
 from .common import (TOL_CEILING, calibrate_batchnorm, case_dir, claim_tolerance, dir_size, f64_error,

@@ -1,6 +1,6 @@
 //! Unit tests of the reader's pieces on hand-written pickles and archives: opcode semantics,
 //! refusals, resource bounds, view arithmetic and the output layout. The real `torch.save`
-//! fixtures and the hostile files are exercised end to end in tests/convert.rs.
+//! fixtures and the hostile files are exercised end to end in tests/it/convert.rs.
 
 use std::io::{Cursor, Write};
 
