@@ -163,6 +163,12 @@ impl Row {
         self
     }
 
+    /// [`Row::check`] on a task of its own.
+    fn spawn(self, router: &Router) -> tokio::task::JoinHandle<()> {
+        let router = router.clone();
+        tokio::spawn(async move { self.check(&router).await })
+    }
+
     async fn check(self, router: &Router) {
         let request = self.request.body(self.body).unwrap();
         let what = format!("{} {}", request.method(), request.uri());
@@ -242,9 +248,15 @@ fn simple_rows(rows: usize) -> Value {
 #[tokio::test]
 async fn every_inference_route_and_client_error() {
     let app = App::demo().await;
+    check_all(&app.inference(), inference_rows()).await;
+    app.shutdown().await;
+}
+
+/// The demo models' routes, and every client error (the demo's limits: 64 KiB, 200 ms).
+fn inference_rows() -> Vec<Row> {
     let one = simple_rows(1);
     let infer = "/v2/models/simple/infer";
-    let rows = vec![
+    vec![
         // The routes.
         get("/v2/health/live").answers(200, Empty),
         get("/v2/health/ready").answers(200, Empty),
@@ -306,9 +318,7 @@ async fn every_inference_route_and_client_error() {
         post(infer, gzip(&vec![b' '; 100_000]))
             .with("content-encoding", "gzip")
             .answers(413, Error("larger than the limit of 65536")),
-    ];
-    check_all(&app.inference(), rows).await;
-    app.shutdown().await;
+    ]
 }
 
 #[tokio::test]
@@ -371,20 +381,17 @@ async fn a_busy_server_answers_503_and_429_with_retry_after_and_a_failure_500() 
     let router = app.inference();
     let slot = app.state.repository.get("simple").unwrap();
     let infer = "/v2/models/simple/infer";
-    let spawn = |body: Value| {
-        let row = post_json(infer, &body).answers(200, Contains("outputs"));
-        let router = router.clone();
-        tokio::spawn(async move { row.check(&router).await })
+    let spawn = || {
+        post_json(infer, &simple_rows(1))
+            .answers(200, Contains("outputs"))
+            .spawn(&router)
     };
 
     // A client sending a body of the whole in-flight budget, slowly: the next body is refused.
     let stalled = post(infer, Body::new(Stalled))
         .with("content-length", "65536")
-        .answers(408, Error("not received"));
-    let stalled = {
-        let router = router.clone();
-        tokio::spawn(async move { stalled.check(&router).await })
-    };
+        .answers(408, Error("not received"))
+        .spawn(&router);
     wait_for("the budget to be taken", || {
         app.state.inflight.in_use() == 64 << 10
     })
@@ -401,7 +408,7 @@ async fn a_busy_server_answers_503_and_429_with_retry_after_and_a_failure_500() 
     // The compute thread is held inside a forward pass: nothing leaves the queue.
     probe.reset();
     let held = probe.hold();
-    let mut admitted = vec![spawn(simple_rows(1))];
+    let mut admitted = vec![spawn()];
     wait_for("the first forward pass", || probe.calls() == 1).await;
     let mut timeout = simple_rows(1);
     timeout["parameters"] = json!({"timeout": 1000});
@@ -413,7 +420,7 @@ async fn a_busy_server_answers_503_and_429_with_retry_after_and_a_failure_500() 
     // Fill the queue (the timed-out request may still hold a place until the thread skips it).
     while slot.engine.queue_len() < 2 {
         let queued = slot.engine.queue_len();
-        admitted.push(spawn(simple_rows(1)));
+        admitted.push(spawn());
         wait_for("the request to queue", || slot.engine.queue_len() > queued).await;
     }
     post_json(infer, &simple_rows(1))
@@ -445,68 +452,65 @@ async fn the_repository_api_needs_the_token_and_answers_every_status() {
     let models = format!("{SIMPLE}{}", SIMPLE.replace("\"simple\"", "\"broken\""));
     let config = repo.config("", &models);
     let app = App::new(repo, config, limits(WAIT)).await;
+    check_all(&app.admin(), repository_api_rows()).await;
+    // The unload took effect on the inference side.
+    post_json("/v2/models/simple/infer", &simple_rows(1))
+        .answers(503, Error("no ready version"))
+        .check(&app.inference())
+        .await;
+    app.shutdown().await;
+}
+
+/// A request to the repository API with the token.
+fn authorized(path: &str, body: &'static str) -> Row {
+    post(path, body).token(TOKEN)
+}
+
+/// The repository API's routes and errors, over `simple` (loads) and `broken` (does not).
+fn repository_api_rows() -> Vec<Row> {
     let index = "/v2/repository/index";
     let load = "/v2/repository/models/simple/load";
-    let unauthorized = Error("missing or wrong bearer token");
+    // 401 before anything else, whatever the path.
+    let refused = [
+        post(index, ""),
+        post(index, "").token("wrong"),
+        post(index, "").with("authorization", &format!("Basic {TOKEN}")),
+        post("/v2/repository/nope", ""),
+    ];
+    let refused = refused.into_iter().map(|row| {
+        row.answers(401, Error("missing or wrong bearer token"))
+            .and_header("www-authenticate", "Bearer")
+    });
     let rows = vec![
-        // 401 before anything else, whatever the path.
-        post(index, "")
-            .answers(401, unauthorized)
-            .and_header("www-authenticate", "Bearer"),
-        post(index, "")
-            .token("wrong")
-            .answers(401, unauthorized)
-            .and_header("www-authenticate", "Bearer"),
-        post(index, "")
-            .with("authorization", &format!("Basic {TOKEN}"))
-            .answers(401, unauthorized)
-            .and_header("www-authenticate", "Bearer"),
-        post("/v2/repository/nope", "")
-            .answers(401, unauthorized)
-            .and_header("www-authenticate", "Bearer"),
         // The routes.
-        post(index, "").token(TOKEN).answers(
+        authorized(index, "").answers(
             200,
             Contains(r#""name":"simple","version":"1","state":"READY""#),
         ),
-        post(index, r#"{"ready": true}"#)
-            .token(TOKEN)
-            .answers(200, Contains(r#""name":"simple""#)),
-        post(load, "").token(TOKEN).answers(200, Empty),
-        post(load, r#"{"parameters":{"version":"1"}}"#)
-            .token(TOKEN)
-            .answers(200, Empty),
+        authorized(index, r#"{"ready": true}"#).answers(200, Contains(r#""name":"simple""#)),
+        authorized(load, "").answers(200, Empty),
+        authorized(load, r#"{"parameters":{"version":"1"}}"#).answers(200, Empty),
         // 400: a refused request, or a load that fails.
-        post(load, r#"{"parameters":{"config":"{}"}}"#)
-            .token(TOKEN)
+        authorized(load, r#"{"parameters":{"config":"{}"}}"#)
             .answers(400, Error("loading a model from a config")),
-        post(
+        authorized(
             load,
             r#"{"parameters":{"file:1/model.safetensors":"AAAA"}}"#,
         )
-        .token(TOKEN)
         .answers(400, Error("loading a model from a config or files")),
-        post(load, r#"{"parameters":{"version":"01"}}"#)
-            .token(TOKEN)
+        authorized(load, r#"{"parameters":{"version":"01"}}"#)
             .answers(400, Error(r#"invalid version "01""#)),
-        post(load, "{not json")
-            .token(TOKEN)
-            .answers(400, Error("invalid JSON")),
-        post("/v2/repository/models/..%2Fx/load", "")
-            .token(TOKEN)
+        authorized(load, "{not json").answers(400, Error("invalid JSON")),
+        authorized("/v2/repository/models/..%2Fx/load", "")
             .answers(400, Error("invalid model name")),
-        post("/v2/repository/models/broken/load", "")
-            .token(TOKEN)
+        authorized("/v2/repository/models/broken/load", "")
             .answers(400, Error("size mismatch for linear.weight")),
         // 404, 405, 413.
-        post("/v2/repository/models/nope/load", "")
-            .token(TOKEN)
+        authorized("/v2/repository/models/nope/load", "")
             .answers(404, Error(r#"unknown model "nope""#)),
-        post("/v2/repository/models/nope/unload", "")
-            .token(TOKEN)
+        authorized("/v2/repository/models/nope/unload", "")
             .answers(404, Error(r#"unknown model "nope""#)),
-        post("/v2/repository/nope", "")
-            .token(TOKEN)
+        authorized("/v2/repository/nope", "")
             .answers(404, Error("no route for /v2/repository/nope")),
         get(index)
             .token(TOKEN)
@@ -515,15 +519,7 @@ async fn the_repository_api_needs_the_token_and_answers_every_status() {
             .token(TOKEN)
             .answers(413, Error("larger than the limit of 65536")),
         // Last, as it changes what is served.
-        post("/v2/repository/models/simple/unload", "")
-            .token(TOKEN)
-            .answers(200, Empty),
+        authorized("/v2/repository/models/simple/unload", "").answers(200, Empty),
     ];
-    check_all(&app.admin(), rows).await;
-    // The unload took effect on the inference side.
-    post_json("/v2/models/simple/infer", &simple_rows(1))
-        .answers(503, Error("no ready version"))
-        .check(&app.inference())
-        .await;
-    app.shutdown().await;
+    refused.chain(rows).collect()
 }
