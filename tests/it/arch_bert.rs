@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::tensors::{ids_request, read_json, text_request};
+use crate::util::tensors::read_json;
+use crate::util::text::{ids_request, layer_keys, text_request, BERT_LAYER};
 use crate::util::{
     assert_close, assert_error, f32s, fixture, infer_request, output_f32, Repo, TestServer,
     Tolerance,
@@ -260,21 +261,7 @@ async fn a_missing_layer_and_an_unmapped_head_are_refused_with_the_exact_keys() 
 
     let entry = server.index_entry("pruned", 1).await.expect("index entry");
     assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
-    let mut want: Vec<String> = Vec::new();
-    for part in [
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "attention.output.LayerNorm",
-        "intermediate.dense",
-        "output.dense",
-        "output.LayerNorm",
-    ] {
-        for p in ["weight", "bias"] {
-            want.push(format!("encoder.layer.1.{part}.{p}"));
-        }
-    }
+    let mut want = layer_keys("encoder.layer", 1, &BERT_LAYER);
     want.sort();
     assert_eq!(entry["report"]["missing"], json!(want));
     assert_eq!(entry["report"]["unexpected"], json!([]));

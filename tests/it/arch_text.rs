@@ -8,7 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{fixture, output_f32, Repo, TestServer};
+use crate::util::tensors::{output, read_json};
+use crate::util::text::{cosine, ids_input, layer_keys, text_input, BERT_LAYER};
+use crate::util::{
+    assert_close, assert_error, f32s, fixture, output_f32, Repo, TestServer, Tolerance,
+};
 use serde_json::{json, Value};
 
 const EMBEDDING: [&str; 6] = [
@@ -32,31 +36,27 @@ fn case_dir(case: &str) -> PathBuf {
 }
 
 fn case_json(case: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(case_dir(case).join("case.json")).unwrap()).unwrap()
+    read_json(&case_dir(case).join("case.json"))
 }
+
+/// Logits and probabilities against transformers'.
+const LOGITS: Tolerance = Tolerance::Absolute(1e-4);
 
 /// Publishes the case folder (every file but case.json) as version 1 of `model`.
 fn install(repo: &Repo, model: &str, case: &str) {
     let dir = case_dir(case);
     let case = case_json(case);
-    let files: Vec<(String, PathBuf)> = case["upstream"]["files"]
+    let files: Vec<(&str, PathBuf)> = case["upstream"]["files"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| {
-            let name = f.as_str().unwrap().to_string();
-            let path = dir.join(&name);
-            (name, path)
+            let name = f.as_str().unwrap();
+            (name, dir.join(name))
         })
         .collect();
-    let staging = repo.path().join(format!(".staging-{model}"));
-    for (name, source) in &files {
-        let target = staging.join(name);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(source, target).unwrap();
-    }
-    std::fs::create_dir_all(repo.path().join(model)).unwrap();
-    std::fs::rename(&staging, repo.version_dir(model, 1)).unwrap();
+    let files: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    repo.install_files(model, 1, &files);
 }
 
 /// A `[[models]]` entry: `architecture`, and the case's config without `drop`, changed by
@@ -77,42 +77,6 @@ fn model_toml(model: &str, case: &Value, drop: &[&str], set: &[(&str, toml::Valu
     )
 }
 
-fn texts(name: &str, values: &[&str]) -> Value {
-    json!({"name": name, "shape": [values.len()], "datatype": "BYTES", "data": values})
-}
-
-fn ids(name: &str, rows: &Value) -> Value {
-    let n = rows.as_array().unwrap().len();
-    let len = rows[0].as_array().unwrap().len();
-    json!({"name": name, "shape": [n, len], "datatype": "INT64", "data": rows})
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 async fn infer(server: &TestServer, model: &str, inputs: Vec<Value>) -> Value {
     let (status, response) = server
         .post_json(
@@ -122,15 +86,6 @@ async fn infer(server: &TestServer, model: &str, inputs: Vec<Value>) -> Value {
         .await;
     assert_eq!(status, 200, "{model}: {response}");
     response
-}
-
-fn output<'a>(response: &'a Value, name: &str) -> &'a Value {
-    response["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == name)
-        .unwrap_or_else(|| panic!("no output {name} in {response}"))
 }
 
 /// Serves every embedding case twice: with the case's config, and with pooling, normalize and
@@ -182,7 +137,7 @@ async fn embeddings_match_sentence_transformers_over_http() {
             );
 
             // Every text in one request: mixed lengths padded and grouped inside the model.
-            let response = infer(&server, &model, vec![texts("text", &all)]).await;
+            let response = infer(&server, &model, vec![text_input("text", &all)]).await;
             let batched = output_f32(&response, "embedding");
             let truncated: Vec<Value> = items.iter().map(|t| t["truncated"].clone()).collect();
             assert_eq!(
@@ -196,26 +151,28 @@ async fn embeddings_match_sentence_transformers_over_http() {
                 .collect();
             assert_eq!(response["parameters"]["tokens"], json!(tokens), "{model}");
             for (i, item) in items.iter().enumerate() {
-                let want = floats(&item["embedding"]);
+                let want = f32s(&item["embedding"]);
                 let c = cosine(&batched[i * width..(i + 1) * width], &want);
                 assert!(c >= 0.99999, "{model} text {i} batched: cosine {c}");
                 worst = worst.min(c);
             }
             // One text alone, and its reference token ids sent as INT64.
             let item = &items[4];
-            let alone = infer(&server, &model, vec![texts("text", &all[4..5])]).await;
+            let alone = infer(&server, &model, vec![text_input("text", &all[4..5])]).await;
             let alone = output_f32(&alone, "embedding");
             let by_ids = infer(
                 &server,
                 &model,
-                vec![ids("input_ids", &json!([item["ids"]]))],
+                vec![ids_input("input_ids", &json!([item["ids"]]))],
             )
             .await;
-            assert!(
-                max_abs(&output_f32(&by_ids, "embedding"), &alone) <= 1e-6,
-                "{model}"
+            assert_close(
+                &output_f32(&by_ids, "embedding"),
+                &alone,
+                Tolerance::Absolute(1e-6),
+                &format!("{model}: by ids, against the text"),
             );
-            let c = cosine(&alone, &floats(&item["embedding"]));
+            let c = cosine(&alone, &f32s(&item["embedding"]));
             assert!(c >= 0.99999, "{model} text 4 alone: cosine {c}");
             // Client ids padded with pad_token_id, with their attention mask.
             let case_ids = &json["ids_case"];
@@ -223,14 +180,14 @@ async fn embeddings_match_sentence_transformers_over_http() {
                 &server,
                 &model,
                 vec![
-                    ids("input_ids", &case_ids["input_ids"]),
-                    ids("attention_mask", &case_ids["attention_mask"]),
+                    ids_input("input_ids", &case_ids["input_ids"]),
+                    ids_input("attention_mask", &case_ids["attention_mask"]),
                 ],
             )
             .await;
             let got = output_f32(&response, "embedding");
             for (r, want) in case_ids["embedding"].as_array().unwrap().iter().enumerate() {
-                let c = cosine(&got[r * width..(r + 1) * width], &floats(want));
+                let c = cosine(&got[r * width..(r + 1) * width], &f32s(want));
                 assert!(c >= 0.99999, "{model} ids case row {r}: cosine {c}");
                 worst = worst.min(c);
             }
@@ -269,19 +226,18 @@ async fn logits_match_transformers_over_http_with_pairs() {
         let items = json["items"].as_array().unwrap();
         let mut worst = 0f32;
         for item in items {
-            let mut inputs = vec![texts("text", &[item["text"].as_str().unwrap()])];
+            let mut inputs = vec![text_input("text", &[item["text"].as_str().unwrap()])];
             if let Some(pair) = item["text_pair"].as_str() {
-                inputs.push(texts("text_pair", &[pair]));
+                inputs.push(text_input("text_pair", &[pair]));
             }
             let response = infer(&server, case, inputs).await;
-            let err = max_abs(&output_f32(&response, "logits"), &floats(&item["logits"]));
-            assert!(err <= 1e-4, "{case} {item}: logits off by {err}");
+            let got = output_f32(&response, "logits");
+            let what = format!("{case} {item}: logits");
+            let err = assert_close(&got, &f32s(&item["logits"]), LOGITS, &what);
             worst = worst.max(err);
-            let p = max_abs(
-                &output_f32(&response, "probabilities"),
-                &floats(&item["probabilities"]),
-            );
-            assert!(p <= 1e-4, "{case} {item}: probabilities off by {p}");
+            let got = output_f32(&response, "probabilities");
+            let what = format!("{case} {item}: probabilities");
+            assert_close(&got, &f32s(&item["probabilities"]), LOGITS, &what);
             assert_eq!(output(&response, "label")["data"], json!([item["label"]]));
             assert_eq!(
                 response["parameters"]["truncated"],
@@ -301,34 +257,42 @@ async fn logits_match_transformers_over_http_with_pairs() {
         let response = infer(
             &server,
             case,
-            vec![texts("text", &firsts), texts("text_pair", &seconds)],
+            vec![
+                text_input("text", &firsts),
+                text_input("text_pair", &seconds),
+            ],
         )
         .await;
         let logits = output_f32(&response, "logits");
         for (k, item) in pairs.iter().enumerate() {
-            let err = max_abs(&logits[k * 3..(k + 1) * 3], &floats(&item["logits"]));
-            assert!(err <= 1e-4, "{case} batched pair {k}: {err}");
+            let what = format!("{case} batched pair {k}");
+            assert_close(
+                &logits[k * 3..(k + 1) * 3],
+                &f32s(&item["logits"]),
+                LOGITS,
+                &what,
+            );
         }
         let labels: Vec<&Value> = pairs.iter().map(|i| &i["label"]).collect();
         assert_eq!(output(&response, "label")["data"], json!(labels));
         // A pair and a single as client token ids, padded together.
         let case_ids = &json["ids_case"];
         let mut inputs = vec![
-            ids("input_ids", &case_ids["input_ids"]),
-            ids("attention_mask", &case_ids["attention_mask"]),
+            ids_input("input_ids", &case_ids["input_ids"]),
+            ids_input("attention_mask", &case_ids["attention_mask"]),
         ];
         if case_ids.get("token_type_ids").is_some() {
-            inputs.push(ids("token_type_ids", &case_ids["token_type_ids"]));
+            inputs.push(ids_input("token_type_ids", &case_ids["token_type_ids"]));
         }
         let response = infer(&server, case, inputs).await;
         let want: Vec<f32> = case_ids["logits"]
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(floats)
+            .flat_map(f32s)
             .collect();
-        let err = max_abs(&output_f32(&response, "logits"), &want);
-        assert!(err <= 1e-4, "{case} ids case: {err}");
+        let what = format!("{case} ids case");
+        let err = assert_close(&output_f32(&response, "logits"), &want, LOGITS, &what);
         println!(
             "{case}: largest logit error over HTTP {:.2e}",
             worst.max(err)
@@ -338,22 +302,28 @@ async fn logits_match_transformers_over_http_with_pairs() {
     // Inputs that do not go together are refused with a reason.
     let bad = [
         (
-            vec![texts("text_pair", &["b"])],
+            vec![text_input("text_pair", &["b"])],
             "\"text_pair\" goes with \"text\"",
         ),
         (
-            vec![texts("text", &["a", "b"]), texts("text_pair", &["c"])],
+            vec![
+                text_input("text", &["a", "b"]),
+                text_input("text_pair", &["c"]),
+            ],
             "different batch sizes",
         ),
         (
             vec![
-                ids("input_ids", &json!([[0, 5, 2]])),
-                ids("token_type_ids", &json!([[0, 1, 0]])),
+                ids_input("input_ids", &json!([[0, 5, 2]])),
+                ids_input("token_type_ids", &json!([[0, 1, 0]])),
             ],
             "outside [0, 1) (type_vocab_size)",
         ),
         (
-            vec![texts("text", &["a"]), ids("input_ids", &json!([[0, 5, 2]]))],
+            vec![
+                text_input("text", &["a"]),
+                ids_input("input_ids", &json!([[0, 5, 2]])),
+            ],
             "not both",
         ),
     ];
@@ -364,24 +334,20 @@ async fn logits_match_transformers_over_http_with_pairs() {
                 &json!({ "inputs": inputs }),
             )
             .await;
-        assert_eq!(status, 400, "{response}");
-        let error = response["error"].as_str().unwrap();
-        assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+        assert_error("roberta_classifier", (status, &response), 400, needle);
     }
     // DistilBERT and MPNet have no token types: the input does not exist.
     let (status, response) = server
         .post_json(
             "/v2/models/mpnet_classifier/infer",
-            &json!({"inputs": [ids("input_ids", &json!([[0, 5, 2]])), ids("token_type_ids", &json!([[0, 0, 0]]))]}),
+            &json!({"inputs": [ids_input("input_ids", &json!([[0, 5, 2]])), ids_input("token_type_ids", &json!([[0, 0, 0]]))]}),
         )
         .await;
-    assert_eq!(status, 400, "{response}");
-    assert!(
-        response["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown input \"token_type_ids\""),
-        "{response}"
+    assert_error(
+        "mpnet_classifier",
+        (status, &response),
+        400,
+        "unknown input \"token_type_ids\"",
     );
     server.shutdown().await;
 }
@@ -395,39 +361,17 @@ fn keys(path: &Path) -> Vec<String> {
     keys
 }
 
-/// The 16 parameter names of BERT layer `i` and of DistilBERT layer `i`.
-fn layer_keys(i: usize) -> (Vec<String>, Vec<String>) {
-    let bert = [
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "attention.output.LayerNorm",
-        "intermediate.dense",
-        "output.dense",
-        "output.LayerNorm",
-    ];
-    let distil = [
-        "attention.q_lin",
-        "attention.k_lin",
-        "attention.v_lin",
-        "attention.out_lin",
-        "sa_layer_norm",
-        "ffn.lin1",
-        "ffn.lin2",
-        "output_layer_norm",
-    ];
-    let expand = |prefix: &str, parts: [&str; 8]| {
-        parts
-            .iter()
-            .flat_map(|p| ["weight", "bias"].map(|w| format!("{prefix}.{i}.{p}.{w}")))
-            .collect()
-    };
-    (
-        expand("encoder.layer", bert),
-        expand("transformer.layer", distil),
-    )
-}
+/// The modules of a DistilBERT layer, in checkpoint order.
+const DISTILBERT_LAYER: [&str; 8] = [
+    "attention.q_lin",
+    "attention.k_lin",
+    "attention.v_lin",
+    "attention.out_lin",
+    "sa_layer_norm",
+    "ffn.lin1",
+    "ffn.lin2",
+    "output_layer_norm",
+];
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
@@ -507,9 +451,8 @@ async fn the_wrong_head_or_family_is_refused_with_the_exact_keys() {
         vec![],
     );
     for i in 0..2 {
-        let (bert, distil) = layer_keys(i);
-        missing.extend(bert);
-        unexpected.extend(distil);
+        missing.extend(layer_keys("encoder.layer", i, &BERT_LAYER));
+        unexpected.extend(layer_keys("transformer.layer", i, &DISTILBERT_LAYER));
     }
     let entry = server.index_entry("distilbert_as_bert", 1).await.unwrap();
     assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");

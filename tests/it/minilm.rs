@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::tensors::{ids_request, read_json, text_request};
+use crate::util::tensors::read_json;
+use crate::util::text::{cosine, ids_request, text_request};
 use crate::util::{assert_close, f32s, fixture, output_f32, Repo, TestServer, Tolerance};
 use serde_json::json;
 use wick::arch::text::tokenizer::TextTokenizer;
@@ -32,17 +33,6 @@ fn minilm_dir() -> PathBuf {
         );
     }
     dir
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

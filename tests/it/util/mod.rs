@@ -1,13 +1,14 @@
 //! The helpers every area of the integration tests shares: temporary repositories and their
 //! configs ([`repo`]), real servers on port 0 and a small HTTP client ([`server`]), fixture
-//! readers, request builders and comparisons ([`tensors`]), child processes ([`process`]) and a
-//! slow test architecture ([`slow`]).
+//! readers, request builders and comparisons ([`tensors`]), text models' inputs and references
+//! ([`text`]), child processes ([`process`]) and a slow test architecture ([`slow`]).
 
 pub mod process;
 pub mod repo;
 pub mod server;
 pub mod slow;
 pub mod tensors;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -77,14 +77,16 @@ impl Repo {
         self.install_files(model, version, &[("model.safetensors", file)]);
     }
 
-    /// Publishes a version folder holding several files (`(name in the folder, source)`), e.g.
-    /// `model.safetensors` and `tokenizer.json`, with the same write-elsewhere-then-rename.
+    /// Publishes a version folder holding several files (`(path in the folder, source)`), e.g.
+    /// `model.safetensors`, `tokenizer.json` and `1_Pooling/config.json`, with the same
+    /// write-elsewhere-then-rename.
     pub fn install_files(&self, model: &str, version: u64, files: &[(&str, &Path)]) {
         let staging = self.path().join(format!(".staging-{model}-{version}"));
         std::fs::create_dir_all(&staging).unwrap();
         for (name, source) in files {
-            std::fs::copy(source, staging.join(name))
-                .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+            let target = staging.join(name);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(source, target).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
         }
         std::fs::create_dir_all(self.path().join(model)).unwrap();
         std::fs::rename(&staging, self.version_dir(model, version)).unwrap();

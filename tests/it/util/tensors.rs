@@ -74,14 +74,24 @@ pub fn f32s(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-/// Output `name`'s values of a JSON inference response.
-pub fn output_f32(response: &Value, name: &str) -> Vec<f32> {
-    let outputs = response["outputs"].as_array().expect("outputs");
-    let output = outputs
+/// Output `name` of a JSON inference response.
+pub fn output<'a>(response: &'a Value, name: &str) -> &'a Value {
+    response["outputs"]
+        .as_array()
+        .expect("outputs")
         .iter()
         .find(|o| o["name"] == name)
-        .expect("output present");
-    f32s(&output["data"])
+        .unwrap_or_else(|| panic!("no output {name} in {response}"))
+}
+
+/// Output `name`'s values of a JSON inference response.
+pub fn output_f32(response: &Value, name: &str) -> Vec<f32> {
+    f32s(&output(response, name)["data"])
+}
+
+/// One input of an inference request.
+pub fn input(name: &str, datatype: &str, shape: impl Serialize, data: impl Serialize) -> Value {
+    json!({"name": name, "shape": shape, "datatype": datatype, "data": data})
 }
 
 /// An inference request with one input.
@@ -91,27 +101,7 @@ pub fn infer_request(
     shape: impl Serialize,
     data: impl Serialize,
 ) -> Value {
-    json!({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]})
-}
-
-/// A request for a text model: one row per text, tokenised by the server.
-pub fn text_request(texts: &[&str]) -> Value {
-    infer_request("text", "BYTES", [texts.len()], texts)
-}
-
-/// A request for a text model with client token ids (rows of equal length), and optionally an
-/// attention mask and token types of the same shape.
-pub fn ids_request(ids: &Value, mask: Option<&Value>, types: Option<&Value>) -> Value {
-    let rows = ids.as_array().unwrap();
-    let shape = json!([rows.len(), rows[0].as_array().unwrap().len()]);
-    let mut inputs =
-        vec![json!({"name": "input_ids", "shape": shape, "datatype": "INT64", "data": ids})];
-    for (name, values) in [("attention_mask", mask), ("token_type_ids", types)] {
-        if let Some(values) = values {
-            inputs.push(json!({"name": name, "shape": shape, "datatype": "INT64", "data": values}));
-        }
-    }
-    json!({ "inputs": inputs })
+    json!({ "inputs": [input(name, datatype, shape, data)] })
 }
 
 /// How far a value may be from its reference.
