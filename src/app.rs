@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::engine::cpu::Cpu;
 use crate::http::{self, AppState, BodyLimits, Limits, ServeOptions};
 use crate::protocol::DecodeLimits;
 use crate::repository::watch::{self as watcher, Command, ConfigSource, WatchHandle};
@@ -119,7 +120,14 @@ impl Server {
 pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
     let repository =
-        Arc::new(Repository::new(&config, metrics).context("cannot start the compute threads")?);
+        Arc::new(
+            Repository::new(
+                &config,
+                metrics,
+                Cpu::new(ThreadBudget::resolve(config.server.compute_threads).compute),
+            )
+            .context("cannot start the compute threads")?,
+        );
     let server = &config.server;
     let state = AppState::new(
         Arc::clone(&repository),

@@ -1,8 +1,13 @@
-//! `wick bench`: a closed-loop load generator for a running server, and the small HTTP client
-//! it shares with `wick health`.
+//! `wick bench`: a closed- or open-loop load generator for a running server, and the small HTTP
+//! client it shares with `wick health`.
 //!
-//! N clients each hold one keep-alive connection and send the same pre-encoded request back to
-//! back for T seconds (after a warm-up that is not measured), JSON or binary. The request is
+//! N clients each hold one keep-alive connection and send the same pre-encoded request for T
+//! seconds (after a warm-up that is not measured), JSON or binary. Closed loop (the default):
+//! each client sends its next request when the previous answer arrives. Open loop (`--rate R`):
+//! requests are due at a fixed rate, R per second spread evenly over the clients, and each
+//! latency is measured from the request's *intended* send time, so a server that falls behind
+//! is charged for the queue that forms in front of it (no coordinated omission: a closed loop
+//! that stalls simply stops sending, and its percentiles hide the stall). The request is
 //! built from the model's metadata: deterministic pseudo-random values for FP32 inputs, token ids
 //! for INT64 inputs, `--text` for BYTES inputs. Every latency is kept, so the percentiles are
 //! exact. Loop bounds: the duration, and optionally a request count.
@@ -146,6 +151,11 @@ pub struct BenchOptions {
     pub seq_len: usize,
     #[arg(long)]
     pub max_requests: Option<u64>,
+    /// Open loop: send this many requests per second in total, at fixed intervals, and measure
+    /// each latency from its intended send time. `--clients` is then the number of connections
+    /// the requests are spread over (and the most that can be in flight).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// A duration given in (fractional) seconds on the command line.
@@ -159,6 +169,8 @@ fn seconds(text: &str) -> Result<Duration, String> {
 pub struct BenchReport {
     pub model: String,
     pub clients: usize,
+    /// The target rate of an open-loop run (requests per second); `None` for a closed loop.
+    pub rate: Option<f64>,
     pub seconds: f64,
     pub encoding: &'static str,
     pub rows_per_request: usize,
@@ -176,10 +188,14 @@ pub struct BenchReport {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.rate {
+            Some(rate) => format!("open loop at {rate} req/s over {} connections", self.clients),
+            None => format!("{} clients", self.clients),
+        };
         writeln!(
             f,
-            "{} · {} clients · {:.1} s · {} · {} row(s)/request",
-            self.model, self.clients, self.seconds, self.encoding, self.rows_per_request
+            "{} · {mode} · {:.1} s · {} · {} row(s)/request",
+            self.model, self.seconds, self.encoding, self.rows_per_request
         )?;
         writeln!(
             f,
@@ -314,6 +330,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     if options.clients == 0 || options.rows == 0 {
         bail!("--clients and --rows must be at least 1");
     }
+    if options.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second");
+    }
     let target = Target::parse(&options.url)?;
     let prepared = std::sync::Arc::new(prepare(&target, options).await?);
     // Check once that the request works, so a misconfiguration fails loudly, not as N errors.
@@ -334,18 +353,27 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     drop(probe);
 
-    let start = Instant::now() + options.warmup;
+    let launched = Instant::now();
+    let start = launched + options.warmup;
     let end = start + options.duration;
     let per_client_cap = options
         .max_requests
         .map(|m| m.div_ceil(options.clients as u64));
     let mut tasks = Vec::with_capacity(options.clients);
-    for _ in 0..options.clients {
+    for i in 0..options.clients {
         let target = target.clone();
         let prepared = std::sync::Arc::clone(&prepared);
-        tasks.push(tokio::spawn(async move {
-            client(&target, &prepared, start, end, per_client_cap).await
-        }));
+        let run = ClientRun {
+            start,
+            end,
+            cap: per_client_cap,
+            schedule: options
+                .rate
+                .map(|rate| Schedule::for_client(rate, options.clients, i, launched)),
+        };
+        tasks.push(tokio::spawn(
+            async move { client(&target, &prepared, run).await },
+        ));
     }
     let mut latencies: Vec<u32> = Vec::new();
     let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
@@ -374,6 +402,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         model: options.model.clone(),
         clients: options.clients,
+        rate: options.rate,
         seconds,
         encoding: if options.binary { "binary" } else { "JSON" },
         rows_per_request: options.rows,
@@ -396,20 +425,63 @@ struct ClientResult {
     finished: Instant,
 }
 
-async fn client(
-    target: &Target,
-    prepared: &Prepared,
+/// When one client's requests of an open-loop run are due: every `interval`, from `first`.
+/// Client `i` of `n` is offset by `i / rate`, so the clients together send at `rate`, evenly.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    first: Instant,
+    interval: Duration,
+}
+
+impl Schedule {
+    /// The warm-up runs on the same schedule (from `from`), so the measured window starts
+    /// with the server in its steady state; requests due before the window are not measured.
+    fn for_client(rate: f64, clients: usize, i: usize, from: Instant) -> Schedule {
+        let per_request = Duration::from_secs_f64(1.0 / rate);
+        Schedule {
+            first: from + per_request.mul_f64(i as f64),
+            interval: per_request.mul_f64(clients as f64),
+        }
+    }
+
+    /// The intended send time of this client's `k`-th request.
+    fn due(&self, k: u64) -> Instant {
+        self.first + self.interval.mul_f64(k as f64)
+    }
+}
+
+/// What one client task does: its measured window, request cap and (open loop) schedule.
+#[derive(Debug, Clone, Copy)]
+struct ClientRun {
     start: Instant,
     end: Instant,
     cap: Option<u64>,
+    schedule: Option<Schedule>,
+}
+
+async fn client(
+    target: &Target,
+    prepared: &Prepared,
+    run: ClientRun,
 ) -> anyhow::Result<ClientResult> {
     let mut conn = target.connect().await?;
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut errors: std::collections::BTreeMap<u16, u64> = Default::default();
     let mut sent = 0u64;
+    let mut k = 0u64;
     loop {
-        let before = Instant::now();
-        if before >= end || cap.is_some_and(|c| sent >= c) {
+        // Closed loop: a request's clock starts when it is sent. Open loop: when it was due,
+        // even if the previous answer arrived late and this one goes out behind schedule.
+        let before = match run.schedule {
+            Some(schedule) => {
+                let due = schedule.due(k);
+                k += 1;
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        if before >= run.end || run.cap.is_some_and(|c| sent >= c) {
             break;
         }
         let result = conn
@@ -421,7 +493,7 @@ async fn client(
             )
             .await;
         let after = Instant::now();
-        let measured = before >= start;
+        let measured = before >= run.start;
         match result {
             Ok((StatusCode::OK, _)) if measured => {
                 sent += 1;
@@ -451,6 +523,6 @@ async fn client(
     Ok(ClientResult {
         latencies,
         errors: errors.into_iter().collect(),
-        finished: Instant::now().min(end.max(start)),
+        finished: Instant::now().min(run.end.max(run.start)),
     })
 }

@@ -102,6 +102,12 @@ fn batch_histogram() -> Histogram {
     Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
 }
 
+fn token_histogram() -> Histogram {
+    Histogram::new([
+        16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
+    ])
+}
+
 fn load_histogram() -> Histogram {
     Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 }
@@ -114,6 +120,7 @@ pub struct Metrics {
     queue_duration: HistogramFamily,
     compute_duration: HistogramFamily,
     batch_size: HistogramFamily,
+    batch_tokens: HistogramFamily,
     forward_calls: Family<ModelLabel, Counter>,
     queue_depth: Family<ModelLabel, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
@@ -157,6 +164,7 @@ impl Metrics {
             queue_duration: Family::new_with_constructor(latency_histogram),
             compute_duration: Family::new_with_constructor(latency_histogram),
             batch_size: Family::new_with_constructor(batch_histogram),
+            batch_tokens: Family::new_with_constructor(token_histogram),
             forward_calls: Family::default(),
             queue_depth: Family::default(),
             rejections: Family::default(),
@@ -198,6 +206,11 @@ impl Metrics {
             "batch_size_rows",
             "Rows per forward pass",
             m.batch_size.clone(),
+        );
+        registry.register(
+            "batch_tokens",
+            "What a forward pass costs in max_batch_tokens' unit: padded tokens for text models, rows for the others",
+            m.batch_tokens.clone(),
         );
         registry.register(
             "forward_calls",
@@ -266,6 +279,7 @@ impl Metrics {
             queue_duration: self.queue_duration.get_or_create_owned(&label),
             compute_duration: self.compute_duration.get_or_create_owned(&label),
             batch_size: self.batch_size.get_or_create_owned(&label),
+            batch_tokens: self.batch_tokens.get_or_create_owned(&label),
             forward_calls: self.forward_calls.get_or_create_owned(&label),
             queue_depth: self.queue_depth.get_or_create_owned(&label),
             request_counters: Arc::default(),
@@ -352,6 +366,7 @@ pub struct ModelMetrics {
     queue_duration: Histogram,
     compute_duration: Histogram,
     batch_size: Histogram,
+    batch_tokens: Histogram,
     forward_calls: Counter,
     queue_depth: Gauge,
     /// Resolved request counters by (version, outcome): the family lookup allocates label
@@ -412,6 +427,10 @@ impl ModelMetrics {
         self.forward_calls.inc();
         self.batch_size.observe(rows as f64);
         self.compute_duration.observe(compute.as_secs_f64());
+    }
+
+    pub fn batch_tokens(&self, tokens: usize) {
+        self.batch_tokens.observe(tokens as f64);
     }
 
     pub fn set_queue_depth(&self, depth: usize) {

@@ -168,8 +168,16 @@ impl VersionPolicy {
 /// The per-model batcher and admission settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchingConfig {
-    /// Rows per forward pass; `1` disables batching. Requests with more rows are refused.
+    /// Rows per forward pass; `1` disables batching. Requests with more rows are split.
     pub max_batch_size: usize,
+    /// Rows one request may have; more are refused (400) before anything is computed.
+    pub max_request_rows: usize,
+    /// What a forward pass may cost: padded tokens for text models (0: no budget).
+    pub max_batch_tokens: usize,
+    /// What the queue may hold in the same unit (0: no budget); more gets 429.
+    pub max_queue_tokens: usize,
+    /// The priority of requests that send none (Triton's `priority`: lower runs first).
+    pub default_priority: u64,
     /// How long a request that arrived while the model was busy may wait for batch-mates.
     pub max_queue_delay: Duration,
     /// Requests waiting at most; one more gets 429 at once.
@@ -182,6 +190,10 @@ impl Default for BatchingConfig {
     fn default() -> Self {
         BatchingConfig {
             max_batch_size: 64,
+            max_request_rows: 2048,
+            max_batch_tokens: 0,
+            max_queue_tokens: 0,
+            default_priority: 1,
             max_queue_delay: Duration::ZERO,
             max_queue_size: 1024,
             default_timeout: None,
@@ -302,6 +314,10 @@ struct RawVersionPolicy {
 #[serde(deny_unknown_fields)]
 struct RawBatching {
     max_batch_size: Option<usize>,
+    max_request_rows: Option<usize>,
+    max_batch_tokens: Option<usize>,
+    max_queue_tokens: Option<usize>,
+    default_priority: Option<u64>,
     max_queue_delay_us: Option<u64>,
     max_queue_size: Option<usize>,
     default_timeout_us: Option<u64>,
@@ -555,8 +571,18 @@ fn resolve_model(
                     "{here}: batching.max_batch_size and batching.max_queue_size must be at least 1"
                 )));
             }
+            let max_request_rows = b.max_request_rows.unwrap_or(defaults.max_request_rows);
+            if max_request_rows < max_batch_size {
+                return Err(invalid(format!(
+                    "{here}: batching.max_request_rows ({max_request_rows}) must be at least max_batch_size ({max_batch_size})"
+                )));
+            }
             BatchingConfig {
                 max_batch_size,
+                max_request_rows,
+                max_batch_tokens: b.max_batch_tokens.unwrap_or(0),
+                max_queue_tokens: b.max_queue_tokens.unwrap_or(0),
+                default_priority: b.default_priority.unwrap_or(defaults.default_priority).max(1),
                 max_queue_delay: Duration::from_micros(b.max_queue_delay_us.unwrap_or(0)),
                 max_queue_size,
                 default_timeout: b

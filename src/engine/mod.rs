@@ -10,6 +10,7 @@
 //! passed are dropped before compute; a batch that fails is retried request by request so one
 //! bad request cannot fail its batch-mates.
 
+pub mod cpu;
 pub mod policy;
 mod worker;
 
@@ -56,16 +57,71 @@ pub struct Outputs {
     pub notes: Notes,
 }
 
+impl Outputs {
+    /// The outputs of a request that was split into consecutive parts, joined back in order:
+    /// tensors along their rows, per-row notes (JSON arrays) one after the other; other notes
+    /// keep the first part's value.
+    pub fn concat(parts: Vec<Outputs>) -> Result<Outputs, ComputeError> {
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            return Err(ComputeError::WrongOutputs {
+                results: 0,
+                requests: 1,
+                outputs: 0,
+            });
+        };
+        let mut columns: Vec<Vec<HostTensor>> =
+            first.tensors.into_iter().map(|t| vec![t]).collect();
+        let mut notes = first.notes;
+        for part in parts {
+            if part.tensors.len() != columns.len() {
+                return Err(ComputeError::WrongOutputs {
+                    results: part.tensors.len(),
+                    requests: 1,
+                    outputs: columns.len(),
+                });
+            }
+            for (column, tensor) in columns.iter_mut().zip(part.tensors) {
+                column.push(tensor);
+            }
+            for (key, value) in part.notes {
+                if let (Some(serde_json::Value::Array(all)), serde_json::Value::Array(more)) =
+                    (notes.get_mut(&key), value)
+                {
+                    all.extend(more);
+                }
+            }
+        }
+        let tensors = columns
+            .into_iter()
+            .map(|column| {
+                HostTensor::concat_rows(column).ok_or(ComputeError::Failed {
+                    message: "the parts of a split request returned outputs of different shapes"
+                        .to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Outputs { tensors, notes })
+    }
+}
+
 /// Why a request was not answered with outputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     #[error("model {model:?} has {limit} requests queued, its max_queue_size; retry later")]
     QueueFull { model: String, limit: usize },
-    #[error("the request has {rows} rows; model {model:?} takes at most {max} per request (max_batch_size)")]
+    #[error("the request has {rows} rows; model {model:?} takes at most {max} per request (max_request_rows)")]
     TooManyRows {
         model: String,
         rows: usize,
         max: usize,
+    },
+    #[error("model {model:?} has {queued} tokens queued; {tokens} more would pass its max_queue_tokens of {limit}; retry later")]
+    QueueTokensFull {
+        model: String,
+        queued: usize,
+        tokens: usize,
+        limit: usize,
     },
     #[error("the request waited {waited_us} µs in the queue, past its timeout of {timeout_us} µs")]
     Timeout { waited_us: u128, timeout_us: u128 },
@@ -130,8 +186,12 @@ pub struct Job {
     pub enqueued: Instant,
     /// Drop the request (with a timeout error) if it has not started by then.
     pub deadline: Option<Instant>,
+    /// Triton's priority: lower runs first; `None` takes the model's default.
+    pub priority: Option<u64>,
     ticket: Ticket,
     arrived_idle: bool,
+    /// What the request costs a forward pass (`Model::cost`).
+    tokens: usize,
 }
 
 impl Job {
@@ -142,15 +202,23 @@ impl Job {
         timeout: Option<Duration>,
     ) -> Job {
         let enqueued = Instant::now();
+        let tokens = version.model.cost(&prepared);
         Job {
             version,
             prepared,
             reply,
             enqueued,
             deadline: timeout.map(|t| enqueued + t),
+            priority: None,
             ticket: Ticket::default(),
             arrived_idle: false,
+            tokens,
         }
+    }
+
+    pub fn with_priority(mut self, priority: Option<u64>) -> Job {
+        self.priority = priority;
+        self
     }
 
     /// The handle the waiting handler keeps to give up on the request at its deadline.
@@ -160,7 +228,12 @@ impl Job {
 }
 
 struct State {
+    /// In queue order: priority (lower first), then arrival.
     jobs: VecDeque<Job>,
+    /// Requests admitted by a front end and not yet queued (being read, decoded, tokenised).
+    incoming: usize,
+    /// Tokens of the queued requests (`max_queue_tokens`).
+    queued_tokens: usize,
     /// A batch is being computed.
     busy: bool,
     /// The compute thread is blocked on the condition variable: only then does a submit need
@@ -175,6 +248,8 @@ struct Inner {
     state: Mutex<State>,
     wake: Condvar,
     metrics: ModelMetrics,
+    cpu: Arc<cpu::Cpu>,
+    pools: cpu::Pools,
 }
 
 impl Inner {
@@ -200,16 +275,20 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the compute thread of model `name`.
+    /// Starts the compute thread of model `name`, whose forward passes share `cpu` with every
+    /// other model's.
     pub fn start(
         name: &str,
         config: BatchingConfig,
         metrics: ModelMetrics,
+        cpu: Arc<cpu::Cpu>,
     ) -> std::io::Result<Engine> {
         let inner = Arc::new(Inner {
             name: name.to_string(),
             state: Mutex::new(State {
                 jobs: VecDeque::with_capacity(config.max_queue_size.min(4096)),
+                incoming: 0,
+                queued_tokens: 0,
                 busy: false,
                 sleeping: false,
                 closing: false,
@@ -217,6 +296,8 @@ impl Engine {
             }),
             wake: Condvar::new(),
             metrics,
+            cpu,
+            pools: cpu::Pools::new(name),
         });
         let worker_inner = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
@@ -248,9 +329,55 @@ impl Engine {
         self.inner.lock().jobs.len()
     }
 
-    /// Admits a request or refuses it at once. Never blocks on compute.
-    pub fn submit(&self, mut job: Job) -> Result<(), EngineError> {
+    /// Announces a request on its way to the queue (its body being read or decoded): until the
+    /// returned guard is submitted or dropped, the batching policy knows a batch-mate may come.
+    pub fn incoming(&self) -> Incoming {
+        self.inner.lock().incoming += 1;
+        Incoming {
+            inner: Some(Arc::clone(&self.inner)),
+        }
+    }
+
+    /// Admits a request or refuses it at once. Never blocks on compute. `incoming` is the
+    /// request's announcement, if it made one.
+    pub fn submit(&self, mut job: Job, incoming: Option<Incoming>) -> Result<(), EngineError> {
         let mut state = self.inner.lock();
+        if let Some(mut incoming) = incoming {
+            // Counted off under the same lock as the push, so the policy never sees the
+            // request twice or not at all.
+            incoming.inner = None;
+            state.incoming = state.incoming.saturating_sub(1);
+        }
+        let wake = state.sleeping;
+        let result = self.admit(&mut state, &mut job);
+        if let Err(e) = result {
+            drop(state);
+            if wake {
+                self.inner.wake.notify_one();
+            }
+            return Err(e);
+        }
+        job.arrived_idle = !state.busy && state.jobs.is_empty();
+        let priority = job.priority.unwrap_or(state.config.default_priority);
+        job.priority = Some(priority);
+        state.queued_tokens += job.tokens;
+        // After every queued request of the same or a higher priority (lower number).
+        let at = state
+            .jobs
+            .iter()
+            .rposition(|queued| queued.priority.unwrap_or(u64::MAX) <= priority)
+            .map_or(0, |i| i + 1);
+        state.jobs.insert(at, job);
+        self.inner.metrics.set_queue_depth(state.jobs.len());
+        drop(state);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The checks of [`Engine::submit`].
+    fn admit(&self, state: &mut State, job: &mut Job) -> Result<(), EngineError> {
         if state.closing {
             return Err(EngineError::ShuttingDown);
         }
@@ -267,13 +394,14 @@ impl Engine {
                 limit: state.config.max_queue_size,
             });
         }
-        job.arrived_idle = !state.busy && state.jobs.is_empty();
-        state.jobs.push_back(job);
-        self.inner.metrics.set_queue_depth(state.jobs.len());
-        let wake = state.sleeping;
-        drop(state);
-        if wake {
-            self.inner.wake.notify_one();
+        let limit = state.config.max_queue_tokens;
+        if limit > 0 && !state.jobs.is_empty() && state.queued_tokens + job.tokens > limit {
+            return Err(EngineError::QueueTokensFull {
+                model: self.inner.name.clone(),
+                queued: state.queued_tokens,
+                tokens: job.tokens,
+                limit,
+            });
         }
         Ok(())
     }
@@ -294,6 +422,33 @@ impl Engine {
                 tracing::error!(model = %self.inner.name, "compute thread ended with a panic");
             }
         }
+    }
+}
+
+/// A request on its way to a model's queue (see [`Engine::incoming`]). Dropping it without
+/// submitting (the body was refused) tells the policy not to wait for it.
+#[derive(Debug)]
+pub struct Incoming {
+    inner: Option<Arc<Inner>>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let mut state = inner.lock();
+            state.incoming = state.incoming.saturating_sub(1);
+            let wake = state.sleeping;
+            drop(state);
+            if wake {
+                inner.wake.notify_one();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("name", &self.name).finish()
     }
 }
 

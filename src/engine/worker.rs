@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::model::{HostTensor, Prepared};
+use crate::model::{ForwardLimits, HostTensor, Prepared};
 
 use super::policy::{self, Decision, Entry, Limits};
 use super::{ComputeError, EngineError, Inner, Job, Outputs};
@@ -25,12 +25,14 @@ pub(super) fn run(inner: &Arc<Inner>) {
             enqueued: job.enqueued,
             version: Arc::as_ptr(&job.version) as usize as u64,
             arrived_idle: job.arrived_idle,
+            tokens: job.tokens,
         }));
         let limits = Limits {
             max_batch_size: state.config.max_batch_size,
+            max_batch_tokens: state.config.max_batch_tokens,
             max_queue_delay: state.config.max_queue_delay,
         };
-        let decision = match policy::next_batch(&entries, now, &limits) {
+        let decision = match policy::next_batch(&entries, state.incoming, now, &limits) {
             // While shutting down nothing new arrives: waiting for batch-mates is pointless.
             Decision::Wait(Some(_)) if state.closing => {
                 Decision::Run(batch_len_ignoring_delay(&entries, &limits))
@@ -41,16 +43,17 @@ pub(super) fn run(inner: &Arc<Inner>) {
             Decision::Run(n) => {
                 // A handler may have given up on a request at its deadline just now: such
                 // requests are dropped here, never computed.
-                let batch: Vec<Job> = state
-                    .jobs
-                    .drain(..n)
-                    .filter(|job| job.ticket.start())
-                    .collect();
+                let batch: Vec<Job> = state.jobs.drain(..n).collect();
+                state.queued_tokens -= batch.iter().map(|j| j.tokens).sum::<usize>();
+                let batch: Vec<Job> = batch.into_iter().filter(|job| job.ticket.start()).collect();
                 state.busy = true;
                 inner.metrics.set_queue_depth(state.jobs.len());
+                let forward_limits = ForwardLimits {
+                    max_batch_tokens: state.config.max_batch_tokens,
+                };
                 drop(state);
                 if !batch.is_empty() {
-                    execute(inner, batch);
+                    execute(inner, batch, &forward_limits);
                 }
                 state = inner.lock();
                 state.busy = false;
@@ -90,7 +93,7 @@ fn batch_len_ignoring_delay(entries: &[Entry], limits: &Limits) -> usize {
         max_queue_delay: std::time::Duration::ZERO,
         ..*limits
     };
-    match policy::next_batch(entries, Instant::now(), &no_delay) {
+    match policy::next_batch(entries, 0, Instant::now(), &no_delay) {
         Decision::Run(n) => n,
         Decision::Wait(_) => 1,
     }
@@ -128,15 +131,17 @@ fn prune(inner: &Inner, jobs: &mut std::collections::VecDeque<Job>, now: Instant
     inner.metrics.set_queue_depth(jobs.len());
 }
 
-fn execute(inner: &Inner, batch: Vec<Job>) {
+fn execute(inner: &Inner, batch: Vec<Job>, limits: &ForwardLimits) {
     let started = Instant::now();
     for job in &batch {
         inner.metrics.queued(started.duration_since(job.enqueued));
     }
     let rows: usize = batch.iter().map(|j| j.prepared.rows).sum();
+    let tokens: usize = batch.iter().map(|j| j.tokens).sum();
     let prepared: Vec<&Prepared> = batch.iter().map(|j| &j.prepared).collect();
-    let result = forward(&batch[0], &prepared);
+    let result = forward(inner, &batch[0], &prepared, limits);
     inner.metrics.batch(rows, started.elapsed());
+    inner.metrics.batch_tokens(tokens);
     match result {
         Ok(outputs) => {
             for (job, tensors) in batch.into_iter().zip(outputs) {
@@ -155,7 +160,7 @@ fn execute(inner: &Inner, batch: Vec<Job>) {
                 "batched forward pass failed; retrying its requests one by one");
             for job in batch {
                 let started = Instant::now();
-                let result = forward(&job, &[&job.prepared]);
+                let result = forward(inner, &job, &[&job.prepared], limits);
                 inner.metrics.batch(job.prepared.rows, started.elapsed());
                 reply(job, result.map(|mut o| o.pop().unwrap_or_default()));
             }
@@ -163,10 +168,26 @@ fn execute(inner: &Inner, batch: Vec<Job>) {
     }
 }
 
-/// Runs one forward pass, catching panics, and checks that every request got all its outputs.
-fn forward(first: &Job, prepared: &[&Prepared]) -> Result<Vec<Vec<HostTensor>>, ComputeError> {
+/// Runs one forward pass on its share of the CPU budget, catching panics, and checks that every
+/// request got all its outputs.
+fn forward(
+    inner: &Inner,
+    first: &Job,
+    prepared: &[&Prepared],
+    limits: &ForwardLimits,
+) -> Result<Vec<Vec<HostTensor>>, ComputeError> {
     let version = &first.version;
-    let outcome = catch_unwind(AssertUnwindSafe(|| version.model.forward(prepared)));
+    let running = inner.cpu.enter();
+    let pass = || {
+        catch_unwind(AssertUnwindSafe(|| {
+            version.model.forward_with(prepared, limits)
+        }))
+    };
+    let outcome = match inner.pools.get(running.threads) {
+        Some(pool) => pool.install(pass),
+        None => pass(),
+    };
+    drop(running);
     let outputs = match outcome {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(e)) => {

@@ -75,7 +75,9 @@ impl ApiError {
             | ApiError::Header { .. }
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Engine(e) => match e {
-                EngineError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 EngineError::TooManyRows { .. } => StatusCode::BAD_REQUEST,
                 EngineError::Timeout { .. } | EngineError::ShuttingDown => {
                     StatusCode::SERVICE_UNAVAILABLE

@@ -10,8 +10,9 @@ use axum::response::Response;
 use http::{header, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 
+use crate::config::BatchingConfig;
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
-use crate::model::ElemKind;
+use crate::model::{ElemKind, HostTensor, Prepared};
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::ModelSlot;
 
@@ -89,21 +90,40 @@ async fn serve(
         }
         .into());
     }
+    // From here until it is queued the request is on its way: the batching policy may wait
+    // for it rather than run a batch without it.
+    let incoming = slot.engine.incoming();
     let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
-    let (decoded, prepared) = decode(state, &version, body, header_len).await?;
+    let config = slot.engine.config();
+    let (decoded, parts) = decode(state, &version, body, header_len, &config).await?;
 
-    let (tx, rx) = oneshot::channel();
-    let timeout = decoded.timeout.or(slot.engine.config().default_timeout);
-    let job = Job::new(Arc::clone(&version), prepared, tx, timeout);
-    let (ticket, deadline) = (job.ticket(), job.deadline);
-    if let Err(e) = slot.engine.submit(job) {
-        slot.metrics.rejected(match e {
-            EngineError::QueueFull { .. } => "queue_full",
-            _ => "refused",
-        });
-        return Err(e.into());
+    let timeout = decoded.timeout.or(config.default_timeout);
+    let mut pending = Vec::with_capacity(parts.len());
+    let mut incoming = Some(incoming);
+    for prepared in parts {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::new(Arc::clone(&version), prepared, tx, timeout)
+            .with_priority(decoded.priority);
+        let (ticket, deadline) = (job.ticket(), job.deadline);
+        if let Err(e) = slot.engine.submit(job, incoming.take()) {
+            slot.metrics.rejected(match e {
+                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => {
+                    "queue_full"
+                }
+                _ => "refused",
+            });
+            return Err(e.into());
+        }
+        pending.push((rx, ticket, deadline));
     }
-    let outputs = wait(rx, ticket, deadline, timeout, slot).await?;
+    let mut outputs = Vec::with_capacity(pending.len());
+    for (rx, ticket, deadline) in pending {
+        outputs.push(wait(rx, ticket, deadline, timeout, slot).await?);
+    }
+    let outputs = match outputs.len() {
+        1 => outputs.pop().ok_or(ApiError::ShuttingDown)?,
+        _ => Outputs::concat(outputs).map_err(EngineError::Compute)?,
+    };
     Ok((
         respond(&version, &decoded, outputs, accepted_coding(headers))?,
         version,
@@ -144,8 +164,15 @@ async fn decode(
     version: &Arc<LoadedVersion>,
     mut body: Received,
     header_len: Option<u64>,
-) -> Result<(Decoded, crate::model::Prepared), ApiError> {
-    let limits = state.limits;
+    batching: &BatchingConfig,
+) -> Result<(Decoded, Vec<Prepared>), ApiError> {
+    let split = Split {
+        max_batch_size: batching.max_batch_size,
+        max_request_rows: batching.max_request_rows,
+        model: version.model_name.clone(),
+    };
+    let mut limits = state.limits;
+    limits.decode.max_rows = batching.max_request_rows as u64;
     let inline = body.encoding == Encoding::Identity
         && body.len() <= INLINE_DECODE_BYTES
         && !prepares_text(version);
@@ -153,8 +180,8 @@ async fn decode(
         let bytes = body.contiguous();
         drop(body);
         let mut decoded = protocol::decode(&bytes, header_len, &version.signature, &limits.decode)?;
-        let prepared = version.model.prepare(std::mem::take(&mut decoded.inputs))?;
-        return Ok((decoded, prepared));
+        let parts = split.prepare(version, std::mem::take(&mut decoded.inputs))?;
+        return Ok((decoded, parts));
     }
     if let Some(n) = header_len {
         if body.encoding == Encoding::Identity && n > body.len() as u64 {
@@ -190,10 +217,62 @@ async fn decode(
                 }
                 other => other?,
             };
-            let prepared = version.model.prepare(std::mem::take(&mut decoded.inputs))?;
-            Ok((decoded, prepared))
+            let parts = split.prepare(&version, std::mem::take(&mut decoded.inputs))?;
+            Ok((decoded, parts))
         })
         .await
+}
+
+/// How a request's rows are cut into batches.
+struct Split {
+    max_batch_size: usize,
+    max_request_rows: usize,
+    model: String,
+}
+
+impl Split {
+    /// Prepares a request, cut into parts of at most `max_batch_size` rows when it has more
+    /// (each part batches on its own; the answers are joined back in order). More rows than
+    /// `max_request_rows` are refused before any row is tokenised or computed.
+    fn prepare(
+        &self,
+        version: &LoadedVersion,
+        inputs: Vec<Option<HostTensor>>,
+    ) -> Result<Vec<Prepared>, ApiError> {
+        let mut rows = inputs.iter().flatten().map(HostTensor::rows);
+        let Some(first) = rows.next() else {
+            return Ok(vec![version.model.prepare(inputs)?]);
+        };
+        // Inputs that disagree on their rows are not split: the model refuses them whole.
+        if !rows.all(|r| r == first) || first <= self.max_batch_size {
+            return Ok(vec![version.model.prepare(inputs)?]);
+        }
+        if first > self.max_request_rows {
+            return Err(EngineError::TooManyRows {
+                model: self.model.clone(),
+                rows: first,
+                max: self.max_request_rows,
+            }
+            .into());
+        }
+        let sizes: Vec<usize> = (0..first)
+            .step_by(self.max_batch_size)
+            .map(|start| self.max_batch_size.min(first - start))
+            .collect();
+        let mut columns: Vec<Vec<Option<HostTensor>>> = inputs
+            .into_iter()
+            .map(|input| match input {
+                Some(t) => t.split_rows(&sizes).into_iter().map(Some).collect(),
+                None => vec![None; sizes.len()],
+            })
+            .collect();
+        (0..sizes.len())
+            .map(|part| {
+                let inputs = columns.iter_mut().map(|c| c[part].take()).collect();
+                version.model.prepare(inputs).map_err(ApiError::from)
+            })
+            .collect()
+    }
 }
 
 fn respond(

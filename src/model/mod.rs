@@ -219,6 +219,13 @@ impl Assets {
     }
 }
 
+/// Limits of one forward pass, set by the model's batching config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardLimits {
+    /// Padded tokens of one pass of a text model (0: no limit).
+    pub max_batch_tokens: usize,
+}
+
 /// A runnable model with weights.
 pub trait Model: Send + Sync {
     /// Checks one request's inputs (aligned with the signature, `None` for an absent optional
@@ -231,6 +238,24 @@ pub trait Model: Send + Sync {
     /// with the signature's outputs. An `Err` fails the whole batch; the engine then retries its
     /// requests one by one so one bad request cannot fail the others.
     fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>>;
+
+    /// [`Model::forward`] within the engine's limits for one forward pass. Models that split a
+    /// batch into several passes (text models group rows by length) keep each pass within
+    /// `limits.max_batch_tokens`; the others ignore the limits.
+    fn forward_with(
+        &self,
+        batch: &[&Prepared],
+        limits: &ForwardLimits,
+    ) -> candle_core::Result<Vec<Vec<HostTensor>>> {
+        let _ = limits;
+        self.forward(batch)
+    }
+
+    /// What a prepared request costs a forward pass, in the unit `max_batch_tokens` counts:
+    /// padded tokens for text models, rows for the others.
+    fn cost(&self, prepared: &Prepared) -> usize {
+        prepared.rows
+    }
 
     /// Settings the model resolved when it was built that a client may want to know (e.g. the
     /// pooling a text encoder took from its sentence-transformers files): shown in the model

@@ -124,7 +124,7 @@ impl Repository {
             let slot = match current.get(&model.name) {
                 Some(slot) => self.update_slot(slot, model, &mut changes, &mut to_sync)?,
                 None => {
-                    let slot = Arc::new(new_slot(model, &self.metrics)?);
+                    let slot = Arc::new(new_slot(model, &self.metrics, &self.cpu)?);
                     changes.push(format!("model {:?}: added", model.name));
                     to_sync.push(Arc::clone(&slot));
                     slot
@@ -193,7 +193,7 @@ impl Repository {
             to_sync.push(Arc::clone(slot));
             return Ok(Arc::clone(slot));
         }
-        let fresh = Arc::new(new_slot(model, &self.metrics)?);
+        let fresh = Arc::new(new_slot(model, &self.metrics, &self.cpu)?);
         self.sync_model(&fresh, SyncMode::Immediate);
         if fresh.is_ready() {
             changes.push(format!(

@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Config, ModelConfig};
+use crate::engine::cpu::Cpu;
 use crate::engine::{Engine, LoadedVersion};
 use crate::state_dict::LoadReport;
 
@@ -239,6 +240,8 @@ pub struct SyncOutcome {
 /// Every configured model and the versions being served.
 pub struct Repository {
     root: PathBuf,
+    /// The compute budget every model's engine shares.
+    cpu: Arc<Cpu>,
     /// Where version files may resolve to.
     containment: pipeline::Containment,
     models: ArcSwap<BTreeMap<String, Arc<ModelSlot>>>,
@@ -260,12 +263,14 @@ impl std::fmt::Debug for Repository {
 
 impl Repository {
     /// Creates the slots (and engines) of every configured model; loads nothing yet.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Repository> {
+    /// The forward passes of every model share `cpu`.
+    pub fn new(config: &Config, metrics: Arc<Metrics>, cpu: Arc<Cpu>) -> std::io::Result<Repository> {
         let mut models = BTreeMap::new();
         for model in &config.models {
-            models.insert(model.name.clone(), Arc::new(new_slot(model, &metrics)?));
+            models.insert(model.name.clone(), Arc::new(new_slot(model, &metrics, &cpu)?));
         }
         Ok(Repository {
+            cpu,
             containment: pipeline::Containment {
                 root: config.server.repository.clone(),
                 allow_external: config.server.allow_external_symlinks,
@@ -366,11 +371,20 @@ impl Repository {
     }
 }
 
-pub(crate) fn new_slot(model: &ModelConfig, metrics: &Arc<Metrics>) -> std::io::Result<ModelSlot> {
+pub(crate) fn new_slot(
+    model: &ModelConfig,
+    metrics: &Arc<Metrics>,
+    cpu: &Arc<Cpu>,
+) -> std::io::Result<ModelSlot> {
     let model_metrics = metrics.for_model(&model.name);
     Ok(ModelSlot {
         name: model.name.clone(),
-        engine: Engine::start(&model.name, model.batching, model_metrics.clone())?,
+        engine: Engine::start(
+            &model.name,
+            model.batching,
+            model_metrics.clone(),
+            Arc::clone(cpu),
+        )?,
         config: ArcSwap::from_pointee(model.clone()),
         serving: ArcSwap::from_pointee(Serving::default()),
         state: Mutex::new(SlotState::default()),

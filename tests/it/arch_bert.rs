@@ -289,3 +289,135 @@ async fn a_missing_layer_and_an_unmapped_head_are_refused_with_the_exact_keys() 
     assert_eq!(status, 200);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_bounds_every_forward_pass() {
+    let repo = Repo::new();
+    install(&repo, "small", &weights());
+    let toml = model_toml("small", IGNORE_HEAD).replace(
+        "batching = { max_batch_size = 16, max_queue_delay_us = 20000 }",
+        "batching = { max_batch_size = 16, max_batch_tokens = 64, max_queue_delay_us = 200000 }",
+    );
+    assert!(toml.contains("max_batch_tokens = 64"), "{toml}");
+    let server = std::sync::Arc::new(TestServer::start(repo.config("", &toml)).await);
+    let reference = reference();
+    let texts: Vec<String> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<Vec<f32>> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| f32s(&c["embedding"]))
+        .collect();
+    // Every text at once, as separate requests: batches form, within the budget.
+    let tasks: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let server = std::sync::Arc::clone(&server);
+            let request = text_request(&[text.as_str()]);
+            tokio::spawn(async move { server.post_json("/v2/models/small/infer", &request).await })
+        })
+        .collect();
+    for (task, expected) in tasks.into_iter().zip(&expected) {
+        let (status, response) = task.await.unwrap();
+        assert_eq!(status, 200, "{response}");
+        assert_close(
+            &output_f32(&response, "embedding"),
+            expected,
+            TOLERANCE,
+            "an embedding batched under a token budget",
+        );
+    }
+    // A request larger than the budget alone still runs, in passes of at most 64 padded tokens.
+    let (status, response) = server
+        .post_json(
+            "/v2/models/small/infer",
+            &text_request(&texts.iter().map(String::as_str).collect::<Vec<_>>()),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    let metrics = server.get("/metrics").await.1.text();
+    let count = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    // Forward calls of the engine: each within the budget but the one that held the single
+    // request bigger than it (it runs alone).
+    let within = count(r#"wick_batch_tokens_bucket{le="64.0",model="small"}"#);
+    let all = count(r#"wick_batch_tokens_count{model="small"}"#);
+    assert!(within >= 2, "{metrics}");
+    assert_eq!(all - within, 1, "forward passes above the budget");
+    TestServer::shutdown_shared(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_model_stays_responsive_while_another_is_saturated() {
+    // Both models' forward passes share one CPU budget: the busy one's batches never make the
+    // quiet one's lone requests wait for them.
+    let repo = Repo::new();
+    install(&repo, "small", &weights());
+    repo.install("simple", 1, &crate::util::demo_model("simple", 1));
+    let models = format!("{}{}", model_toml("small", IGNORE_HEAD), crate::util::SIMPLE);
+    let server = std::sync::Arc::new(TestServer::start(repo.config("", &models)).await);
+    let quiet = serde_json::to_vec(&infer_request("input", "FP32", [1, 10], [0.5f32; 10])).unwrap();
+    let latency = |n: usize| {
+        let server = std::sync::Arc::clone(&server);
+        let quiet = quiet.clone();
+        async move {
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = std::time::Instant::now();
+                let (status, _) = server.post("/v2/models/simple/infer", quiet.clone()).await;
+                assert_eq!(status, 200);
+                times.push(started.elapsed());
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            times.sort();
+            times
+        }
+    };
+    let idle = latency(20).await;
+    let idle_p50 = idle[idle.len() / 2];
+
+    // Saturate the text model: four clients sending batches of its longest texts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let long: Vec<String> = vec!["the quick brown fox jumps over the lazy dog ".repeat(8); 16];
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop) = (std::sync::Arc::clone(&server), std::sync::Arc::clone(&stop));
+            let request = text_request(&long.iter().map(String::as_str).collect::<Vec<_>>());
+            tokio::spawn(async move {
+                let mut served = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, response) =
+                        server.post_json("/v2/models/small/infer", &request).await;
+                    assert_eq!(status, 200, "{response}");
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let loaded = latency(50).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for task in busy {
+        served += task.await.unwrap();
+    }
+    assert!(served > 4, "the busy model was not busy ({served} requests)");
+    let p99 = loaded[loaded.len() * 99 / 100];
+    // Generous: a shared machine is noisy. Waiting behind the busy model's batches would cost
+    // whole forward passes of 16 long rows each.
+    let bound = idle_p50 * 3 + std::time::Duration::from_millis(50);
+    assert!(p99 <= bound, "quiet p99 {p99:?} under load, idle p50 {idle_p50:?}");
+    TestServer::shutdown_shared(server).await;
+}

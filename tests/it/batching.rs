@@ -135,7 +135,9 @@ async fn an_idle_server_never_waits_for_batch_mates() {
 }
 
 #[tokio::test]
-async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
+async fn a_batch_does_not_wait_for_requests_that_are_not_coming() {
+    // A 300 ms queue delay, and nothing on its way: the request gathered while the model was
+    // busy runs as soon as the model is free, not after the delay.
     let (server, _repo, probe) = slow_server(
         Duration::from_millis(100),
         "{ max_batch_size = 64, max_queue_delay_us = 300000 }",
@@ -147,13 +149,112 @@ async fn requests_gathered_while_busy_wait_for_the_queue_delay() {
     let second = spawn_post(&server, body(&rows(2.0, 1), json!({})));
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(second.await.unwrap().0, 200);
-    // The second arrived while the model was busy: it waited for batch-mates up to the delay,
-    // not just for the first request's 100 ms.
-    assert!(
-        sent.elapsed() >= Duration::from_millis(280),
-        "{:?}",
-        sent.elapsed()
+    let waited = sent.elapsed();
+    // Its own forward pass (100 ms) after the first's remaining time (< 100 ms), and no
+    // 300 ms wait on top.
+    assert!(waited < Duration::from_millis(280), "{waited:?}");
+    TestServer::shutdown_shared(server).await;
+}
+
+#[tokio::test]
+async fn a_batch_waits_for_a_request_on_its_way_up_to_the_delay() {
+    let (server, _repo, probe) = slow_server(
+        Duration::from_millis(100),
+        "{ max_batch_size = 64, max_queue_delay_us = 2000000 }",
+    )
+    .await;
+    let first = spawn_post(&server, body(&rows(1.0, 1), json!({})));
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    // A client whose body is still arriving: the policy knows a batch-mate is coming.
+    let payload = body(&rows(3.0, 1), json!({}));
+    let mut stream = tokio::net::TcpStream::connect(server.server().addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
     );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&payload[..10]).await.unwrap();
+    let second = spawn_post(&server, body(&rows(2.0, 1), json!({})));
+    assert_eq!(first.await.unwrap().0, 200);
+    // The second has been queued with the model free: it waits for the third.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(probe.calls(), 1, "the second ran without its coming batch-mate");
+    stream.write_all(&payload[10..]).await.unwrap();
+    let (status, _, answer) = second.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let (reply, _) =
+        crate::util::server::read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The two ran as one batch of two rows.
+    assert_eq!(probe.batches.lock().unwrap().clone(), vec![1, 2]);
+    TestServer::shutdown_shared(server).await;
+}
+
+#[tokio::test]
+async fn a_request_larger_than_a_batch_is_split_and_answered_in_order() {
+    let (server, _repo, probe) =
+        slow_server(Duration::from_millis(10), "{ max_batch_size = 4 }").await;
+    let data = rows(100.0, 12);
+    let (status, _, answer) = post(&server, body(&data, json!({}))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"], json!([12, 1]));
+    assert_close(
+        &output_f32(&answer, "output"),
+        &expected(&data),
+        TOLERANCE,
+        "a split request's rows, in order",
+    );
+    assert_eq!(probe.batches.lock().unwrap().clone(), vec![4, 4, 4]);
+    // Past max_request_rows it is refused before anything is computed.
+    let (server2, _repo2, probe2) = slow_server(
+        Duration::from_millis(10),
+        "{ max_batch_size = 4, max_request_rows = 8 }",
+    )
+    .await;
+    let (status, _, answer) = post(&server2, body(&rows(1.0, 9), json!({}))).await;
+    assert_error("9 rows", (status, &answer), 400, "max_request_rows");
+    assert_eq!(probe2.calls(), 0);
+    TestServer::shutdown_shared(server).await;
+    TestServer::shutdown_shared(server2).await;
+}
+
+#[tokio::test]
+async fn a_high_priority_request_overtakes_queued_low_priority_ones() {
+    let (server, _repo, probe) =
+        slow_server(Duration::from_millis(150), "{ max_batch_size = 1 }").await;
+    let first = spawn_post(&server, body(&rows(1.0, 1), json!({})));
+    wait_for("the first request to start", || probe.calls() == 1).await;
+    let slot = server.server().repository().get("simple").unwrap();
+    let mut tasks = Vec::new();
+    for marker in [2.0, 3.0] {
+        tasks.push(spawn_post(
+            &server,
+            body(&rows(marker, 1), json!({"parameters": {"priority": 5}})),
+        ));
+        wait_for("a queued request", || {
+            slot.engine.queue_len() == tasks.len()
+        })
+        .await;
+    }
+    tasks.push(spawn_post(
+        &server,
+        body(&rows(9.0, 1), json!({"parameters": {"priority": 2}})),
+    ));
+    wait_for("three queued requests", || slot.engine.queue_len() == 3).await;
+    assert_eq!(first.await.unwrap().0, 200);
+    for task in tasks {
+        assert_eq!(task.await.unwrap().0, 200);
+    }
+    assert_eq!(probe.computed(), vec![1.0, 9.0, 2.0, 3.0]);
+    let (status, _, answer) = post(
+        &server,
+        body(&rows(1.0, 1), json!({"parameters": {"priority": -1}})),
+    )
+    .await;
+    assert_error("a negative priority", (status, &answer), 400, "priority");
     TestServer::shutdown_shared(server).await;
 }
 

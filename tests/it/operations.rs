@@ -1,95 +1,15 @@
 //! wick as infrastructure: a real `wick serve` process drains on SIGTERM, slow clients are cut
 //! off by the header and body deadlines, and `wick health` tells ready from not ready.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::process::wick;
+use crate::util::process::{wick, Process};
 use crate::util::server::read_until_closed;
 use crate::util::slow::slow_server;
 use crate::util::{demo_models, eventually, infer_request, Repo, TestServer};
 use tokio::io::AsyncWriteExt;
-use wick::bench::Target;
-
-/// A `wick serve` child process and the address it listens on.
-struct Process {
-    child: Child,
-    addr: String,
-    _repo: Repo,
-}
-
-impl Process {
-    fn start(extra_server: &str) -> Process {
-        let repo = Repo::demo();
-        let config = repo.write_config(extra_server, &demo_models());
-        let mut child = wick()
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--log-format",
-                "json",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The startup log line names the bound address (port 0 was asked for).
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(listen) = value["listen"].as_str() {
-                        let _ = tx.send(listen.to_string());
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("wick serve logged its address");
-        Process {
-            child,
-            addr,
-            _repo: repo,
-        }
-    }
-
-    fn target(&self) -> Target {
-        Target::parse(&format!("http://{}", self.addr)).unwrap()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit code, at most `limit`.
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {

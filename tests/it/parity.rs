@@ -66,9 +66,20 @@ async fn digits_test_split_matches_pytorch_exactly() {
         batched.extend(output_f32(&answer, "output").chunks(10).map(argmax));
     }
     assert_eq!(batched, expected_pred);
-    // ...and a request above it is refused with the reason, as Triton does.
+    // ...and so does the whole split in one request: it is cut into batches of max_batch_size
+    // rows and its answers joined back in order.
+    assert!(n > 64, "{n} rows do not exceed max_batch_size");
     let (status, answer) = server.infer_f32("digits", "input", &[n, 64], x.f32()).await;
-    assert_error("the whole split", (status, &answer), 400, "max_batch_size");
+    assert_eq!(status, 200);
+    let whole: Vec<i64> = output_f32(&answer, "output")
+        .chunks(10)
+        .map(argmax)
+        .collect();
+    assert_eq!(whole, expected_pred);
+    // Above max_request_rows (2048) a request is refused with the reason.
+    let many: Vec<f32> = x.f32().iter().copied().cycle().take(2049 * 64).collect();
+    let (status, answer) = server.infer_f32("digits", "input", &[2049, 64], &many).await;
+    assert_error("2049 rows", (status, &answer), 400, "max_request_rows");
 
     // Raw pixels as integers convert losslessly into the FP32 input.
     let ints: Vec<i64> = x.f32()[..64].iter().map(|v| *v as i64).collect();

@@ -55,7 +55,9 @@ impl App {
     /// The state `config`'s repository gives the router, with `limits`.
     async fn new(repo: Repo, config: Config, limits: Limits) -> App {
         let metrics = Arc::new(Metrics::new());
-        let repository = Arc::new(Repository::new(&config, metrics).expect("compute threads"));
+        let cpu = wick::engine::cpu::Cpu::new(2);
+        let repository =
+            Arc::new(Repository::new(&config, metrics, cpu).expect("compute threads"));
         let app = App {
             state: AppState::new(repository, limits, config.server.strict_readiness),
             repo,
@@ -275,9 +277,9 @@ fn inference_rows() -> Vec<Row> {
             .answers(400, Error("does not match the model's [-1, 10]")),
         post_json(
             "/v2/models/digits/infer",
-            &infer_request("input", "FP32", [65, 64], vec![0f32; 65 * 64]),
+            &infer_request("input", "FP32", [2049, 64], vec![0f32; 2049 * 64]),
         )
-        .answers(400, Error("at most 64 per request (max_batch_size)")),
+        .answers(400, Error("at most 2048 per request (max_request_rows)")),
         post_json("/v2/models/..%2F..%2Fetc/infer", &one).answers(400, Error("invalid model name")),
         post_json("/v2/models/simple/versions/01/infer", &one)
             .answers(400, Error(r#"invalid version "01""#)),

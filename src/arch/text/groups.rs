@@ -55,9 +55,11 @@ pub fn collect_rows<'a>(batch: &[&'a Prepared]) -> candle_core::Result<Vec<Row<'
     Ok(rows)
 }
 
-/// Groups row indices so each group's padding stays within [`PAD_SLACK`] and its attention
-/// scores within [`ATTENTION_BUDGET`]: rows sorted by length, longest first, taken greedily.
-pub fn plan_groups(rows: &[Row], heads: usize) -> Vec<Vec<usize>> {
+/// Groups row indices so each group's padding stays within [`PAD_SLACK`], its attention
+/// scores within [`ATTENTION_BUDGET`] and its padded tokens within `max_tokens` (the batching
+/// config's `max_batch_tokens`; 0: none): rows sorted by length, longest first, taken greedily.
+/// A row longer than `max_tokens` alone still forms its own group.
+pub fn plan_groups(rows: &[Row], heads: usize, max_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(rows[i].ids.len()));
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -69,6 +71,7 @@ pub fn plan_groups(rows: &[Row], heads: usize) -> Vec<Vec<usize>> {
             let padded = (g.len() + 1) * longest;
             padded as f64 <= (real + len) as f64 * PAD_SLACK
                 && (g.len() + 1) * heads * longest * longest <= ATTENTION_BUDGET
+                && (max_tokens == 0 || padded <= max_tokens)
         });
         if fits {
             if let Some(g) = groups.last_mut() {
@@ -127,17 +130,22 @@ mod tests {
         let mid = vec![1i64; 90];
         let short = vec![1i64; 10];
         let rows = vec![row(&short), row(&long), row(&mid), row(&short), row(&long)];
-        let groups = plan_groups(&rows, 12);
+        let groups = plan_groups(&rows, 12, 0);
         // The two 100s and the 90 share a group (waste 3.4%); the 10s are grouped apart.
         assert_eq!(groups, vec![vec![1, 4, 2], vec![0, 3]]);
         // Attention budget: huge sequences are never batched beyond it.
         let huge = vec![1i64; 512];
         let rows: Vec<Row> = (0..20).map(|_| row(&huge)).collect();
-        let groups = plan_groups(&rows, 12);
+        let groups = plan_groups(&rows, 12, 0);
         assert!(groups
             .iter()
             .all(|g| g.len() * 12 * 512 * 512 <= ATTENTION_BUDGET));
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 20);
+        // A token budget splits groups that padding alone would keep together.
+        let rows: Vec<Row> = (0..10).map(|_| row(&mid)).collect();
+        let groups = plan_groups(&rows, 12, 300);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert!(groups.iter().all(|g| g.len() * 90 <= 300));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::groups::{collect_rows, pad_group, plan_groups};
 use super::head::Head;
 use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::{
-    common_rows, ElemKind, HostData, HostTensor, InputError, Model, Notes, Prepared, Signature,
+    common_rows, ElemKind, ForwardLimits, HostData, HostTensor, InputError, Model, Notes, Prepared, Signature,
 };
 
 /// Where each input sits in the signature.
@@ -315,10 +315,20 @@ impl Model for TextModel {
     }
 
     fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>> {
+        self.forward_with(batch, &ForwardLimits::default())
+    }
+
+    /// Each forward pass of the encoder (a group of rows of similar length) stays within the
+    /// batching config's `max_batch_tokens` padded tokens.
+    fn forward_with(
+        &self,
+        batch: &[&Prepared],
+        limits: &ForwardLimits,
+    ) -> candle_core::Result<Vec<Vec<HostTensor>>> {
         let rows = collect_rows(batch)?;
         let width = self.head.width(self.spec.hidden_size);
         let mut values: Vec<Vec<f32>> = batch.iter().map(|p| vec![0f32; p.rows * width]).collect();
-        for group in plan_groups(&rows, self.spec.num_heads) {
+        for group in plan_groups(&rows, self.spec.num_heads, limits.max_batch_tokens) {
             let tokens = pad_group(&rows, &group, self.spec.pad_token_id);
             let hidden = self.encoder.forward(&tokens)?;
             let out = self.head.apply(&hidden, &tokens)?;
@@ -333,6 +343,14 @@ impl Model for TextModel {
             .zip(values)
             .map(|(p, values)| self.head.outputs(p.rows, values))
             .collect())
+    }
+
+    /// Padded tokens: rows × the request's longest row.
+    fn cost(&self, prepared: &Prepared) -> usize {
+        match prepared.tensors.get(IDS) {
+            Some(Some(ids)) => ids.shape.iter().product(),
+            _ => prepared.rows,
+        }
     }
 
     fn parameters(&self) -> Notes {

@@ -396,6 +396,15 @@ impl InputSeed<'_, '_, '_> {
                 expected: spec.shape_text(),
             });
         }
+        if let Some(&rows) = shape.first() {
+            if rows > self.cx.limits.max_rows {
+                return Err(ProtocolError::Rows {
+                    input: spec.name.clone(),
+                    rows,
+                    limit: self.cx.limits.max_rows,
+                });
+            }
+        }
         let count = shape
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d))

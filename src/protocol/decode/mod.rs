@@ -39,6 +39,8 @@ pub struct DecodeLimits {
     pub max_parameters: usize,
     /// Dimensions of a shape (and the nesting depth of `data`).
     pub max_rank: usize,
+    /// Rows (the first dimension) of an input: the model's `max_request_rows`.
+    pub max_rows: u64,
 }
 
 impl Default for DecodeLimits {
@@ -48,6 +50,7 @@ impl Default for DecodeLimits {
             max_strings: 65_536,
             max_parameters: 64,
             max_rank: 8,
+            max_rows: u64::MAX,
         }
     }
 }

@@ -2,7 +2,14 @@
 //! runs in (resident memory, descriptors, mappings) run alone in a child process of this test
 //! binary, since the other tests share the parent and would move its figures.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use wick::bench::Target;
+
+use super::{demo_models, Repo};
 
 /// The `wick` binary cargo built for these tests.
 pub fn wick() -> Command {
@@ -39,4 +46,88 @@ pub fn alone(test: &str, body: impl FnOnce()) {
         stdout.contains("test result: ok. 1 passed"),
         "{test} did not run in its own process:\n{stdout}"
     );
+}
+
+/// A `wick serve` child process and the address it listens on.
+pub struct Process {
+    pub child: Child,
+    pub addr: String,
+    _repo: Repo,
+}
+
+impl Process {
+    /// Serves the demo models with `extra_server` lines in `[server]`.
+    pub fn start(extra_server: &str) -> Process {
+        let repo = Repo::demo();
+        let models = demo_models();
+        Process::start_with(repo, extra_server, &models)
+    }
+
+    /// Serves `models` from `repo`.
+    pub fn start_with(repo: Repo, extra_server: &str, models: &str) -> Process {
+        let config = repo.write_config(extra_server, models);
+        let mut child = wick()
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The startup log line names the bound address (port 0 was asked for).
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(listen) = value["listen"].as_str() {
+                        let _ = tx.send(listen.to_string());
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("wick serve logged its address");
+        Process {
+            child,
+            addr,
+            _repo: repo,
+        }
+    }
+
+    pub fn target(&self) -> Target {
+        Target::parse(&format!("http://{}", self.addr)).unwrap()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit code, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
