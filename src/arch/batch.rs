@@ -15,10 +15,9 @@ pub fn forward_stacked(
     let mut flat = Vec::with_capacity(total_rows * row_len);
     for prepared in batch {
         match prepared.tensors.first() {
-            Some(Some(HostTensor {
-                data: HostData::F32(values),
-                ..
-            })) => flat.extend_from_slice(values),
+            Some(Some(tensor)) if tensor.data.f32s().is_some() => {
+                flat.extend_from_slice(tensor.data.f32s().unwrap_or_default())
+            }
             _ => candle_core::bail!("a prepared request lacks its F32 input"),
         }
     }

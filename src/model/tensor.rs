@@ -3,20 +3,51 @@
 //! They sit between the protocol codecs (which produce and consume them) and candle (which the
 //! models use inside `forward`), so neither side depends on the other.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use super::ElemKind;
 
 /// Row-major values of one element kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostData {
     F32(Vec<f32>),
+    /// Consecutive rows of a larger F32 tensor shared with the other parts of a split request.
+    F32Rows(SharedF32),
     I64(Vec<i64>),
     Bytes(Vec<Vec<u8>>),
 }
 
+/// A window on an F32 buffer that several parts of one request share. Cutting a request into
+/// batches ([`HostTensor::split_rows`]) copies nothing this way: the decoded values stay one
+/// allocation, freed when the last part is done. Copying the parts instead held the values
+/// twice at the peak (docs/security.md, "Memory per request").
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedF32 {
+    data: Arc<Vec<f32>>,
+    range: Range<usize>,
+}
+
+impl SharedF32 {
+    pub fn as_slice(&self) -> &[f32] {
+        self.data.get(self.range.clone()).unwrap_or_default()
+    }
+}
+
 impl HostData {
+    /// The values of an F32 tensor, owned or shared.
+    pub fn f32s(&self) -> Option<&[f32]> {
+        match self {
+            HostData::F32(v) => Some(v),
+            HostData::F32Rows(rows) => Some(rows.as_slice()),
+            _ => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             HostData::F32(v) => v.len(),
+            HostData::F32Rows(rows) => rows.range.len(),
             HostData::I64(v) => v.len(),
             HostData::Bytes(v) => v.len(),
         }
@@ -37,7 +68,7 @@ impl HostData {
 
     pub fn kind(&self) -> ElemKind {
         match self {
-            HostData::F32(_) => ElemKind::F32,
+            HostData::F32(_) | HostData::F32Rows(_) => ElemKind::F32,
             HostData::I64(_) => ElemKind::I64,
             HostData::Bytes(_) => ElemKind::Bytes,
         }
@@ -74,6 +105,8 @@ impl HostTensor {
     }
 
     /// Cuts the tensor into consecutive pieces of `sizes` rows (which must add up to its rows).
+    /// F32 values are shared, not copied ([`SharedF32`]); BYTES elements are moved; INT64 (token
+    /// ids, small) are copied.
     pub fn split_rows(self, sizes: &[usize]) -> Vec<HostTensor> {
         let row_len = self.row_len();
         let shape_of = |rows: usize| {
@@ -83,14 +116,31 @@ impl HostTensor {
             }
             shape
         };
+        let mut source = match self.data {
+            HostData::F32(v) => Source::F32(SharedF32 {
+                range: 0..v.len(),
+                data: Arc::new(v),
+            }),
+            HostData::F32Rows(rows) => Source::F32(rows),
+            HostData::I64(v) => Source::I64(v),
+            HostData::Bytes(v) => Source::Bytes(v.into_iter()),
+        };
         let mut out = Vec::with_capacity(sizes.len());
         let mut start = 0;
         for &rows in sizes {
             let range = start * row_len..(start + rows) * row_len;
-            let data = match &self.data {
-                HostData::F32(v) => HostData::F32(v.get(range).unwrap_or_default().to_vec()),
-                HostData::I64(v) => HostData::I64(v.get(range).unwrap_or_default().to_vec()),
-                HostData::Bytes(v) => HostData::Bytes(v.get(range).unwrap_or_default().to_vec()),
+            let data = match &mut source {
+                Source::F32(shared) => {
+                    let base = shared.range.start;
+                    HostData::F32Rows(SharedF32 {
+                        data: Arc::clone(&shared.data),
+                        range: base + range.start..base + range.end,
+                    })
+                }
+                Source::I64(v) => HostData::I64(v.get(range).unwrap_or_default().to_vec()),
+                Source::Bytes(elements) => {
+                    HostData::Bytes(elements.by_ref().take(range.len()).collect())
+                }
             };
             out.push(HostTensor {
                 shape: shape_of(rows),
@@ -110,8 +160,12 @@ impl HostTensor {
             if part.shape.get(1..) != joined.shape.get(1..) {
                 return None;
             }
+            if let HostData::F32Rows(rows) = &joined.data {
+                joined.data = HostData::F32(rows.as_slice().to_vec());
+            }
             match (&mut joined.data, part.data) {
                 (HostData::F32(a), HostData::F32(b)) => a.extend(b),
+                (HostData::F32(a), HostData::F32Rows(b)) => a.extend_from_slice(b.as_slice()),
                 (HostData::I64(a), HostData::I64(b)) => a.extend(b),
                 (HostData::Bytes(a), HostData::Bytes(b)) => a.extend(b),
                 _ => return None,
@@ -122,6 +176,13 @@ impl HostTensor {
         }
         Some(joined)
     }
+}
+
+/// The values [`HostTensor::split_rows`] cuts from.
+enum Source {
+    F32(SharedF32),
+    I64(Vec<i64>),
+    Bytes(std::vec::IntoIter<Vec<u8>>),
 }
 
 #[cfg(test)]
@@ -136,13 +197,22 @@ mod tests {
         };
         let parts = t.clone().split_rows(&[2, 2, 1]);
         assert_eq!(parts[2].shape, vec![1, 2]);
-        assert_eq!(parts[1].data, HostData::F32(vec![4.0, 5.0, 6.0, 7.0]));
+        assert_eq!(parts[1].data.f32s(), Some(&[4.0, 5.0, 6.0, 7.0][..]));
+        // The parts share the values instead of copying them.
+        let shares = |p: &HostTensor| match &p.data {
+            HostData::F32Rows(rows) => Arc::strong_count(&rows.data),
+            _ => 0,
+        };
+        assert_eq!(shares(&parts[0]), 3);
         assert_eq!(HostTensor::concat_rows(parts), Some(t));
         let text = HostTensor {
             shape: vec![3],
             data: HostData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]),
         };
-        assert_eq!(HostTensor::concat_rows(text.clone().split_rows(&[1, 2])), Some(text));
+        assert_eq!(
+            HostTensor::concat_rows(text.clone().split_rows(&[1, 2])),
+            Some(text)
+        );
         let mismatch = vec![
             HostTensor::zeros(ElemKind::F32, vec![1, 2]),
             HostTensor::zeros(ElemKind::F32, vec![1, 3]),

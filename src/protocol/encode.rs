@@ -118,7 +118,8 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 
 fn write_values(out: &mut Vec<u8>, data: &HostData) {
     match data {
-        HostData::F32(values) => {
+        HostData::F32(_) | HostData::F32Rows(_) => {
+            let values = data.f32s().unwrap_or_default();
             let mut buf = ryu::Buffer::new();
             for (i, v) in values.iter().enumerate() {
                 if i > 0 {
@@ -157,7 +158,8 @@ fn write_values(out: &mut Vec<u8>, data: &HostData) {
 
 fn write_binary(out: &mut Vec<u8>, data: &HostData) {
     match data {
-        HostData::F32(values) => {
+        HostData::F32(_) | HostData::F32Rows(_) => {
+            let values = data.f32s().unwrap_or_default();
             out.reserve(values.len() * 4);
             for v in values {
                 out.extend_from_slice(&v.to_le_bytes());

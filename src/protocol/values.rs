@@ -111,7 +111,8 @@ impl Sink {
                         .map_err(|_| self.ctx.value_error(index, v, "does not fit in INT64"))?,
                 );
             }
-            HostData::Bytes(_) => return Err(self.kind_mismatch("numbers")),
+            // The decoder fills owned buffers only; shared rows come from splitting later.
+            HostData::Bytes(_) | HostData::F32Rows(_) => return Err(self.kind_mismatch("numbers")),
         }
         Ok(())
     }
@@ -164,7 +165,9 @@ impl Sink {
                 }
                 Ok(())
             }
-            HostData::Bytes(_) => Err(self.kind_mismatch("fixed-size binary values")),
+            HostData::Bytes(_) | HostData::F32Rows(_) => {
+                Err(self.kind_mismatch("fixed-size binary values"))
+            }
         }
     }
 

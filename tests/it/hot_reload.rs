@@ -468,7 +468,7 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
     assert!(serving(&server, &io.x, "1", &io.y1).await);
 
     // Batching changes apply to the running engine; removing a model unloads it.
-    let smaller = simple_with("{ max_batch_size = 4 }");
+    let smaller = simple_with("{ max_batch_size = 4, max_request_rows = 4 }");
     repo.write_config("", &smaller);
     assert!(
         eventually(WAIT, || async {
@@ -478,7 +478,12 @@ async fn config_changes_apply_without_a_restart_all_or_nothing() {
         "digits was not removed"
     );
     let answer = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
-    assert_error("8 rows", (answer.0, &answer.1), 400, "at most 4");
+    assert_error(
+        "8 rows",
+        (answer.0, &answer.1),
+        400,
+        "at most 4 per request",
+    );
 
     // SIGHUP (what `wick serve` turns it into): a reload on demand.
     repo.write_config("", SIMPLE);

@@ -17,8 +17,7 @@ use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::planes::Planes;
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
 use crate::model::{
-    common_rows, Assets, ElemKind, HostData, HostTensor, InputError, IoSpec, Model, Prepared,
-    Signature,
+    common_rows, Assets, ElemKind, HostTensor, InputError, IoSpec, Model, Prepared, Signature,
 };
 use crate::state_dict::Glob;
 
@@ -276,10 +275,10 @@ struct ResNetModel {
 /// `(rows, height, width, values)` of a prepared request.
 fn image_batch(prepared: &Prepared) -> candle_core::Result<(usize, usize, usize, &[f32])> {
     match prepared.tensors.first() {
-        Some(Some(HostTensor {
-            shape,
-            data: HostData::F32(values),
-        })) if shape.len() == 4 => Ok((shape[0], shape[2], shape[3], values.as_slice())),
+        Some(Some(HostTensor { shape, data })) if shape.len() == 4 => match data.f32s() {
+            Some(values) => Ok((shape[0], shape[2], shape[3], values)),
+            None => candle_core::bail!("a prepared request lacks its F32 image input"),
+        },
         _ => candle_core::bail!("a prepared request lacks its [N, 3, H, W] image input"),
     }
 }

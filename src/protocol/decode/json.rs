@@ -25,7 +25,7 @@ use super::DecodeLimits;
 use crate::protocol::params::{ParamValue, Parameters, ParamsSeed};
 
 /// The most bytes of an `id`, a name or a datatype the decoder accepts.
-const MAX_ID_BYTES: usize = 4096;
+pub(super) const MAX_ID_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 1024;
 
 /// What the JSON said, checked and converted.

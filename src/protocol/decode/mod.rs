@@ -10,6 +10,7 @@
 //! read from the tail in chunks into the same typed buffers; no byte of the tail may be left
 //! over. Every size is computed with checked arithmetic.
 
+mod clip_strings;
 mod json;
 
 use std::io::{BufReader, Read};
@@ -24,6 +25,7 @@ use super::error::ProtocolError;
 use super::params::{ParamValue, Parameters};
 use super::values::{clipped, Sink};
 
+use clip_strings::ClipStrings;
 pub(crate) use json::Slot;
 use json::{Context, InputData, Parsed, RequestSeed};
 
@@ -136,6 +138,7 @@ pub fn decode_reader<R: Read>(
     let mut cx = context(signature, limits, size_hint, &slot);
     let parsed = {
         let head = (&mut reader).take(header_len.unwrap_or(u64::MAX));
+        let head = ClipStrings::new(head, longest_string(signature));
         let mut de =
             serde_json::Deserializer::from_reader(BufReader::with_capacity(64 << 10, head));
         RequestSeed { cx: &mut cx }
@@ -144,6 +147,26 @@ pub fn decode_reader<R: Read>(
             .map_err(|e| slot.take(e))?
     };
     finish(parsed, reader, signature)
+}
+
+/// Characters of a JSON string worth reading: past this, every visitor has already clipped it
+/// (a BYTES input's `max_bytes` plus a character) or refused it (an id, a name, a parameter;
+/// 4 KiB at most), so [`ClipStrings`] may drop the rest. Unbounded when a BYTES input keeps
+/// whole elements.
+fn longest_string(signature: &Signature) -> usize {
+    let mut longest = json::MAX_ID_BYTES.max(super::params::MAX_PARAM_BYTES);
+    for spec in signature
+        .inputs
+        .iter()
+        .filter(|s| s.kind == ElemKind::Bytes)
+    {
+        match spec.max_bytes {
+            Some(max) => longest = longest.max(max),
+            None => return usize::MAX,
+        }
+    }
+    // Room for the character `clipped` keeps beyond a budget, and for the check past a limit.
+    longest.saturating_add(8)
 }
 
 fn context<'a>(
