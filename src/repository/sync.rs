@@ -17,6 +17,17 @@ use super::{
     VersionRecord,
 };
 
+/// What each version's files looked like at a check.
+type SeenFiles = BTreeMap<u64, Option<VersionFiles>>;
+
+/// Versions listed on disk (the most re-plans one sync can need).
+fn disk_versions(disk: &Disk<VersionFiles>) -> usize {
+    match disk {
+        Disk::Listed(versions) => versions.len(),
+        Disk::Unreadable => 0,
+    }
+}
+
 impl Repository {
     /// Reconciles one model's served versions with its directory (see [`super::plan`]).
     pub fn sync_model(&self, slot: &ModelSlot, mode: SyncMode) -> SyncOutcome {
@@ -26,8 +37,28 @@ impl Repository {
         self.warn_ignored(slot, &scan);
         let disk = disk_of(&scan);
         let mut outcome = SyncOutcome::default();
-        for (version, files) in self.plan_loads(slot, mode, &config.version_policy, &disk) {
-            self.load_one(slot, &config, version, files, &mut outcome);
+        // When a load fails, the policy may want another version instead (v2 broken under
+        // `latest 1`: serve v1 now, not one poll later): plan again with the failure known.
+        // Each round either loads nothing new or records another failure, so this ends; the
+        // re-plans see the files as they looked before this sync, so nothing skips the
+        // two-checks rule.
+        let mut seen_before = None;
+        for _ in 0..=disk_versions(&disk) {
+            let (loads, before) = self.plan_loads(
+                slot,
+                mode,
+                &config.version_policy,
+                &disk,
+                seen_before.take(),
+            );
+            seen_before = Some(before);
+            let failures = outcome.failed.len();
+            for (version, files) in loads {
+                self.load_one(slot, &config, version, files, &mut outcome);
+            }
+            if outcome.failed.len() == failures {
+                break;
+            }
         }
         let retired = {
             let mut st = lock(&slot.state);
@@ -55,15 +86,33 @@ impl Repository {
     }
 
     /// The first step of a sync: plans the loads and records what was seen and what waits.
+    /// `seen_before` replaces what the records say was seen at the previous check (a re-plan
+    /// within one sync passes what the first plan of the sync saw as "before"); returns the
+    /// loads and the files seen before this plan.
     fn plan_loads(
         &self,
         slot: &ModelSlot,
         mode: SyncMode,
         policy: &VersionPolicy,
         disk: &Disk<VersionFiles>,
-    ) -> Vec<(u64, VersionFiles)> {
+        seen_before: Option<SeenFiles>,
+    ) -> (Vec<(u64, VersionFiles)>, SeenFiles) {
         let mut st = lock(&slot.state);
-        let known = st.versions.iter().map(|(v, r)| (*v, r.known())).collect();
+        let before: SeenFiles = seen_before.unwrap_or_else(|| {
+            st.versions
+                .iter()
+                .map(|(v, r)| (*v, r.last_seen.clone()))
+                .collect()
+        });
+        let known = st
+            .versions
+            .iter()
+            .map(|(v, r)| {
+                let mut known = r.known();
+                known.last_seen = before.get(v).cloned().flatten();
+                (*v, known)
+            })
+            .collect();
         let step = plan::plan_loads(&Inputs {
             mode,
             policy,
@@ -87,7 +136,7 @@ impl Repository {
         for (v, _) in &step.loads {
             st.versions.entry(*v).or_default().loading = true;
         }
-        step.loads
+        (step.loads, before)
     }
 
     /// Loads one planned version outside the state lock and records the outcome.

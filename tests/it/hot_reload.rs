@@ -515,3 +515,26 @@ async fn every_response_names_the_weights_that_computed_it() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn at_startup_a_broken_newest_version_leaves_the_good_one_serving_at_once() {
+    // v1 good, v2 and v3 broken, `latest 1`: the policy first picks v3, then v2, and must end
+    // with v1 serving when startup completes, not one poll later (the poll here is an hour).
+    let io = io();
+    let repo = Repo::new();
+    repo.install("simple", 1, &v1());
+    repo.install("simple", 2, &fixture("broken/missing_bias.safetensors"));
+    repo.install("simple", 3, &fixture("broken/wrong_shape.safetensors"));
+    let mut config = repo.config("", SIMPLE);
+    config.server.poll_interval = Duration::from_secs(3600);
+    let server = TestServer::start_admin(config).await;
+    assert_eq!(server.get("/v2/health/ready").await.0, 200);
+    let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &io.x).await;
+    assert_eq!(status, 200, "{answer:?}");
+    assert_eq!(answer["model_version"], "1");
+    for version in [2, 3] {
+        let entry = server.index_entry("simple", version).await.unwrap();
+        assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+    }
+    server.shutdown().await;
+}

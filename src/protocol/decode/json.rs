@@ -20,13 +20,15 @@ use crate::model::{HostData, Signature};
 
 use super::super::datatype::Datatype;
 use super::super::error::{clip, ProtocolError};
-use super::super::values::{Ctx, Num, Sink};
+use super::super::values::{Ctx, Sink};
+use super::data::DataSeed;
+use super::outputs::OutputsSeed;
 use super::DecodeLimits;
 use crate::protocol::params::{ParamValue, Parameters, ParamsSeed};
 
 /// The most bytes of an `id`, a name or a datatype the decoder accepts.
 pub(super) const MAX_ID_BYTES: usize = 4096;
-const MAX_NAME_BYTES: usize = 1024;
+pub(super) const MAX_NAME_BYTES: usize = 1024;
 
 /// What the JSON said, checked and converted.
 #[derive(Debug, Default)]
@@ -164,10 +166,10 @@ impl<'de> Visitor<'de> for RequestSeed<'_, '_> {
 
 /// Refuses a field given twice (`"inputs"` twice is an error, not "last one wins").
 #[derive(Default)]
-struct Seen(Vec<&'static str>);
+pub(super) struct Seen(Vec<&'static str>);
 
 impl Seen {
-    fn once<E: de::Error>(&mut self, field: &'static str, slot: &Slot) -> Result<(), E> {
+    pub(super) fn once<E: de::Error>(&mut self, field: &'static str, slot: &Slot) -> Result<(), E> {
         if self.0.contains(&field) {
             return Err(slot.fail(ProtocolError::DuplicateField(field)));
         }
@@ -177,7 +179,7 @@ impl Seen {
 }
 
 /// An object key, matched against the known ones without allocating (`None`: unknown).
-struct KeySeed(&'static [&'static str]);
+pub(super) struct KeySeed(pub &'static [&'static str]);
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Option<&'static str>;
@@ -569,269 +571,5 @@ impl<'de> Visitor<'de> for ShapeSeed<'_> {
             dims.push(d);
         }
         Ok(dims)
-    }
-}
-
-/// The `outputs` list: each name looked up as it is read.
-struct OutputsSeed<'a> {
-    signature: &'a Signature,
-    limits: &'a DecodeLimits,
-    slot: &'a Slot,
-}
-
-impl<'de> DeserializeSeed<'de> for OutputsSeed<'_> {
-    type Value = Vec<RequestedOutput>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for OutputsSeed<'_> {
-    type Value = Vec<RequestedOutput>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of requested outputs")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out: Vec<RequestedOutput> = Vec::new();
-        while let Some(output) = seq.next_element_seed(OutputSeed {
-            signature: self.signature,
-            limits: self.limits,
-            slot: self.slot,
-        })? {
-            if out.iter().any(|o| o.index == output.index) {
-                return Err(self.slot.fail(ProtocolError::DuplicateOutput(
-                    self.signature.outputs[output.index].name.clone(),
-                )));
-            }
-            out.push(output);
-        }
-        Ok(out)
-    }
-}
-
-struct OutputSeed<'a> {
-    signature: &'a Signature,
-    limits: &'a DecodeLimits,
-    slot: &'a Slot,
-}
-
-impl<'de> DeserializeSeed<'de> for OutputSeed<'_> {
-    type Value = RequestedOutput;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RequestedOutput, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for OutputSeed<'_> {
-    type Value = RequestedOutput;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an output object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RequestedOutput, A::Error> {
-        let mut index = None;
-        let mut parameters = None;
-        let mut seen = Seen::default();
-        while let Some(key) = map.next_key_seed(KeySeed(&["name", "parameters"]))? {
-            match key {
-                Some("name") => {
-                    seen.once("name", self.slot)?;
-                    let name = map.next_value_seed(TextSeed {
-                        field: "output name",
-                        max: MAX_NAME_BYTES,
-                        slot: self.slot,
-                    })?;
-                    index = Some(
-                        self.signature
-                            .outputs
-                            .iter()
-                            .position(|s| s.name == name)
-                            .ok_or_else(|| {
-                                self.slot.fail(ProtocolError::UnknownOutput {
-                                    name: clip(&name),
-                                    known: super::names(&self.signature.outputs),
-                                })
-                            })?,
-                    );
-                }
-                Some("parameters") => {
-                    seen.once("parameters", self.slot)?;
-                    parameters = Some(map.next_value_seed(ParamsSeed {
-                        limit: self.limits.max_parameters,
-                        slot: self.slot,
-                    })?);
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(RequestedOutput {
-            index: index.ok_or_else(|| self.slot.fail(ProtocolError::MissingField("name")))?,
-            parameters: parameters.unwrap_or_default(),
-        })
-    }
-}
-
-/// `data` of one input, flat or nested, pushed value by value into its sink. Nesting must be
-/// rectangular and hold one kind of scalar; the nested shape is compared with the declared one
-/// when the outermost array closes.
-pub(super) struct DataSeed<'s> {
-    pub sink: &'s mut Sink,
-    pub max_depth: usize,
-    pub slot: &'s Slot,
-}
-
-impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let mut nesting = Nesting::default();
-        Level {
-            sink: self.sink,
-            nesting: &mut nesting,
-            depth: 0,
-            max_depth: self.max_depth,
-            slot: self.slot,
-        }
-        .deserialize(d)?;
-        // Every level was visited by at least one array, so every entry is filled; an empty
-        // inner level (`[[], []]`) has no scalars and a shape with a zero in it.
-        let dims: Vec<usize> = nesting.dims.iter().map(|d| d.unwrap_or(0)).collect();
-        if dims.len() > 1 {
-            let shape = &self.sink.ctx.shape;
-            if dims.len() != shape.len() || dims.iter().zip(shape).any(|(a, b)| *a as u64 != *b) {
-                return Err(self.slot.fail(ProtocolError::NestedShape {
-                    input: self.sink.ctx.input.clone(),
-                    nested: dims,
-                    shape: shape.clone(),
-                }));
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Nesting {
-    /// Length of the arrays seen at each depth (all arrays at one depth must agree). Inner
-    /// arrays finish before outer ones, so a depth's entry may be filled late.
-    dims: Vec<Option<usize>>,
-    /// Depth at which scalars live; all scalars must share it.
-    leaf_depth: Option<usize>,
-}
-
-impl Nesting {
-    fn scalar<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
-        if depth == 0 {
-            return Err(E::custom("`data` must be an array"));
-        }
-        // An array already seen at this depth (or deeper) means scalars and arrays are mixed.
-        if self.dims.len() > depth || self.leaf_depth.is_some_and(|d| d != depth) {
-            return Err(E::custom(
-                "`data` mixes scalars and arrays at one level (ragged nesting)",
-            ));
-        }
-        self.leaf_depth = Some(depth);
-        Ok(())
-    }
-}
-
-struct Level<'s, 'n> {
-    sink: &'s mut Sink,
-    nesting: &'n mut Nesting,
-    depth: usize,
-    max_depth: usize,
-    slot: &'s Slot,
-}
-
-impl<'de> DeserializeSeed<'de> for Level<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Level<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of numbers or strings (flat or nested)")
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.nesting.scalar(self.depth)?;
-        self.sink.number(Num::U(v)).map_err(|e| self.slot.fail(e))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.nesting.scalar(self.depth)?;
-        self.sink.number(Num::I(v)).map_err(|e| self.slot.fail(e))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.nesting.scalar(self.depth)?;
-        self.sink.number(Num::F(v)).map_err(|e| self.slot.fail(e))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.nesting.scalar(self.depth)?;
-        self.sink.boolean().map_err(|e| self.slot.fail(e))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.nesting.scalar(self.depth)?;
-        self.sink.string(v).map_err(|e| self.slot.fail(e))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(E::custom(
-            "`data` holds null; JSON has no NaN, send binary tensors for non-finite values",
-        ))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(
-            "`data` holds an object; expected numbers or strings",
-        ))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let depth = self.depth;
-        if depth >= self.max_depth {
-            return Err(de::Error::custom(
-                "`data` is nested deeper than any accepted shape",
-            ));
-        }
-        if self.nesting.leaf_depth.is_some_and(|leaf| depth >= leaf) {
-            return Err(de::Error::custom(
-                "`data` mixes scalars and arrays at one level (ragged nesting)",
-            ));
-        }
-        let mut count = 0usize;
-        while seq
-            .next_element_seed(Level {
-                sink: &mut *self.sink,
-                nesting: &mut *self.nesting,
-                depth: depth + 1,
-                max_depth: self.max_depth,
-                slot: self.slot,
-            })?
-            .is_some()
-        {
-            count += 1;
-        }
-        let dims = &mut self.nesting.dims;
-        if dims.len() <= depth {
-            dims.resize(depth + 1, None);
-        }
-        match dims[depth] {
-            None => dims[depth] = Some(count),
-            Some(seen) if seen != count => {
-                return Err(de::Error::custom(
-                    "`data` is ragged: nested arrays at one level have different lengths",
-                ));
-            }
-            Some(_) => {}
-        }
-        Ok(())
     }
 }

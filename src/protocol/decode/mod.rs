@@ -11,7 +11,9 @@
 //! over. Every size is computed with checked arithmetic.
 
 mod clip_strings;
+mod data;
 mod json;
+mod outputs;
 
 use std::io::{BufReader, Read};
 use std::time::Duration;
