@@ -6,6 +6,8 @@
 //! opens a model file or a socket; relative paths are resolved against the config file's folder
 //! so `wick serve --config some/dir/config.toml` works from anywhere.
 
+mod promotion;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ use crate::arch::{self, Configured};
 use crate::model::naming::validate_model_name;
 
 use crate::state_dict::{FileIdentity, KeyMapping};
+
+pub use promotion::GoldenTolerance;
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,8 @@ pub struct ModelConfig {
     pub mapping: KeyMapping,
     pub version_policy: VersionPolicy,
     pub batching: BatchingConfig,
+    /// Tolerances of the golden-output gate (used when a version has `golden.safetensors`).
+    pub golden: GoldenTolerance,
 }
 
 impl std::fmt::Debug for ModelConfig {
@@ -114,6 +120,7 @@ impl std::fmt::Debug for ModelConfig {
             .field("mapping", &self.mapping)
             .field("version_policy", &self.version_policy)
             .field("batching", &self.batching)
+            .field("golden", &self.golden)
             .finish()
     }
 }
@@ -126,6 +133,7 @@ impl PartialEq for ModelConfig {
             && self.mapping == other.mapping
             && self.version_policy == other.version_policy
             && self.batching == other.batching
+            && self.golden == other.golden
     }
 }
 
@@ -291,6 +299,8 @@ struct RawModel {
     version_policy: Option<RawVersionPolicy>,
     #[serde(default)]
     batching: Option<RawBatching>,
+    #[serde(default)]
+    golden: Option<promotion::RawGolden>,
 }
 
 #[derive(Deserialize)]
@@ -582,7 +592,10 @@ fn resolve_model(
                 max_request_rows,
                 max_batch_tokens: b.max_batch_tokens.unwrap_or(0),
                 max_queue_tokens: b.max_queue_tokens.unwrap_or(0),
-                default_priority: b.default_priority.unwrap_or(defaults.default_priority).max(1),
+                default_priority: b
+                    .default_priority
+                    .unwrap_or(defaults.default_priority)
+                    .max(1),
                 max_queue_delay: Duration::from_micros(b.max_queue_delay_us.unwrap_or(0)),
                 max_queue_size,
                 default_timeout: b
@@ -593,6 +606,11 @@ fn resolve_model(
         }
     };
 
+    let golden = match raw.golden {
+        None => GoldenTolerance::default(),
+        Some(g) => g.resolve().map_err(|m| invalid(format!("{here}: {m}")))?,
+    };
+
     Ok(ModelConfig {
         name: raw.name,
         architecture,
@@ -600,6 +618,7 @@ fn resolve_model(
         mapping,
         version_policy,
         batching,
+        golden,
     })
 }
 

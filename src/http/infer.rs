@@ -102,14 +102,12 @@ async fn serve(
     let mut incoming = Some(incoming);
     for prepared in parts {
         let (tx, rx) = oneshot::channel();
-        let job = Job::new(Arc::clone(&version), prepared, tx, timeout)
-            .with_priority(decoded.priority);
+        let job =
+            Job::new(Arc::clone(&version), prepared, tx, timeout).with_priority(decoded.priority);
         let (ticket, deadline) = (job.ticket(), job.deadline);
         if let Err(e) = slot.engine.submit(job, incoming.take()) {
             slot.metrics.rejected(match e {
-                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => {
-                    "queue_full"
-                }
+                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => "queue_full",
                 _ => "refused",
             });
             return Err(e.into());

@@ -31,6 +31,11 @@ impl Repository {
                         .failed
                         .as_ref()
                         .and_then(|f| f.failure.report().cloned()),
+                    golden: record
+                        .failed
+                        .as_ref()
+                        .and_then(|f| f.failure.golden().cloned())
+                        .or_else(|| record.served.as_ref().and_then(|s| s.golden.clone())),
                 });
             }
             if out.len() == before {
@@ -44,6 +49,7 @@ impl Repository {
                         NotServed::NoVersions.to_string()
                     },
                     report: None,
+                    golden: None,
                 });
             }
         }

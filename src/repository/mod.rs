@@ -2,7 +2,8 @@
 //!
 //! - [`scan`]: which version directories exist;
 //! - [`plan`]: the reconciliation rules as a pure function (what to load, what to retire);
-//! - [`pipeline`]: loading one version (strict check, copy out, build, warm up);
+//! - [`pipeline`]: loading one version (strict check, copy out, build, warm up, golden gate);
+//! - [`golden`]: the golden-output gate (reading `golden.safetensors`, the comparison);
 //! - `sync`: [`Repository::sync_model`], the thin layer that applies a plan;
 //! - `control`: the repository index, explicit load/unload and config changes;
 //! - this module: one [`ModelSlot`] per configured model with its [`Engine`] and one
@@ -15,6 +16,7 @@
 //! The rules of reconciliation are listed in [`plan`] and docs/hot-reload.md.
 
 mod control;
+pub mod golden;
 pub mod pipeline;
 pub mod plan;
 pub mod scan;
@@ -35,6 +37,7 @@ use crate::engine::{Engine, LoadedVersion};
 use crate::state_dict::LoadReport;
 
 use crate::telemetry::{Metrics, ModelMetrics};
+use golden::GoldenReport;
 use scan::VersionFiles;
 
 pub use pipeline::{load_version, LoadFailure, Loaded};
@@ -72,6 +75,8 @@ pub(crate) struct Served {
     version: Arc<LoadedVersion>,
     files: VersionFiles,
     load_duration: Duration,
+    /// Its passing golden comparison, when it has a golden file.
+    golden: Option<GoldenReport>,
 }
 
 /// Files of a version that failed to load, and why.
@@ -159,6 +164,9 @@ pub struct IndexEntry {
     /// The full strict-load report of a version refused for key, shape or dtype problems.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<LoadReport>,
+    /// The golden comparison: the failing one of a refused file, else the served version's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub golden: Option<GoldenReport>,
 }
 
 #[derive(Default)]
@@ -264,10 +272,17 @@ impl std::fmt::Debug for Repository {
 impl Repository {
     /// Creates the slots (and engines) of every configured model; loads nothing yet.
     /// The forward passes of every model share `cpu`.
-    pub fn new(config: &Config, metrics: Arc<Metrics>, cpu: Arc<Cpu>) -> std::io::Result<Repository> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        cpu: Arc<Cpu>,
+    ) -> std::io::Result<Repository> {
         let mut models = BTreeMap::new();
         for model in &config.models {
-            models.insert(model.name.clone(), Arc::new(new_slot(model, &metrics, &cpu)?));
+            models.insert(
+                model.name.clone(),
+                Arc::new(new_slot(model, &metrics, &cpu)?),
+            );
         }
         Ok(Repository {
             cpu,

@@ -22,7 +22,7 @@ impl Repository {
     pub fn sync_model(&self, slot: &ModelSlot, mode: SyncMode) -> SyncOutcome {
         let _ops = lock(&slot.ops);
         let config = slot.config();
-        let scan = scan_model(&self.root, &slot.name, &config.architecture.assets());
+        let scan = scan_model(&self.root, &slot.name, &identity_files(&config));
         self.warn_ignored(slot, &scan);
         let disk = disk_of(&scan);
         let mut outcome = SyncOutcome::default();
@@ -122,10 +122,14 @@ impl Repository {
                     parameters = %serde_json::Value::from_iter(loaded.version.model.parameters()),
                     "version ready");
                 self.metrics.load_succeeded(&slot.name, loaded.duration);
+                if let Some(golden) = &loaded.golden {
+                    tracing::info!(model = %slot.name, version, report = %golden, "golden gate passed");
+                }
                 let served = Served {
                     version: Arc::new(loaded.version),
                     files,
                     load_duration: loaded.duration,
+                    golden: loaded.golden,
                 };
                 if let Some(old) = record.served.replace(served) {
                     self.retire(old.version);
@@ -183,6 +187,14 @@ impl Repository {
             }
         }
     }
+}
+
+/// The files besides the weights whose change makes a new version of the files: the
+/// architecture's assets and the golden file (a changed golden file runs the gate again).
+fn identity_files(config: &ModelConfig) -> Vec<&'static str> {
+    let mut files = config.architecture.assets();
+    files.push(super::golden::GOLDEN_FILE);
+    files
 }
 
 /// The plan's view of a directory scan.

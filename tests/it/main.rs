@@ -21,6 +21,7 @@ mod metrics;
 mod minilm;
 mod operations;
 mod parity;
+mod promotion;
 mod protocol;
 mod reload_soak;
 mod repository_api;
