@@ -111,7 +111,7 @@ impl std::fmt::Display for GoldenReport {
             }
             write!(
                 f,
-                "; output {:?}: max abs diff {:e} (allowed {:e}), min cosine {} (at least {}), argmax agreement {} (at least {})",
+                "; output {:?}: max abs diff {:.3e} (allowed {:e}), min cosine {:.6} (at least {}), argmax agreement {:.4} (at least {})",
                 o.output, o.max_abs_diff, t.max_abs, o.min_cosine, t.min_cosine,
                 o.argmax_agreement, t.argmax_agreement
             )?;
