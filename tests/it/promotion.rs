@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::arch_bert;
 use crate::util::process::wick;
 use crate::util::{
-    config_text, demo_model, eventually, fixture, output_f32, read_tensors, Repo, TestServer,
+    config_text, demo_model, eventually, f32s, fixture, output_f32, read_tensors, Repo, TestServer,
     SIMPLE, WAIT,
 };
 
@@ -22,6 +23,15 @@ fn simple_io() -> (Vec<f32>, Vec<f32>) {
 
 /// Writes `golden.safetensors` in `dir`: F32 `(name, shape, values)` tensors.
 fn write_golden(dir: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> PathBuf {
+    write_golden_with(dir, tensors, HashMap::new())
+}
+
+/// [`write_golden`] with file metadata (where BYTES inputs go).
+fn write_golden_with(
+    dir: &Path,
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    metadata: HashMap<String, String>,
+) -> PathBuf {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -38,7 +48,7 @@ fn write_golden(dir: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> PathBuf {
         .collect();
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("golden.safetensors");
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).unwrap();
+    safetensors::serialize_to_file(views, Some(metadata), &path).unwrap();
     path
 }
 
@@ -257,4 +267,98 @@ fn check_full_gives_the_server_s_verdicts_offline() {
     let value: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(value["kind"], "missing_key", "{text}");
     assert!(!value["report"]["missing"].as_array().unwrap().is_empty());
+}
+
+/// A copy of the small BERT's checkpoint in `dir` with the sign of the embeddings' LayerNorm
+/// weight flipped: every key, shape and dtype is right, the outputs are not.
+fn flipped_bert(dir: &Path) -> PathBuf {
+    let bytes = std::fs::read(arch_bert::weights()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+        })
+        .collect();
+    let target = "bert.embeddings.LayerNorm.weight";
+    let entry = data.iter_mut().find(|(n, ..)| n == target).unwrap();
+    assert_eq!(entry.1, safetensors::Dtype::F16);
+    // F16 little-endian: the sign is the top bit of each value's second byte.
+    for pair in entry.3.chunks_exact_mut(2) {
+        pair[1] ^= 0x80;
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let path = dir.join("flipped.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_text_inputs_come_from_the_file_metadata() {
+    // The golden request: the reference texts (a BYTES input, so in the metadata) and the
+    // embeddings transformers computed for them.
+    let reference = arch_bert::reference();
+    let cases = reference["texts"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let embeddings: Vec<f32> = cases.iter().flat_map(|c| f32s(&c["embedding"])).collect();
+    let hidden = embeddings.len() / texts.len();
+    let staging = tempfile::tempdir().unwrap();
+    let metadata = HashMap::from([(
+        "input.text".to_string(),
+        serde_json::to_string(&texts).unwrap(),
+    )]);
+    let golden = write_golden_with(
+        staging.path(),
+        &[("output.embedding", vec![texts.len(), hidden], &embeddings)],
+        metadata,
+    );
+    let tokenizer = fixture("arch/bert_small/tokenizer.json");
+    let repo = Repo::new();
+    let install = |version: u64, weights: &Path| {
+        repo.install_files(
+            "small",
+            version,
+            &[
+                ("model.safetensors", weights),
+                ("tokenizer.json", &tokenizer),
+                ("golden.safetensors", &golden),
+            ],
+        );
+    };
+    install(1, &flipped_bert(staging.path()));
+    let toml = arch_bert::model_toml("small", arch_bert::IGNORE_HEAD);
+    let server = TestServer::start_admin(repo.config("", &toml)).await;
+    let entry = server.index_entry("small", 1).await.unwrap();
+    assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+    assert_eq!(entry["golden"]["passed"], false, "{entry}");
+    assert_eq!(entry["golden"]["rows"], texts.len());
+    assert!(
+        entry["golden"]["outputs"][0]["min_cosine"]
+            .as_f64()
+            .unwrap()
+            < 0.9999
+    );
+
+    install(2, &arch_bert::weights());
+    let live = eventually(WAIT, || async {
+        server.get("/v2/models/small/versions/2/ready").await.0 == 200
+    })
+    .await;
+    assert!(live, "{:?}", server.index().await);
+    let entry = server.index_entry("small", 2).await.unwrap();
+    assert_eq!(entry["golden"]["passed"], true, "{entry}");
+    assert_eq!(entry["golden"]["rows"], texts.len());
+    server.shutdown().await;
 }
