@@ -4,6 +4,7 @@
 //! - [`plan`]: the reconciliation rules as a pure function (what to load, what to retire);
 //! - [`pipeline`]: loading one version (strict check, copy out, build, warm up, golden gate);
 //! - [`golden`]: the golden-output gate (reading `golden.safetensors`, the comparison);
+//! - [`rollout`]: the canary/shadow rollout decision as a pure function (not wired yet);
 //! - `sync`: [`Repository::sync_model`], the thin layer that applies a plan;
 //! - `control`: the repository index, explicit load/unload and config changes;
 //! - this module: one [`ModelSlot`] per configured model with its [`Engine`] and one
@@ -19,6 +20,7 @@ mod control;
 pub mod golden;
 pub mod pipeline;
 pub mod plan;
+pub mod rollout;
 pub mod scan;
 mod sync;
 pub mod watch;
