@@ -21,7 +21,7 @@ use crate::model::naming::validate_model_name;
 
 use crate::state_dict::{FileIdentity, KeyMapping};
 
-pub use promotion::GoldenTolerance;
+pub use promotion::{GoldenTolerance, RolloutPolicy};
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,8 @@ pub struct ModelConfig {
     pub batching: BatchingConfig,
     /// Tolerances of the golden-output gate (used when a version has `golden.safetensors`).
     pub golden: GoldenTolerance,
+    /// A canary rollout for new versions (`None`: a new version takes all traffic at once).
+    pub rollout: Option<RolloutPolicy>,
 }
 
 impl std::fmt::Debug for ModelConfig {
@@ -121,6 +123,7 @@ impl std::fmt::Debug for ModelConfig {
             .field("version_policy", &self.version_policy)
             .field("batching", &self.batching)
             .field("golden", &self.golden)
+            .field("rollout", &self.rollout)
             .finish()
     }
 }
@@ -134,6 +137,7 @@ impl PartialEq for ModelConfig {
             && self.version_policy == other.version_policy
             && self.batching == other.batching
             && self.golden == other.golden
+            && self.rollout == other.rollout
     }
 }
 
@@ -301,6 +305,8 @@ struct RawModel {
     batching: Option<RawBatching>,
     #[serde(default)]
     golden: Option<promotion::RawGolden>,
+    #[serde(default)]
+    rollout: Option<promotion::RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -611,6 +617,12 @@ fn resolve_model(
         Some(g) => g.resolve().map_err(|m| invalid(format!("{here}: {m}")))?,
     };
 
+    let rollout = raw
+        .rollout
+        .map(promotion::RawRollout::resolve)
+        .transpose()
+        .map_err(|m| invalid(format!("{here}: {m}")))?;
+
     Ok(ModelConfig {
         name: raw.name,
         architecture,
@@ -619,6 +631,7 @@ fn resolve_model(
         version_policy,
         batching,
         golden,
+        rollout,
     })
 }
 

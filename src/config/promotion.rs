@@ -1,6 +1,10 @@
 //! The promotion settings of a model: the tolerances its golden outputs are checked with
-//! (`golden = { max_abs, min_cosine, argmax_agreement }`). Parsing and validation only; the gate
-//! itself lives in src/repository/golden.rs and docs/promotion.md explains the rules.
+//! (`golden = { max_abs, min_cosine, argmax_agreement }`) and its canary rollout (`rollout =
+//! { canary_percent, promote_after_s, max_error_rate, max_p99_ratio, min_requests }`). Parsing
+//! and validation only; the gate lives in src/repository/golden.rs, the rollout in
+//! src/repository/rollout.rs and src/repository/canary.rs, and docs/promotion.md explains them.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -64,5 +68,79 @@ impl RawGolden {
             ));
         }
         Ok(t)
+    }
+}
+
+/// The bounds of one model's canary rollout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RolloutPolicy {
+    /// Share of the requests that name no version sent to the candidate, in percent (0, 100].
+    pub canary_percent: f64,
+    pub promote_after: Duration,
+    pub max_error_rate: f64,
+    pub max_p99_ratio: f64,
+    /// Requests the candidate (and, for the latency bound, the stable version) needs before a
+    /// bound is judged or the candidate promoted.
+    pub min_requests: u64,
+}
+
+/// The `rollout` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRollout {
+    canary_percent: f64,
+    #[serde(default = "default_promote_after_s")]
+    promote_after_s: u64,
+    #[serde(default = "default_max_error_rate")]
+    max_error_rate: f64,
+    #[serde(default = "default_max_p99_ratio")]
+    max_p99_ratio: f64,
+    #[serde(default = "default_min_requests")]
+    min_requests: u64,
+}
+
+fn default_promote_after_s() -> u64 {
+    300
+}
+
+fn default_max_error_rate() -> f64 {
+    0.01
+}
+
+fn default_max_p99_ratio() -> f64 {
+    2.0
+}
+
+fn default_min_requests() -> u64 {
+    20
+}
+
+impl RawRollout {
+    pub(super) fn resolve(self) -> Result<RolloutPolicy, String> {
+        if !(self.canary_percent > 0.0 && self.canary_percent <= 100.0) {
+            return Err(format!(
+                "rollout.canary_percent must be within (0, 100], not {}",
+                self.canary_percent
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return Err(format!(
+                "rollout.max_error_rate must be within [0, 1], not {}",
+                self.max_error_rate
+            ));
+        }
+        if !(self.max_p99_ratio >= 1.0 && self.max_p99_ratio.is_finite()) {
+            return Err(format!(
+                "rollout.max_p99_ratio must be a finite number >= 1, not {}",
+                self.max_p99_ratio
+            ));
+        }
+        Ok(RolloutPolicy {
+            canary_percent: self.canary_percent,
+            promote_after: Duration::from_secs(self.promote_after_s),
+            max_error_rate: self.max_error_rate,
+            max_p99_ratio: self.max_p99_ratio,
+            min_requests: self.min_requests.max(1),
+        })
     }
 }

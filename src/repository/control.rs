@@ -19,9 +19,12 @@ impl Repository {
             let st = lock(&slot.state);
             let before = out.len();
             for (v, record) in &st.versions {
-                let Some((state, reason)) = record.status() else {
+                let Some((state, mut reason)) = record.status() else {
                     continue;
                 };
+                if let Some(active) = st.rollout.as_ref().filter(|r| r.candidate == *v) {
+                    reason = active.describe();
+                }
                 out.push(IndexEntry {
                     name: slot.name.clone(),
                     version: v.to_string(),

@@ -38,6 +38,8 @@ pub enum LoadFailure {
     Warmup(#[from] WarmupFailure),
     #[error("golden outputs: {0}")]
     Golden(#[from] GoldenFailure),
+    #[error("rolled back from its canary: {0}")]
+    RolledBack(super::rollout::RollbackReason),
     #[error("{path} resolves to {resolved}, outside the repository {root}; symlinks may only point inside it (or set allow_external_symlinks = true)")]
     OutsideRepository {
         path: PathBuf,
@@ -130,6 +132,7 @@ impl LoadFailure {
             LoadFailure::Resolve { .. } => "io",
             LoadFailure::Panicked { .. } => "panic",
             LoadFailure::Golden(g) => g.kind(),
+            LoadFailure::RolledBack(_) => "rollback",
         }
     }
 

@@ -3,9 +3,8 @@
 //! No clocks, locks or requests here (like src/repository/plan.rs), so every rule is a unit test
 //! below.
 //!
-//! Status: the decision and the routing rule only. Issue 17's canary and shadow rollouts are not
-//! wired into the serving path yet (no `rollout` key in the config, nothing calls [`decide`]);
-//! docs/promotion.md ("Rollouts: the decision") says what the wiring has to provide.
+//! src/repository/canary.rs applies the decisions to a running canary; shadow comparisons
+//! ([`Agreement`]) are decided here but not produced by the server yet.
 //!
 //! The rules:
 //! - a candidate is rolled back as soon as a bound breaks, once it has at least
@@ -24,20 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::GoldenTolerance;
-
-/// The bounds of one model's rollout.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RolloutPolicy {
-    /// Share of the requests that name no version sent to the candidate (canary), 0–100.
-    pub canary_percent: f64,
-    /// Share of the requests computed again by the candidate off the request path (shadow).
-    pub shadow_percent: f64,
-    pub promote_after: Duration,
-    pub max_error_rate: f64,
-    pub max_p99_ratio: f64,
-    /// Requests (or shadow comparisons) the candidate needs before any verdict.
-    pub min_requests: u64,
-}
+pub use crate::config::RolloutPolicy;
 
 /// What was observed of one version since the rollout started.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -88,6 +74,17 @@ pub enum RollbackReason {
         agreement: Agreement,
         tolerance: GoldenTolerance,
     },
+}
+
+impl RollbackReason {
+    /// The bound that broke, as the `outcome` label of `wick_rollouts_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RollbackReason::ErrorRate { .. } => "error_rate",
+            RollbackReason::Latency { .. } => "latency",
+            RollbackReason::Disagreement { .. } => "disagreement",
+        }
+    }
 }
 
 /// What to do with the candidate now.

@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{ModelConfig, VersionPolicy};
+use crate::config::{ModelConfig, RolloutPolicy, VersionPolicy};
 
+use super::canary::ActiveRollout;
 use super::plan::{self, Disk, Inputs, RetireReason};
 use super::scan::{scan_model, Scan, VersionFiles};
 use super::{
-    load_version, lock, Failed, LoadFailure, ModelSlot, Repository, Served, SyncMode, SyncOutcome,
-    VersionRecord,
+    load_version, lock, Failed, LoadFailure, ModelSlot, Repository, Served, SlotState, SyncMode,
+    SyncOutcome, VersionRecord,
 };
 
 impl Repository {
@@ -38,6 +39,7 @@ impl Repository {
                 disabled: st.disabled,
                 disk: &disk,
                 known: &known,
+                protect: st.rollout.as_ref().map(|r| r.stable),
             });
             for (version, reason) in &retire {
                 self.retire_version(&mut st.versions, *version, *reason, &disk);
@@ -70,6 +72,7 @@ impl Repository {
             disabled: st.disabled,
             disk,
             known: &known,
+            protect: None,
         });
         st.versions.retain(|v, _| !step.forget.contains(v));
         if matches!(disk, Disk::Listed(_)) && !st.disabled {
@@ -112,6 +115,9 @@ impl Repository {
             })
         });
         let mut st = lock(&slot.state);
+        if let (Ok(_), Some(policy)) = (&result, config.rollout) {
+            start_rollout(&slot.name, &mut st, version, policy);
+        }
         let record = st.versions.entry(version).or_default();
         record.loading = false;
         match result {
@@ -187,6 +193,30 @@ impl Repository {
             }
         }
     }
+}
+
+/// Starts a canary for `version` when it is newer than the version being served (or replaces
+/// the candidate of a rollout already running, keeping its stable version).
+fn start_rollout(model: &str, st: &mut SlotState, version: u64, policy: RolloutPolicy) {
+    let stable = st.rollout.as_ref().map(|r| r.stable).or_else(|| {
+        st.versions
+            .iter()
+            .filter(|(v, r)| **v != version && r.served.is_some())
+            .map(|(v, _)| *v)
+            .max()
+    });
+    let Some(stable) = stable.filter(|s| *s < version) else {
+        return;
+    };
+    tracing::info!(
+        model,
+        version,
+        stable,
+        percent = policy.canary_percent,
+        promote_after_s = policy.promote_after.as_secs(),
+        "canary started"
+    );
+    st.rollout = Some(ActiveRollout::new(version, stable, policy));
 }
 
 /// The files besides the weights whose change makes a new version of the files: the

@@ -13,6 +13,7 @@ mod arch_text;
 mod batching;
 mod bench;
 mod binary;
+mod canary;
 mod convert;
 mod hostile_input;
 mod hot_reload;

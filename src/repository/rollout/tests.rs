@@ -5,7 +5,6 @@ use super::*;
 fn policy() -> RolloutPolicy {
     RolloutPolicy {
         canary_percent: 10.0,
-        shadow_percent: 0.0,
         promote_after: Duration::from_secs(300),
         max_error_rate: 0.01,
         max_p99_ratio: 2.0,
