@@ -1,4 +1,5 @@
-//! The CLI subcommands that are not the server itself: `check`, `inspect` and `health`.
+//! The CLI subcommands that are not the server itself: `check` (and `check --full`, the whole
+//! load gate offline), `inspect` and `health`.
 //!
 //! Each writes its human output to the writer it is given (stdout in `main`, a buffer in tests)
 //! and returns whether the check passed, so `main` only maps that to an exit code.
@@ -9,8 +10,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::Config;
-use crate::repository::pipeline::target;
+use crate::config::{Config, ModelConfig};
+use crate::model::naming::parse_version;
+use crate::repository::pipeline::{target, Containment};
+use crate::repository::{load_version, LoadFailure, Loaded};
 use crate::state_dict::{self, LoadError};
 
 /// `wick check --config C --model NAME FILE`: the strict check of FILE against the model's
@@ -22,13 +25,7 @@ pub fn check(
     as_json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
-    let Some(model_config) = config.model(model) else {
-        let known: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
-        anyhow::bail!(
-            "no model {model:?} in the config (models: {})",
-            known.join(", ")
-        );
-    };
+    let model_config = find_model(config, model)?;
     let expected = model_config
         .architecture
         .expected()
@@ -87,6 +84,93 @@ pub fn check(
             }
             Ok(false)
         }
+    }
+}
+
+fn find_model<'a>(config: &'a Config, model: &str) -> anyhow::Result<&'a ModelConfig> {
+    config.model(model).ok_or_else(|| {
+        let known: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+        anyhow::anyhow!(
+            "no model {model:?} in the config (models: {})",
+            known.join(", ")
+        )
+    })
+}
+
+/// `wick check --full --config C --model NAME DIR`: the gate a version folder goes through when
+/// the server loads it (strict keys, copy, build, warm-up, golden outputs), run offline so a
+/// publisher can check a folder before renaming it into the repository. Returns `Ok(true)` when
+/// the server would serve it.
+pub fn check_full(
+    config: &Config,
+    model: &str,
+    dir: &Path,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let model_config = find_model(config, model)?;
+    // The folder is the publisher's own, outside any repository yet: no containment rule applies.
+    let containment = Containment {
+        root: dir.to_path_buf(),
+        allow_external: true,
+    };
+    let version = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_version)
+        .unwrap_or(0);
+    let result = load_version(model_config, version, dir, &containment);
+    let label = target(model_config, version).replace(" version 0", "");
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&full_json(dir, &result))?
+        )?;
+        return Ok(result.is_ok());
+    }
+    match &result {
+        Ok(loaded) => {
+            writeln!(out, "{label}: {} would be served", dir.display())?;
+            writeln!(out, "  sha256 {}", loaded.version.sha256)?;
+            writeln!(out, "  {}", loaded.report)?;
+            match &loaded.golden {
+                Some(golden) => writeln!(out, "  {golden}")?,
+                None => writeln!(out, "  no golden.safetensors: outputs not checked")?,
+            }
+            writeln!(out, "  ready in {} ms", loaded.duration.as_millis())?;
+        }
+        Err(failure) => {
+            writeln!(
+                out,
+                "{label}: {} would be refused ({}):\n\t{failure}",
+                dir.display(),
+                failure.kind()
+            )?;
+        }
+    }
+    Ok(result.is_ok())
+}
+
+/// The `--json` form of [`check_full`]'s verdict.
+fn full_json(dir: &Path, result: &Result<Loaded, LoadFailure>) -> serde_json::Value {
+    match result {
+        Ok(loaded) => json!({
+            "ok": true,
+            "dir": dir.display().to_string(),
+            "sha256": loaded.version.sha256,
+            "report": loaded.report,
+            "golden": loaded.golden,
+            "load_ms": loaded.duration.as_millis() as u64,
+        }),
+        Err(failure) => json!({
+            "ok": false,
+            "dir": dir.display().to_string(),
+            "kind": failure.kind(),
+            "error": failure.to_string(),
+            "report": failure.report(),
+            "golden": failure.golden(),
+        }),
     }
 }
 

@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Serve the models of a config file.
     Serve(ServeArgs),
-    /// Check a checkpoint strictly against a configured model, without loading it.
+    /// Check a checkpoint strictly against a configured model, without loading it; with --full,
+    /// run a whole version folder through the server's load gate (build, warm-up, golden outputs).
     Check(CheckArgs),
     /// List the tensors of a safetensors file: names, dtypes, shapes, bytes, metadata.
     Inspect(InspectArgs),
@@ -60,11 +61,15 @@ struct CheckArgs {
     config: PathBuf,
     #[arg(long)]
     model: String,
-    /// The safetensors file to check.
+    /// The safetensors file to check (with --full: the version folder).
     file: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Load the version folder FILE as the server would: strict keys, build, warm-up, golden
+    /// outputs. Exit code 1 if the server would refuse it.
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Args)]
@@ -99,7 +104,12 @@ fn main() -> ExitCode {
             wick::app::serve_until_signalled(&args.config, args.log_format).map(|()| true)
         }
         Command::Check(args) => wick::commands::load_config(&args.config).and_then(|config| {
-            wick::commands::check(&config, &args.model, &args.file, args.json, stdout)
+            let check = if args.full {
+                wick::commands::check_full
+            } else {
+                wick::commands::check
+            };
+            check(&config, &args.model, &args.file, args.json, stdout)
         }),
         Command::Inspect(args) => wick::commands::inspect(&args.file, args.json, stdout),
         Command::Convert(options) => wick::convert::run(&options, stdout),

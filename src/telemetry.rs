@@ -131,6 +131,14 @@ pub struct Metrics {
     resident_bytes: Family<VersionLabels, Gauge>,
     config_reloads: Family<ResultLabel, Counter>,
     panics: Family<ThreadLabel, Counter>,
+    rollouts: Family<OutcomeLabels, Counter>,
+    rollout_candidate: Family<ModelLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    model: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,6 +183,8 @@ impl Metrics {
             resident_bytes: Family::default(),
             config_reloads: Family::default(),
             panics: Family::default(),
+            rollouts: Family::default(),
+            rollout_candidate: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -257,6 +267,16 @@ impl Metrics {
             "Config file reloads, by result",
             m.config_reloads.clone(),
         );
+        registry.register(
+            "rollouts",
+            "Canary rollouts ended, by outcome (promoted, or rolled back by the bound it broke)",
+            m.rollouts.clone(),
+        );
+        registry.register(
+            "rollout_candidate_version",
+            "The version in a canary rollout (0: none)",
+            m.rollout_candidate.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -285,6 +305,25 @@ impl Metrics {
             request_counters: Arc::default(),
             all: Arc::clone(self),
         }
+    }
+
+    /// A canary rollout ended with `outcome` (`promoted`, `error_rate`, `latency`, ...).
+    pub fn rollout_ended(&self, model: &str, outcome: &'static str) {
+        self.rollouts
+            .get_or_create(&OutcomeLabels {
+                model: model.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The version in a canary rollout of `model` (0: none).
+    pub fn set_rollout_candidate(&self, model: &str, version: u64) {
+        self.rollout_candidate
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .set(version as i64);
     }
 
     pub fn load_succeeded(&self, model: &str, duration: Duration) {

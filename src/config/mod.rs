@@ -6,6 +6,8 @@
 //! opens a model file or a socket; relative paths are resolved against the config file's folder
 //! so `wick serve --config some/dir/config.toml` works from anywhere.
 
+mod promotion;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ use crate::arch::{self, Configured};
 use crate::model::naming::validate_model_name;
 
 use crate::state_dict::{FileIdentity, KeyMapping};
+
+pub use promotion::{GoldenTolerance, RolloutPolicy};
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,10 @@ pub struct ModelConfig {
     pub mapping: KeyMapping,
     pub version_policy: VersionPolicy,
     pub batching: BatchingConfig,
+    /// Tolerances of the golden-output gate (used when a version has `golden.safetensors`).
+    pub golden: GoldenTolerance,
+    /// A canary rollout for new versions (`None`: a new version takes all traffic at once).
+    pub rollout: Option<RolloutPolicy>,
 }
 
 impl std::fmt::Debug for ModelConfig {
@@ -114,6 +122,8 @@ impl std::fmt::Debug for ModelConfig {
             .field("mapping", &self.mapping)
             .field("version_policy", &self.version_policy)
             .field("batching", &self.batching)
+            .field("golden", &self.golden)
+            .field("rollout", &self.rollout)
             .finish()
     }
 }
@@ -126,6 +136,8 @@ impl PartialEq for ModelConfig {
             && self.mapping == other.mapping
             && self.version_policy == other.version_policy
             && self.batching == other.batching
+            && self.golden == other.golden
+            && self.rollout == other.rollout
     }
 }
 
@@ -291,6 +303,10 @@ struct RawModel {
     version_policy: Option<RawVersionPolicy>,
     #[serde(default)]
     batching: Option<RawBatching>,
+    #[serde(default)]
+    golden: Option<promotion::RawGolden>,
+    #[serde(default)]
+    rollout: Option<promotion::RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -596,6 +612,17 @@ fn resolve_model(
         }
     };
 
+    let golden = match raw.golden {
+        None => GoldenTolerance::default(),
+        Some(g) => g.resolve().map_err(|m| invalid(format!("{here}: {m}")))?,
+    };
+
+    let rollout = raw
+        .rollout
+        .map(promotion::RawRollout::resolve)
+        .transpose()
+        .map_err(|m| invalid(format!("{here}: {m}")))?;
+
     Ok(ModelConfig {
         name: raw.name,
         architecture,
@@ -603,6 +630,8 @@ fn resolve_model(
         mapping,
         version_policy,
         batching,
+        golden,
+        rollout,
     })
 }
 

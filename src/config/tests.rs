@@ -129,3 +129,33 @@ fn version_policy_forms() {
         vec![1]
     );
 }
+
+#[test]
+fn golden_tolerances_default_and_validate() {
+    let config = parse(GOOD).unwrap();
+    assert_eq!(
+        config.model("digits").unwrap().golden,
+        GoldenTolerance::default()
+    );
+    let text = format!("{GOOD}golden = {{ max_abs = 0.01, argmax_agreement = 0.9 }}\n");
+    let golden = parse(&text).unwrap().model("digits").unwrap().golden;
+    assert_eq!(golden.max_abs, 0.01);
+    assert_eq!(golden.min_cosine, 0.9999);
+    assert_eq!(golden.argmax_agreement, 0.9);
+    for bad in [
+        "{ max_abs = -1.0 }",
+        "{ min_cosine = 1.5 }",
+        "{ argmax_agreement = 2.0 }",
+        "{ max_abs = nan }",
+        "{ tolerance = 1.0 }",
+    ] {
+        let text = format!("{GOOD}golden = {bad}\n");
+        let error = parse(&text)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(
+            error.to_string().contains("golden") || bad.contains("tolerance"),
+            "{error}"
+        );
+    }
+}

@@ -61,25 +61,44 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let slot = state.slot(&model)?;
-    let result = serve(&state, &slot, version, &headers, body).await;
-    match &result {
-        Ok((_, version)) => {
-            slot.metrics
-                .request(Some(version.version), "success", started.elapsed())
+    let request_id = headers.get(REQUEST_ID).map(HeaderValue::as_bytes);
+    let picked = state.route_version(&slot, version.as_deref(), request_id);
+    let picked = match picked {
+        Ok(picked) => picked,
+        Err(e) => {
+            slot.metrics.request(None, e.outcome(), started.elapsed());
+            return Err(e);
         }
-        Err(e) => slot.metrics.request(None, e.outcome(), started.elapsed()),
+    };
+    let result = serve(&state, &slot, Arc::clone(&picked), &headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.outcome(),
+    };
+    match &result {
+        Ok(_) => slot
+            .metrics
+            .request(Some(picked.version), outcome, started.elapsed()),
+        Err(_) => slot.metrics.request(None, outcome, started.elapsed()),
     }
-    result.map(|(response, _)| response)
+    // A canary judges its versions by their own failures: server errors count against the
+    // version that answered; client mistakes and overload say nothing about it.
+    if let (Some(canary), "success" | "error") = (&slot.serving().canary, outcome) {
+        canary.record(picked.version, outcome == "success", started.elapsed());
+    }
+    result
 }
+
+/// The header whose value pins a request to a canary's candidate or stable version.
+const REQUEST_ID: &str = "x-request-id";
 
 async fn serve(
     state: &AppState,
     slot: &Arc<ModelSlot>,
-    version: Option<String>,
+    version: Arc<LoadedVersion>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Response, Arc<LoadedVersion>), ApiError> {
-    let version = state.pick_version(slot, version.as_deref())?;
+) -> Result<Response, ApiError> {
     let header_len = inference_header_length(headers)?;
     if slot.engine.is_full() {
         // Refuse before reading and decoding the body: overload must be cheap to answer.
@@ -122,10 +141,7 @@ async fn serve(
         1 => outputs.pop().ok_or(ApiError::ShuttingDown)?,
         _ => Outputs::concat(outputs).map_err(EngineError::Compute)?,
     };
-    Ok((
-        respond(&version, &decoded, outputs, accepted_coding(headers))?,
-        version,
-    ))
+    respond(&version, &decoded, outputs, accepted_coding(headers))
 }
 
 /// Waits for the answer; at the request's deadline, gives up on it if it has not started

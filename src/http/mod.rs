@@ -97,10 +97,22 @@ impl AppState {
         slot: &ModelSlot,
         version: Option<&str>,
     ) -> Result<Arc<LoadedVersion>, ApiError> {
+        self.route_version(slot, version, None)
+    }
+
+    /// The version an inference request goes to: the one named; else, during a canary
+    /// rollout, the candidate or the stable version by `request_id` (the `x-request-id`
+    /// header), so a retry with the same id sticks; else the newest ready one.
+    pub fn route_version(
+        &self,
+        slot: &ModelSlot,
+        version: Option<&str>,
+        request_id: Option<&[u8]>,
+    ) -> Result<Arc<LoadedVersion>, ApiError> {
         let serving = slot.serving();
         match version {
             None => serving
-                .newest()
+                .route(request_id)
                 .cloned()
                 .ok_or_else(|| ApiError::ModelNotReady(slot.name.clone())),
             Some(text) => {

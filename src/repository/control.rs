@@ -19,9 +19,12 @@ impl Repository {
             let st = lock(&slot.state);
             let before = out.len();
             for (v, record) in &st.versions {
-                let Some((state, reason)) = record.status() else {
+                let Some((state, mut reason)) = record.status() else {
                     continue;
                 };
+                if let Some(active) = st.rollout.as_ref().filter(|r| r.candidate == *v) {
+                    reason = active.describe();
+                }
                 out.push(IndexEntry {
                     name: slot.name.clone(),
                     version: v.to_string(),
@@ -31,6 +34,11 @@ impl Repository {
                         .failed
                         .as_ref()
                         .and_then(|f| f.failure.report().cloned()),
+                    golden: record
+                        .failed
+                        .as_ref()
+                        .and_then(|f| f.failure.golden().cloned())
+                        .or_else(|| record.served.as_ref().and_then(|s| s.golden.clone())),
                 });
             }
             if out.len() == before {
@@ -44,6 +52,7 @@ impl Repository {
                         NotServed::NoVersions.to_string()
                     },
                     report: None,
+                    golden: None,
                 });
             }
         }

@@ -2,7 +2,9 @@
 //!
 //! - [`scan`]: which version directories exist;
 //! - [`plan`]: the reconciliation rules as a pure function (what to load, what to retire);
-//! - [`pipeline`]: loading one version (strict check, copy out, build, warm up);
+//! - [`pipeline`]: loading one version (strict check, copy out, build, warm up, golden gate);
+//! - [`golden`]: the golden-output gate (reading `golden.safetensors`, the comparison);
+//! - [`rollout`]: the canary rollout decision as a pure function; [`canary`] applies it;
 //! - `sync`: [`Repository::sync_model`], the thin layer that applies a plan;
 //! - `control`: the repository index, explicit load/unload and config changes;
 //! - this module: one [`ModelSlot`] per configured model with its [`Engine`] and one
@@ -14,9 +16,12 @@
 //!
 //! The rules of reconciliation are listed in [`plan`] and docs/hot-reload.md.
 
+pub mod canary;
 mod control;
+pub mod golden;
 pub mod pipeline;
 pub mod plan;
+pub mod rollout;
 pub mod scan;
 mod sync;
 pub mod watch;
@@ -35,6 +40,7 @@ use crate::engine::{Engine, LoadedVersion};
 use crate::state_dict::LoadReport;
 
 use crate::telemetry::{Metrics, ModelMetrics};
+use golden::GoldenReport;
 use scan::VersionFiles;
 
 pub use pipeline::{load_version, LoadFailure, Loaded};
@@ -48,12 +54,41 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default, Clone)]
 pub struct Serving {
     pub versions: BTreeMap<u64, Arc<LoadedVersion>>,
+    /// A canary rollout in progress.
+    pub canary: Option<canary::Canary>,
 }
 
 impl Serving {
-    /// The version requests without an explicit version go to: the highest ready one.
+    /// The highest ready version.
     pub fn newest(&self) -> Option<&Arc<LoadedVersion>> {
         self.versions.values().next_back()
+    }
+
+    /// The version a request naming none goes to: during a canary, the candidate for its
+    /// share of request ids (a request without an id gets a number instead) and the stable
+    /// version for the rest; otherwise the highest ready one.
+    pub fn route(&self, request_id: Option<&[u8]>) -> Option<&Arc<LoadedVersion>> {
+        if let Some(c) = &self.canary {
+            if let (Some(candidate), Some(stable)) = (
+                self.versions.get(&c.candidate),
+                self.versions.get(&c.stable),
+            ) {
+                let anonymous;
+                let key = match request_id {
+                    Some(id) => id,
+                    None => {
+                        anonymous = c.stats.anonymous_key();
+                        &anonymous[..]
+                    }
+                };
+                return Some(if rollout::routes_to_candidate(key, c.percent) {
+                    candidate
+                } else {
+                    stable
+                });
+            }
+        }
+        self.newest()
     }
 }
 
@@ -72,6 +107,8 @@ pub(crate) struct Served {
     version: Arc<LoadedVersion>,
     files: VersionFiles,
     load_duration: Duration,
+    /// Its passing golden comparison, when it has a golden file.
+    golden: Option<GoldenReport>,
 }
 
 /// Files of a version that failed to load, and why.
@@ -159,6 +196,9 @@ pub struct IndexEntry {
     /// The full strict-load report of a version refused for key, shape or dtype problems.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<LoadReport>,
+    /// The golden comparison: the failing one of a refused file, else the served version's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub golden: Option<GoldenReport>,
 }
 
 #[derive(Default)]
@@ -168,6 +208,8 @@ pub(crate) struct SlotState {
     warned: BTreeSet<String>,
     /// Unloaded through the repository API: the watcher leaves it alone until `load`.
     disabled: bool,
+    /// A canary rollout in progress.
+    rollout: Option<canary::ActiveRollout>,
 }
 
 /// One configured model: its config, engine, version records and the served set.
@@ -328,11 +370,17 @@ impl Repository {
     /// Derives the served set of `slot` from its records and makes it visible to requests in
     /// one atomic store. Called with the model's `ops` lock held.
     fn publish(&self, slot: &ModelSlot) {
-        let versions: BTreeMap<u64, Arc<LoadedVersion>> = lock(&slot.state)
-            .versions
-            .iter()
-            .filter_map(|(v, r)| r.served.as_ref().map(|s| (*v, Arc::clone(&s.version))))
-            .collect();
+        let (versions, canary) = {
+            let st = lock(&slot.state);
+            let versions: BTreeMap<u64, Arc<LoadedVersion>> = st
+                .versions
+                .iter()
+                .filter_map(|(v, r)| r.served.as_ref().map(|s| (*v, Arc::clone(&s.version))))
+                .collect();
+            (versions, st.rollout.as_ref().map(|r| r.canary()))
+        };
+        self.metrics
+            .set_rollout_candidate(&slot.name, canary.as_ref().map_or(0, |c| c.candidate));
         let previous = slot.serving();
         for (v, old) in &previous.versions {
             if versions.get(v).is_none_or(|new| !Arc::ptr_eq(new, old)) {
@@ -343,7 +391,7 @@ impl Repository {
             self.metrics
                 .set_serving(&slot.name, *v, &new.sha256, Some(new.param_bytes));
         }
-        slot.serving.store(Arc::new(Serving { versions }));
+        slot.serving.store(Arc::new(Serving { versions, canary }));
     }
 
     pub(crate) fn retire(&self, version: Arc<LoadedVersion>) {

@@ -1,8 +1,10 @@
-//! The load pipeline of one version: strict validation, copy out of the mapping, build, warm up.
+//! The load pipeline of one version: strict validation, copy out of the mapping, build, warm up,
+//! golden gate.
 //!
 //! Runs on whatever thread asks (startup, the watcher, the repository API via `spawn_blocking`),
 //! never on the request path. Its result is a [`LoadedVersion`] that has already answered one
-//! forward pass with finite outputs, or a [`LoadFailure`] that says exactly what is wrong.
+//! forward pass with finite outputs (and matched its golden outputs, if it has
+//! any), or a [`LoadFailure`] that says exactly what is wrong.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::state_dict::{self, LoadError, LoadReport, RecordError};
 
+use super::golden::{self, GoldenFailure, GoldenReport, GOLDEN_FILE};
 use super::scan::WEIGHTS_FILE;
 
 /// Assets such as tokenizer.json are small; anything bigger is refused rather than read.
@@ -33,6 +36,10 @@ pub enum LoadFailure {
     Build(candle_core::Error),
     #[error("warm-up: {0}")]
     Warmup(#[from] WarmupFailure),
+    #[error("golden outputs: {0}")]
+    Golden(#[from] GoldenFailure),
+    #[error("rolled back from its canary: {0}")]
+    RolledBack(super::rollout::RollbackReason),
     #[error("{path} resolves to {resolved}, outside the repository {root}; symlinks may only point inside it (or set allow_external_symlinks = true)")]
     OutsideRepository {
         path: PathBuf,
@@ -124,6 +131,8 @@ impl LoadFailure {
             LoadFailure::OutsideRepository { .. } => "outside_repository",
             LoadFailure::Resolve { .. } => "io",
             LoadFailure::Panicked { .. } => "panic",
+            LoadFailure::Golden(g) => g.kind(),
+            LoadFailure::RolledBack(_) => "rollback",
         }
     }
 
@@ -131,6 +140,14 @@ impl LoadFailure {
     pub fn report(&self) -> Option<&LoadReport> {
         match self {
             LoadFailure::Checkpoint(LoadError::Mismatch(report)) => Some(report),
+            _ => None,
+        }
+    }
+
+    /// The golden comparison, when the failure is outputs that differ from the golden file.
+    pub fn golden(&self) -> Option<&GoldenReport> {
+        match self {
+            LoadFailure::Golden(g) => g.report(),
             _ => None,
         }
     }
@@ -151,6 +168,8 @@ pub struct Loaded {
     pub version: LoadedVersion,
     /// The clean load report (ignored, optional and upcast keys).
     pub report: LoadReport,
+    /// The passing golden comparison, when the version has a golden file.
+    pub golden: Option<GoldenReport>,
     pub duration: Duration,
 }
 
@@ -207,7 +226,15 @@ pub fn load_version(
         }
     }
 
+    // The golden gate runs after the warm-up, on the built model, before the version may serve.
+    let golden_path = dir.join(GOLDEN_FILE);
+    if golden_path.exists() {
+        containment.check(&golden_path)?;
+    }
+    let golden = golden::gate(model.as_ref(), arch.signature(), dir, &config.golden)?;
+
     Ok(Loaded {
+        golden,
         version: LoadedVersion {
             model_name: config.name.clone(),
             version,

@@ -17,6 +17,7 @@
 //! - an unreadable model directory (an NFS blip, a symlink swap in progress) changes nothing;
 //! - a served version whose directory was deleted is retired only if another ready version
 //!   remains;
+//! - the stable version of a canary rollout (`protect`) stays served beside the candidate;
 //! - a version unloaded through the repository API (`held`) is neither loaded nor served until
 //!   an explicit load, even if its directory goes away and comes back; a model unloaded as a
 //!   whole (`disabled`) serves nothing.
@@ -79,6 +80,9 @@ pub struct Inputs<'a, I> {
     pub disabled: bool,
     pub disk: &'a Disk<I>,
     pub known: &'a BTreeMap<u64, Known<I>>,
+    /// The stable version of a canary rollout: kept served whatever the version policy says,
+    /// while its directory exists.
+    pub protect: Option<u64>,
 }
 
 /// The first step's result.
@@ -191,6 +195,7 @@ pub fn plan_retirements<I>(inputs: &Inputs<'_, I>) -> Vec<(u64, RetireReason)> {
         .filter(|v| on_disk.contains_key(v) && !held(v))
         .collect();
     let mut keep: BTreeSet<u64> = inputs.policy.select(&ready_on_disk).into_iter().collect();
+    keep.extend(inputs.protect.filter(|p| ready_on_disk.contains(p)));
     if keep.is_empty() {
         // Nothing the policy wants is ready: keep serving the best of what there is, so a
         // deleted directory or a pin to a version that fails never leaves the model empty.
@@ -222,6 +227,7 @@ mod tests {
         disk: Disk<u32>,
         known: BTreeMap<u64, Known<u32>>,
         disabled: bool,
+        protect: Option<u64>,
     }
 
     impl World {
@@ -231,6 +237,7 @@ mod tests {
                 disk: Disk::Listed(disk.iter().map(|(v, i)| (*v, Some(*i))).collect()),
                 known: BTreeMap::new(),
                 disabled: false,
+                protect: None,
             }
         }
 
@@ -246,6 +253,7 @@ mod tests {
                 disabled: self.disabled,
                 disk: &self.disk,
                 known: &self.known,
+                protect: self.protect,
             }
         }
 
@@ -463,7 +471,32 @@ mod tests {
                 disk: self.disk.clone(),
                 known,
                 disabled: self.disabled,
+                protect: self.protect,
             }
         }
+    }
+
+    #[test]
+    fn the_stable_version_of_a_canary_stays_served_until_promotion() {
+        let mut w = World::new(VersionPolicy::Latest(1), &[(1, 10), (2, 20)])
+            .serving(1, 10)
+            .serving(2, 20);
+        w.protect = Some(1);
+        assert!(plan_retirements(&w.inputs(NOW)).is_empty());
+        // Promotion lifts the protection: the policy retires the old version.
+        w.protect = None;
+        assert_eq!(
+            plan_retirements(&w.inputs(NOW)),
+            vec![(1, RetireReason::Policy)]
+        );
+        // A protected version whose directory is gone is not kept.
+        w.protect = Some(1);
+        if let Disk::Listed(d) = &mut w.disk {
+            d.remove(&1);
+        }
+        assert_eq!(
+            plan_retirements(&w.inputs(NOW)),
+            vec![(1, RetireReason::Policy)]
+        );
     }
 }

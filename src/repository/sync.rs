@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{ModelConfig, VersionPolicy};
+use crate::config::{ModelConfig, RolloutPolicy, VersionPolicy};
 
+use super::canary::ActiveRollout;
 use super::plan::{self, Disk, Inputs, RetireReason};
 use super::scan::{scan_model, Scan, VersionFiles};
 use super::{
-    load_version, lock, Failed, LoadFailure, ModelSlot, Repository, Served, SyncMode, SyncOutcome,
-    VersionRecord,
+    load_version, lock, Failed, LoadFailure, ModelSlot, Repository, Served, SlotState, SyncMode,
+    SyncOutcome, VersionRecord,
 };
 
 /// What each version's files looked like at a check.
@@ -33,7 +34,7 @@ impl Repository {
     pub fn sync_model(&self, slot: &ModelSlot, mode: SyncMode) -> SyncOutcome {
         let _ops = lock(&slot.ops);
         let config = slot.config();
-        let scan = scan_model(&self.root, &slot.name, &config.architecture.assets());
+        let scan = scan_model(&self.root, &slot.name, &identity_files(&config));
         self.warn_ignored(slot, &scan);
         let disk = disk_of(&scan);
         let mut outcome = SyncOutcome::default();
@@ -69,6 +70,7 @@ impl Repository {
                 disabled: st.disabled,
                 disk: &disk,
                 known: &known,
+                protect: st.rollout.as_ref().map(|r| r.stable),
             });
             for (version, reason) in &retire {
                 self.retire_version(&mut st.versions, *version, *reason, &disk);
@@ -119,6 +121,7 @@ impl Repository {
             disabled: st.disabled,
             disk,
             known: &known,
+            protect: None,
         });
         st.versions.retain(|v, _| !step.forget.contains(v));
         if matches!(disk, Disk::Listed(_)) && !st.disabled {
@@ -161,6 +164,9 @@ impl Repository {
             })
         });
         let mut st = lock(&slot.state);
+        if let (Ok(_), Some(policy)) = (&result, config.rollout) {
+            start_rollout(&slot.name, &mut st, version, policy);
+        }
         let record = st.versions.entry(version).or_default();
         record.loading = false;
         match result {
@@ -171,10 +177,14 @@ impl Repository {
                     parameters = %serde_json::Value::from_iter(loaded.version.model.parameters()),
                     "version ready");
                 self.metrics.load_succeeded(&slot.name, loaded.duration);
+                if let Some(golden) = &loaded.golden {
+                    tracing::info!(model = %slot.name, version, report = %golden, "golden gate passed");
+                }
                 let served = Served {
                     version: Arc::new(loaded.version),
                     files,
                     load_duration: loaded.duration,
+                    golden: loaded.golden,
                 };
                 if let Some(old) = record.served.replace(served) {
                     self.retire(old.version);
@@ -232,6 +242,38 @@ impl Repository {
             }
         }
     }
+}
+
+/// Starts a canary for `version` when it is newer than the version being served (or replaces
+/// the candidate of a rollout already running, keeping its stable version).
+fn start_rollout(model: &str, st: &mut SlotState, version: u64, policy: RolloutPolicy) {
+    let stable = st.rollout.as_ref().map(|r| r.stable).or_else(|| {
+        st.versions
+            .iter()
+            .filter(|(v, r)| **v != version && r.served.is_some())
+            .map(|(v, _)| *v)
+            .max()
+    });
+    let Some(stable) = stable.filter(|s| *s < version) else {
+        return;
+    };
+    tracing::info!(
+        model,
+        version,
+        stable,
+        percent = policy.canary_percent,
+        promote_after_s = policy.promote_after.as_secs(),
+        "canary started"
+    );
+    st.rollout = Some(ActiveRollout::new(version, stable, policy));
+}
+
+/// The files besides the weights whose change makes a new version of the files: the
+/// architecture's assets and the golden file (a changed golden file runs the gate again).
+fn identity_files(config: &ModelConfig) -> Vec<&'static str> {
+    let mut files = config.architecture.assets();
+    files.push(super::golden::GOLDEN_FILE);
+    files
 }
 
 /// The plan's view of a directory scan.

@@ -214,6 +214,7 @@ fn scan_once(repository: &Repository, config: Option<&mut ConfigSource>) -> bool
             tracing::info!(model = %slot.name, loaded = ?outcome.loaded,
                 failed = outcome.failed.len(), unloaded = ?outcome.unloaded, "repository change applied");
         }
+        repository.tick_rollout(&slot);
         waiting |= slot.has_pending();
     }
     repository.reap();

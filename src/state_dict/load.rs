@@ -43,6 +43,12 @@ pub enum LoadError {
     Changed { path: PathBuf },
     #[error("{path}: the safetensors crate refused the file: {message}")]
     Crate { path: PathBuf, message: String },
+    #[error("{path} is {size} bytes, above the limit of {limit} for this kind of file")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{path}: tensor {name:?}: {message}")]
     Tensor {
         path: PathBuf,
@@ -72,6 +78,7 @@ impl LoadError {
             LoadError::Mismatch(report) => report.kind(),
             LoadError::Changed { .. } => "changed",
             LoadError::Tensor { .. } => "tensor",
+            LoadError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -192,6 +199,31 @@ pub fn check(
     let (header, _) = read_header(path)?;
     let (report, _) = report::compare(target, expected, &header, mapping);
     Ok((header, report))
+}
+
+/// A small safetensors file read whole (golden outputs, not weights): the validated header and
+/// the data section. Files above `max_bytes` are refused before anything but the `stat` and
+/// the header; the same header rules as for checkpoints apply (duplicates, caps, exact tiling).
+pub fn read_small(path: &Path, max_bytes: u64) -> Result<(Header, Vec<u8>), LoadError> {
+    let (mut file, before) = open_regular(path)?;
+    if before.size > max_bytes {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            size: before.size,
+            limit: max_bytes,
+        });
+    }
+    let header = read_header_from(&mut file, path, before.size)?;
+    // The header tiles the file exactly (checked above) and the file is at most `max_bytes`.
+    let mut data = vec![0u8; header.data_len() as usize];
+    stream::read_at(&file, header.data_offset(), &mut data).map_err(|e| changed_or_io(path, e))?;
+    let after = FileIdentity::of(&file.metadata().map_err(io_error(path))?);
+    if after != before {
+        return Err(LoadError::Changed {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((header, data))
 }
 
 /// Validates and loads `path` for a model that expects `expected`.

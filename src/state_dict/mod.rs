@@ -18,7 +18,9 @@ pub mod report;
 pub mod stream;
 
 pub use header::{FileDtype, ForeignFormat, FormatError, Header, HeaderLimits, TensorEntry};
-pub use load::{check, hex, load, read_header, FileIdentity, LoadError, LoadedStateDict};
+pub use load::{
+    check, hex, load, read_header, read_small, FileIdentity, LoadError, LoadedStateDict,
+};
 pub use mapping::{Glob, KeyMapping};
 pub use recording::{record, RecordError};
 pub use report::{ExpectedSpec, LoadReport, ParamSpec};

@@ -16,14 +16,14 @@ use crate::util::{
 use serde_json::{json, Value};
 
 /// What transformers computed (scripts/make_arch_fixtures.py).
-fn reference() -> Value {
+pub(crate) fn reference() -> Value {
     read_json(&fixture("arch/bert_small.json"))
 }
 
 /// F32 against transformers' F32 forward pass of the same F16 weights.
 const TOLERANCE: Tolerance = Tolerance::Absolute(1e-4);
 
-fn model_toml(name: &str, extra_load: &str) -> String {
+pub(crate) fn model_toml(name: &str, extra_load: &str) -> String {
     let c = &reference()["config"];
     format!(
         "[[models]]\nname = \"{name}\"\narchitecture = \"bert\"\n\
@@ -36,7 +36,7 @@ fn model_toml(name: &str, extra_load: &str) -> String {
     )
 }
 
-const IGNORE_HEAD: &str = ", ignore = [\"classifier.*\"]";
+pub(crate) const IGNORE_HEAD: &str = ", ignore = [\"classifier.*\"]";
 
 fn install(repo: &Repo, name: &str, weights: &Path) {
     let tokenizer = fixture("arch/bert_small/tokenizer.json");
@@ -50,7 +50,7 @@ fn install(repo: &Repo, name: &str, weights: &Path) {
     );
 }
 
-fn weights() -> PathBuf {
+pub(crate) fn weights() -> PathBuf {
     fixture("arch/bert_small/model.safetensors")
 }
 

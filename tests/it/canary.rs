@@ -1,0 +1,301 @@
+//! Canary rollouts through a running server: the candidate's share of requests naming no version
+//! is within the binomial interval and sticks to the request id; a candidate that fails requests
+//! is rolled back automatically with no failed request outside the canary share and is not
+//! loaded again while its files are unchanged; a healthy candidate is promoted and the previous
+//! version retired under the version policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_nn::VarBuilder;
+use http::Method;
+use serde_json::Value;
+use wick::arch::{Architecture, Configured};
+use wick::model::{Assets, HostData, HostTensor, InputError, Model, Prepared, Signature};
+use wick::repository::rollout::routes_to_candidate;
+
+use crate::util::{
+    demo_model, eventually, fixture, infer_request, read_tensors, Repo, TestServer, SIMPLE, WAIT,
+};
+
+/// `simple` with a canary rollout (`rollout` is the inside of the TOML inline table).
+fn simple_with_rollout(rollout: &str) -> String {
+    format!("{SIMPLE}rollout = {{ {rollout} }}\n")
+}
+
+fn fixture_x() -> Vec<f32> {
+    read_tensors(&fixture("simple_io.safetensors"))["x"]
+        .1
+        .f32()
+        .to_vec()
+}
+
+/// One inference of the fixture request with `x-request-id: id`: status and answering version.
+async fn infer_with_id(server: &TestServer, x: &[f32], id: &str) -> (u16, String) {
+    let body = serde_json::to_vec(&infer_request("input", "FP32", [8, 10], x)).unwrap();
+    let (status, answer) = server
+        .request(
+            Method::POST,
+            "/v2/models/simple/infer",
+            &[("x-request-id", id.to_string())],
+            body,
+        )
+        .await;
+    let version = if status == 200 {
+        let value: Value = answer.json();
+        value["model_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        String::new()
+    };
+    (status, version)
+}
+
+async fn state_of(server: &TestServer, version: u64) -> (String, String) {
+    let entry = server
+        .index_entry("simple", version)
+        .await
+        .unwrap_or_default();
+    (
+        entry["state"].as_str().unwrap_or_default().to_string(),
+        entry["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Starts a server of `models` over a repository serving `simple` version 1, then publishes
+/// `candidate` as version 2 and waits until its canary runs.
+async fn canary_server(
+    models: &str,
+    arch: Option<Arc<Configured>>,
+    candidate: &Path,
+) -> (TestServer, Repo) {
+    let repo = Repo::new();
+    repo.install("simple", 1, &demo_model("simple", 1));
+    let mut config = repo.config("", models);
+    if let Some(arch) = arch {
+        config.models[0].architecture = arch;
+    }
+    let server = TestServer::start_admin(config).await;
+    repo.install("simple", 2, candidate);
+    let started = eventually(WAIT, || async {
+        let (state, reason) = state_of(&server, 2).await;
+        state == "READY" && reason.starts_with("canary")
+    })
+    .await;
+    assert!(started, "{:?}", server.index().await);
+    (server, repo)
+}
+
+#[tokio::test]
+async fn the_canary_share_is_binomial_and_sticks_to_the_request_id() {
+    // Bounds the test cannot reach: only the routing is observed.
+    let models = simple_with_rollout(
+        "canary_percent = 20, promote_after_s = 3600, max_error_rate = 1.0, max_p99_ratio = 1000.0",
+    );
+    let (server, _repo) = canary_server(&models, None, &fixture("simple_v2.safetensors")).await;
+    let x = fixture_x();
+    let mut candidate = Vec::new();
+    for i in 0..1000 {
+        let id = format!("req-{i}");
+        let (status, version) = infer_with_id(&server, &x, &id).await;
+        assert_eq!(status, 200);
+        assert!(version == "1" || version == "2", "{version}");
+        candidate.push(version == "2");
+    }
+    let share = candidate.iter().filter(|c| **c).count();
+    // 99% interval of Binomial(1000, 0.2): 200 ± 2.576 · sqrt(1000 · 0.2 · 0.8) ≈ 200 ± 33.
+    assert!((167..=233).contains(&share), "{share} of 1000");
+    // A retry with the same id goes where the first attempt went.
+    for (i, went) in candidate.iter().enumerate().take(100) {
+        let (_, version) = infer_with_id(&server, &x, &format!("req-{i}")).await;
+        assert_eq!(version == "2", *went, "req-{i}");
+    }
+    // Naming a version bypasses the canary.
+    let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &x).await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics
+            .text()
+            .contains(r#"wick_rollout_candidate_version{model="simple"} 2"#),
+        "{}",
+        metrics.text()
+    );
+    server.shutdown().await;
+}
+
+/// A test architecture: the real `linear` model, whose forward pass fails when an output leaves
+/// [-1000, 1000] (as a model that diverged might, with an error instead of garbage).
+struct Diverging {
+    inner: Arc<Configured>,
+}
+
+impl Diverging {
+    fn configured() -> Arc<Configured> {
+        let table: toml::Table = "in_features = 10\nout_features = 1".parse().unwrap();
+        let inner = wick::arch::configure("linear", &table).unwrap();
+        Arc::new(Configured::new("linear", Box::new(Diverging { inner })))
+    }
+}
+
+impl Architecture for Diverging {
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn build(&self, vb: VarBuilder<'_>, assets: &Assets) -> candle_core::Result<Box<dyn Model>> {
+        Ok(Box::new(DivergingModel {
+            inner: self.inner.architecture().build(vb, assets)?,
+        }))
+    }
+}
+
+struct DivergingModel {
+    inner: Box<dyn Model>,
+}
+
+impl Model for DivergingModel {
+    fn prepare(&self, inputs: Vec<Option<HostTensor>>) -> Result<Prepared, InputError> {
+        self.inner.prepare(inputs)
+    }
+
+    fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>> {
+        let outputs = self.inner.forward(batch)?;
+        for tensor in outputs.iter().flatten() {
+            if let HostData::F32(values) = &tensor.data {
+                if values.iter().any(|v| v.abs() > 1000.0) {
+                    candle_core::bail!("the output diverged");
+                }
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// A `simple` checkpoint whose weights are all 1000: zeros (the warm-up) give 0, real inputs
+/// give outputs in the thousands.
+fn huge_weights(dir: &Path) -> PathBuf {
+    let weight: Vec<u8> = [1000.0f32; 10]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let bias: Vec<u8> = 0.0f32.to_le_bytes().to_vec();
+    let views = vec![
+        (
+            "linear.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 10], &weight)
+                .unwrap(),
+        ),
+        (
+            "linear.bias",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &bias).unwrap(),
+        ),
+    ];
+    let path = dir.join("huge.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_and_traffic_returns_to_the_stable_version() {
+    let staging = tempfile::tempdir().unwrap();
+    let models = simple_with_rollout(
+        "canary_percent = 20, promote_after_s = 3600, max_error_rate = 0.01, max_p99_ratio = 1000.0, min_requests = 5",
+    );
+    let (server, _repo) = canary_server(
+        &models,
+        Some(Diverging::configured()),
+        &huge_weights(staging.path()),
+    )
+    .await;
+    let x = fixture_x();
+    let mut failed = Vec::new();
+    let mut rolled_back = false;
+    for i in 0..3000 {
+        let id = format!("req-{i}");
+        let (status, version) = infer_with_id(&server, &x, &id).await;
+        if status != 200 {
+            failed.push(id);
+        } else {
+            assert_eq!(version, "1");
+        }
+        if i % 20 == 0 && state_of(&server, 2).await.0 == "UNAVAILABLE" {
+            rolled_back = true;
+            break;
+        }
+    }
+    assert!(rolled_back, "{:?}", server.index().await);
+    // Every failed request was one the canary share sent to the candidate.
+    assert!(failed.len() >= 5, "{failed:?}");
+    for id in &failed {
+        assert!(
+            routes_to_candidate(id.as_bytes(), 20.0),
+            "{id} failed outside the canary"
+        );
+    }
+    let (_, reason) = state_of(&server, 2).await;
+    assert!(
+        reason.contains("rolled back") && reason.contains("error rate"),
+        "{reason}"
+    );
+    // The stable version takes everything again, including the ids that went to the candidate.
+    for id in &failed {
+        assert_eq!(infer_with_id(&server, &x, id).await, (200, "1".to_string()));
+    }
+    // The rolled-back version is not loaded again while its files are unchanged.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(state_of(&server, 2).await.0, "UNAVAILABLE");
+    let (_, metrics) = server.get("/metrics").await;
+    let text = metrics.text();
+    assert!(
+        text.contains(r#"wick_rollouts_total{model="simple",outcome="error_rate"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wick_rollout_candidate_version{model="simple"} 0"#),
+        "{text}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_promoted_and_the_old_version_retired() {
+    let models = simple_with_rollout(
+        "canary_percent = 50, promote_after_s = 1, max_p99_ratio = 1000.0, min_requests = 5",
+    );
+    let (server, _repo) = canary_server(&models, None, &fixture("simple_v2.safetensors")).await;
+    let x = fixture_x();
+    let mut i = 0;
+    let promoted = eventually(WAIT, || {
+        i += 1;
+        let id = format!("req-{i}");
+        let server = &server;
+        let x = &x;
+        async move {
+            let (status, _) = infer_with_id(server, x, &id).await;
+            assert_eq!(status, 200);
+            state_of(server, 1).await.0 == "UNAVAILABLE"
+        }
+    })
+    .await;
+    assert!(promoted, "{:?}", server.index().await);
+    let (_, reason) = state_of(&server, 1).await;
+    assert!(reason.contains("version policy"), "{reason}");
+    for i in 0..50 {
+        assert_eq!(
+            infer_with_id(&server, &x, &format!("after-{i}")).await,
+            (200, "2".to_string())
+        );
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics
+            .text()
+            .contains(r#"wick_rollouts_total{model="simple",outcome="promoted"} 1"#),
+        "{}",
+        metrics.text()
+    );
+    server.shutdown().await;
+}
