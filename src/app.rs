@@ -119,15 +119,14 @@ impl Server {
 /// Starts a server for `config`.
 pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
-    let repository =
-        Arc::new(
-            Repository::new(
-                &config,
-                metrics,
-                Cpu::new(ThreadBudget::resolve(config.server.compute_threads).compute),
-            )
-            .context("cannot start the compute threads")?,
-        );
+    let repository = Arc::new(
+        Repository::new(
+            &config,
+            metrics,
+            Cpu::new(ThreadBudget::resolve(config.server.compute_threads).compute),
+        )
+        .context("cannot start the compute threads")?,
+    );
     let server = &config.server;
     let state = AppState::new(
         Arc::clone(&repository),

@@ -189,7 +189,10 @@ pub struct BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.rate {
-            Some(rate) => format!("open loop at {rate} req/s over {} connections", self.clients),
+            Some(rate) => format!(
+                "open loop at {rate} req/s over {} connections",
+                self.clients
+            ),
             None => format!("{} clients", self.clients),
         };
         writeln!(
@@ -371,9 +374,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                 .rate
                 .map(|rate| Schedule::for_client(rate, options.clients, i, launched)),
         };
-        tasks.push(tokio::spawn(
-            async move { client(&target, &prepared, run).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            client(&target, &prepared, run).await
+        }));
     }
     let mut latencies: Vec<u32> = Vec::new();
     let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();

@@ -582,7 +582,10 @@ fn resolve_model(
                 max_request_rows,
                 max_batch_tokens: b.max_batch_tokens.unwrap_or(0),
                 max_queue_tokens: b.max_queue_tokens.unwrap_or(0),
-                default_priority: b.default_priority.unwrap_or(defaults.default_priority).max(1),
+                default_priority: b
+                    .default_priority
+                    .unwrap_or(defaults.default_priority)
+                    .max(1),
                 max_queue_delay: Duration::from_micros(b.max_queue_delay_us.unwrap_or(0)),
                 max_queue_size,
                 default_timeout: b

@@ -88,7 +88,9 @@ impl Pools {
             .num_threads(threads)
             .thread_name(move |i| format!("wick-{name}-{threads}.{i}"))
             .build()
-            .map_err(|e| tracing::warn!(error = %e, "cannot start a compute pool; using the global one"))
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot start a compute pool; using the global one"),
+            )
             .ok()?;
         let pool = Arc::new(pool);
         pools.insert(threads, Arc::clone(&pool));

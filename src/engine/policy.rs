@@ -58,9 +58,8 @@ pub fn next_batch(queue: &[Entry], incoming: usize, now: Instant, limits: &Limit
     let mut tokens = 0usize;
     let mut n = 0usize;
     for entry in queue {
-        let over_tokens = limits.max_batch_tokens > 0
-            && n > 0
-            && tokens + entry.tokens > limits.max_batch_tokens;
+        let over_tokens =
+            limits.max_batch_tokens > 0 && n > 0 && tokens + entry.tokens > limits.max_batch_tokens;
         if entry.version != first.version
             || rows + entry.rows > limits.max_batch_size
             || over_tokens

@@ -61,28 +61,58 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let slot = state.slot(&model)?;
-    let result = serve(&state, &slot, version, &headers, body).await;
-    match &result {
-        Ok((_, version)) => {
-            slot.metrics
-                .request(Some(version.version), "success", started.elapsed())
+    let version = match state.pick_version(&slot, version.as_deref()) {
+        Ok(version) => version,
+        Err(e) => {
+            slot.metrics.request(None, e.outcome(), started.elapsed());
+            return Err(e);
         }
-        Err(e) => slot.metrics.request(None, e.outcome(), started.elapsed()),
-    }
-    result.map(|(response, _)| response)
+    };
+    let result = serve(&state, &slot, &version, &headers, body).await;
+    let outcome = result
+        .as_ref()
+        .map_or_else(ApiError::outcome, |_| "success");
+    slot.metrics
+        .request(Some(version.version), outcome, started.elapsed());
+    result
 }
 
 async fn serve(
     state: &AppState,
     slot: &Arc<ModelSlot>,
-    version: Option<String>,
+    version: &Arc<LoadedVersion>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Response, Arc<LoadedVersion>), ApiError> {
-    let version = state.pick_version(slot, version.as_deref())?;
+) -> Result<Response, ApiError> {
     let header_len = inference_header_length(headers)?;
+    refuse_when_full(slot)?;
+    // From here until it is queued the request is on its way: the batching policy may wait
+    // for it rather than run a batch without it.
+    let incoming = slot.engine.incoming();
+    let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
+    let config = slot.engine.config();
+    let decoding = Instant::now();
+    let (decoded, parts) = decode(state, version, body, header_len, &config).await?;
+    slot.metrics
+        .compute_input(version.version, decoding.elapsed());
+    let timeout = decoded.timeout.or(config.default_timeout);
+    let admitted = Admitted {
+        timeout,
+        priority: decoded.priority,
+        incoming,
+    };
+    let outputs = submit(slot, version, parts, admitted).await?;
+    let encoding = Instant::now();
+    let response = respond(version, &decoded, outputs, accepted_coding(headers))?;
+    slot.metrics
+        .compute_output(version.version, encoding.elapsed());
+    Ok(response)
+}
+
+/// Refuses before reading and decoding a body when the model's queue is full: overload must be
+/// cheap to answer.
+pub(super) fn refuse_when_full(slot: &ModelSlot) -> Result<(), ApiError> {
     if slot.engine.is_full() {
-        // Refuse before reading and decoding the body: overload must be cheap to answer.
         slot.metrics.rejected("queue_full");
         return Err(EngineError::QueueFull {
             model: slot.name.clone(),
@@ -90,26 +120,40 @@ async fn serve(
         }
         .into());
     }
-    // From here until it is queued the request is on its way: the batching policy may wait
-    // for it rather than run a batch without it.
-    let incoming = slot.engine.incoming();
-    let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
-    let config = slot.engine.config();
-    let (decoded, parts) = decode(state, &version, body, header_len, &config).await?;
+    Ok(())
+}
 
-    let timeout = decoded.timeout.or(config.default_timeout);
+/// How a decoded request goes to the queue.
+pub(super) struct Admitted {
+    pub timeout: Option<std::time::Duration>,
+    pub priority: Option<u64>,
+    /// The announcement made before the body was read ([`crate::engine::Engine::incoming`]).
+    pub incoming: crate::engine::Incoming,
+}
+
+/// Queues a request's prepared parts and waits for their outputs, joined back in order. Every
+/// front end (KServe v2, OpenAI, TEI) goes through here, so they share admission, batching,
+/// deadlines and metrics.
+pub(super) async fn submit(
+    slot: &ModelSlot,
+    version: &Arc<LoadedVersion>,
+    parts: Vec<Prepared>,
+    admitted: Admitted,
+) -> Result<Outputs, ApiError> {
+    let Admitted {
+        timeout,
+        priority,
+        incoming,
+    } = admitted;
     let mut pending = Vec::with_capacity(parts.len());
     let mut incoming = Some(incoming);
     for prepared in parts {
         let (tx, rx) = oneshot::channel();
-        let job = Job::new(Arc::clone(&version), prepared, tx, timeout)
-            .with_priority(decoded.priority);
+        let job = Job::new(Arc::clone(version), prepared, tx, timeout).with_priority(priority);
         let (ticket, deadline) = (job.ticket(), job.deadline);
         if let Err(e) = slot.engine.submit(job, incoming.take()) {
             slot.metrics.rejected(match e {
-                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => {
-                    "queue_full"
-                }
+                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => "queue_full",
                 _ => "refused",
             });
             return Err(e.into());
@@ -120,14 +164,10 @@ async fn serve(
     for (rx, ticket, deadline) in pending {
         outputs.push(wait(rx, ticket, deadline, timeout, slot).await?);
     }
-    let outputs = match outputs.len() {
+    Ok(match outputs.len() {
         1 => outputs.pop().ok_or(ApiError::ShuttingDown)?,
         _ => Outputs::concat(outputs).map_err(EngineError::Compute)?,
-    };
-    Ok((
-        respond(&version, &decoded, outputs, accepted_coding(headers))?,
-        version,
-    ))
+    })
 }
 
 /// Waits for the answer; at the request's deadline, gives up on it if it has not started

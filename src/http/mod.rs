@@ -16,6 +16,7 @@ mod infer;
 mod observe;
 pub mod pool;
 mod server;
+mod triton;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -139,6 +140,17 @@ fn routes(state: AppState) -> Router {
         .route("/v2/models/{model}", get(health::model))
         .route("/v2/models/{model}/ready", get(health::model_ready))
         .route("/v2/models/{model}/infer", post(infer::infer))
+        .route("/v2/models/{model}/config", get(triton::config))
+        .route("/v2/models/stats", get(triton::stats_all))
+        .route("/v2/models/{model}/stats", get(triton::stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(triton::config_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(triton::stats_version),
+        )
         .route(
             "/v2/models/{model}/versions/{version}",
             get(health::model_version),

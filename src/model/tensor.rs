@@ -142,7 +142,10 @@ mod tests {
             shape: vec![3],
             data: HostData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]),
         };
-        assert_eq!(HostTensor::concat_rows(text.clone().split_rows(&[1, 2])), Some(text));
+        assert_eq!(
+            HostTensor::concat_rows(text.clone().split_rows(&[1, 2])),
+            Some(text)
+        );
         let mismatch = vec![
             HostTensor::zeros(ElemKind::F32, vec![1, 2]),
             HostTensor::zeros(ElemKind::F32, vec![1, 3]),

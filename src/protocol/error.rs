@@ -48,7 +48,11 @@ pub enum ProtocolError {
         expected: String,
     },
     #[error("input {input:?} has {rows} rows; the model takes at most {limit} per request (max_request_rows)")]
-    Rows { input: String, rows: u64, limit: u64 },
+    Rows {
+        input: String,
+        rows: u64,
+        limit: u64,
+    },
     #[error("input {input:?}: the shape has more than {limit} dimensions")]
     Rank { input: String, limit: usize },
     #[error("input {input:?}: shape {shape:?} holds {expected} elements but data has {actual}")]

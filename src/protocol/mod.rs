@@ -11,6 +11,7 @@ pub mod encode;
 pub mod error;
 pub mod metadata;
 pub mod params;
+pub mod triton;
 mod values;
 
 pub use datatype::Datatype;

@@ -264,10 +264,17 @@ impl std::fmt::Debug for Repository {
 impl Repository {
     /// Creates the slots (and engines) of every configured model; loads nothing yet.
     /// The forward passes of every model share `cpu`.
-    pub fn new(config: &Config, metrics: Arc<Metrics>, cpu: Arc<Cpu>) -> std::io::Result<Repository> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        cpu: Arc<Cpu>,
+    ) -> std::io::Result<Repository> {
         let mut models = BTreeMap::new();
         for model in &config.models {
-            models.insert(model.name.clone(), Arc::new(new_slot(model, &metrics, &cpu)?));
+            models.insert(
+                model.name.clone(),
+                Arc::new(new_slot(model, &metrics, &cpu)?),
+            );
         }
         Ok(Repository {
             cpu,

@@ -365,7 +365,11 @@ async fn a_quiet_model_stays_responsive_while_another_is_saturated() {
     let repo = Repo::new();
     install(&repo, "small", &weights());
     repo.install("simple", 1, &crate::util::demo_model("simple", 1));
-    let models = format!("{}{}", model_toml("small", IGNORE_HEAD), crate::util::SIMPLE);
+    let models = format!(
+        "{}{}",
+        model_toml("small", IGNORE_HEAD),
+        crate::util::SIMPLE
+    );
     let server = std::sync::Arc::new(TestServer::start(repo.config("", &models)).await);
     let quiet = serde_json::to_vec(&infer_request("input", "FP32", [1, 10], [0.5f32; 10])).unwrap();
     let latency = |n: usize| {
@@ -413,11 +417,17 @@ async fn a_quiet_model_stays_responsive_while_another_is_saturated() {
     for task in busy {
         served += task.await.unwrap();
     }
-    assert!(served > 4, "the busy model was not busy ({served} requests)");
+    assert!(
+        served > 4,
+        "the busy model was not busy ({served} requests)"
+    );
     let p99 = loaded[loaded.len() * 99 / 100];
     // Generous: a shared machine is noisy. Waiting behind the busy model's batches would cost
     // whole forward passes of 16 long rows each.
     let bound = idle_p50 * 3 + std::time::Duration::from_millis(50);
-    assert!(p99 <= bound, "quiet p99 {p99:?} under load, idle p50 {idle_p50:?}");
+    assert!(
+        p99 <= bound,
+        "quiet p99 {p99:?} under load, idle p50 {idle_p50:?}"
+    );
     TestServer::shutdown_shared(server).await;
 }

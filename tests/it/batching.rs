@@ -180,7 +180,11 @@ async fn a_batch_waits_for_a_request_on_its_way_up_to_the_delay() {
     assert_eq!(first.await.unwrap().0, 200);
     // The second has been queued with the model free: it waits for the third.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(probe.calls(), 1, "the second ran without its coming batch-mate");
+    assert_eq!(
+        probe.calls(),
+        1,
+        "the second ran without its coming batch-mate"
+    );
     stream.write_all(&payload[10..]).await.unwrap();
     let (status, _, answer) = second.await.unwrap();
     assert_eq!(status, 200, "{answer}");

@@ -50,9 +50,8 @@ fn open_loop_latency_counts_from_the_intended_send_time() {
     // 400 ms. Every request due during the freeze waits for its end: ~80 of the ~240 measured
     // requests are due then, a third of them at least 270 ms before it ends, so more than 10%
     // of all latencies exceed 250 ms. A closed loop would charge the freeze to one request.
-    let load = std::thread::spawn(move || {
-        runtime.block_on(run(&options(url, Some(200.0), 1, 1.2)))
-    });
+    let load =
+        std::thread::spawn(move || runtime.block_on(run(&options(url, Some(200.0), 1, 1.2))));
     std::thread::sleep(Duration::from_millis(200 + 300));
     server.signal("STOP");
     std::thread::sleep(Duration::from_millis(400));

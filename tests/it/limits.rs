@@ -91,7 +91,9 @@ fn cases() -> Vec<Case> {
         // 16M FP32 zeros written as `0,` for the digits model: its rows are refused at the
         // shape (max_request_rows), before the data is read.
         let rows = (16 << 20) / 64;
-        let mut s = format!(r#"{{"inputs":[{{"name":"input","shape":[{rows},64],"datatype":"FP32","data":["#);
+        let mut s = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[{rows},64],"datatype":"FP32","data":["#
+        );
         s.push_str(&"0,".repeat(rows * 64 - 1));
         s.push_str("0]}]}");
         s
@@ -107,7 +109,9 @@ fn cases() -> Vec<Case> {
     );
     let parameters = format!(
         r#"{{"parameters":{{{}"last":0}},"inputs":[]}}"#,
-        (0..3 * MIB).map(|i| format!(r#""p{i}":0,"#)).collect::<String>()
+        (0..3 * MIB)
+            .map(|i| format!(r#""p{i}":0,"#))
+            .collect::<String>()
     );
     let outputs = format!(
         r#"{{"outputs":[{}{{"name":"output"}}],"inputs":[]}}"#,
@@ -145,7 +149,11 @@ fn cases() -> Vec<Case> {
         s
     };
     vec![
-        json_case("a full tensor of zeros in JSON", "/v2/models/wide/infer", wide),
+        json_case(
+            "a full tensor of zeros in JSON",
+            "/v2/models/wide/infer",
+            wide,
+        ),
         json_case("zeros in data", digits, zeros),
         json_case("empty strings", text, empty_strings),
         json_case("a long shape", digits, long_shape),
@@ -163,7 +171,10 @@ async fn send(target: &Target, case: &Case) -> (u16, String) {
         .send(http::Method::POST, case.path, &headers, case.body.clone())
         .await
         .unwrap();
-    (status.as_u16(), String::from_utf8_lossy(&body).chars().take(300).collect())
+    (
+        status.as_u16(),
+        String::from_utf8_lossy(&body).chars().take(300).collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +252,9 @@ async fn request_memory_is_bounded_by_what_the_server_admits() {
     }
     let growth = status_kb(pid, "VmHWM:").saturating_sub(before);
     let ratio = growth as f64 / bodies as f64;
-    report.push(format!("three at once: peak growth {ratio:.2}x of their bodies"));
+    report.push(format!(
+        "three at once: peak growth {ratio:.2}x of their bodies"
+    ));
     println!("{}", report.join("\n"));
     assert!(ratio <= 3.0, "{}", report.join("\n"));
 }
@@ -266,8 +279,12 @@ fn linear_checkpoint(path: &Path, in_features: usize, out_features: usize, seed:
         ),
         (
             "linear.bias",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![out_features], &bias)
-                .unwrap(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![out_features],
+                &bias,
+            )
+            .unwrap(),
         ),
     ];
     safetensors::serialize_to_file(tensors, None, path).unwrap();
@@ -295,7 +312,8 @@ async fn a_checkpoint_truncated_while_it_loads_never_kills_the_process() {
     )
     .await;
     let repository = Arc::clone(server.server().repository());
-    let one = serde_json::to_vec(&infer_request("input", "FP32", [1, IN], vec![0.5f32; IN])).unwrap();
+    let one =
+        serde_json::to_vec(&infer_request("input", "FP32", [1, IN], vec![0.5f32; IN])).unwrap();
     let mut refused = 0;
     for round in 0..24u64 {
         let version = round + 2;
@@ -350,7 +368,11 @@ async fn idle_sockets_cannot_lock_clients_out() {
     let started = Instant::now();
     let (status, _) = server.get("/v2/health/live").await;
     assert_eq!(status, 200);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     drop(silent);
     server.shutdown().await;
 }
@@ -412,7 +434,12 @@ async fn health_stays_fast_while_clients_send_bombs_and_huge_texts() {
     for _ in 0..100 {
         let started = Instant::now();
         let (status, _) = probe
-            .send(http::Method::GET, "/v2/health/live", &[], bytes::Bytes::new())
+            .send(
+                http::Method::GET,
+                "/v2/health/live",
+                &[],
+                bytes::Bytes::new(),
+            )
             .await
             .unwrap();
         assert_eq!(status, 200);
@@ -426,7 +453,10 @@ async fn health_stays_fast_while_clients_send_bombs_and_huge_texts() {
     }
     latencies.sort();
     let p99 = latencies[98];
-    println!("{sent} hostile bodies; /v2/health/live p50 {:?}, p99 {p99:?}", latencies[50]);
+    println!(
+        "{sent} hostile bodies; /v2/health/live p50 {:?}, p99 {p99:?}",
+        latencies[50]
+    );
     assert!(sent >= 3, "the attackers sent only {sent} bodies");
     // The README quotes the release build's p99 (the goal is under 10 ms); decompression on
     // the async workers used to delay this probe by up to a second.

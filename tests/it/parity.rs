@@ -78,7 +78,9 @@ async fn digits_test_split_matches_pytorch_exactly() {
     assert_eq!(whole, expected_pred);
     // Above max_request_rows (2048) a request is refused with the reason.
     let many: Vec<f32> = x.f32().iter().copied().cycle().take(2049 * 64).collect();
-    let (status, answer) = server.infer_f32("digits", "input", &[2049, 64], &many).await;
+    let (status, answer) = server
+        .infer_f32("digits", "input", &[2049, 64], &many)
+        .await;
     assert_error("2049 rows", (status, &answer), 400, "max_request_rows");
 
     // Raw pixels as integers convert losslessly into the FP32 input.

@@ -56,8 +56,7 @@ impl App {
     async fn new(repo: Repo, config: Config, limits: Limits) -> App {
         let metrics = Arc::new(Metrics::new());
         let cpu = wick::engine::cpu::Cpu::new(2);
-        let repository =
-            Arc::new(Repository::new(&config, metrics, cpu).expect("compute threads"));
+        let repository = Arc::new(Repository::new(&config, metrics, cpu).expect("compute threads"));
         let app = App {
             state: AppState::new(repository, limits, config.server.strict_readiness),
             repo,

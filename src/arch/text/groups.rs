@@ -144,7 +144,10 @@ mod tests {
         // A token budget splits groups that padding alone would keep together.
         let rows: Vec<Row> = (0..10).map(|_| row(&mid)).collect();
         let groups = plan_groups(&rows, 12, 300);
-        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            [3, 3, 3, 1]
+        );
         assert!(groups.iter().all(|g| g.len() * 90 <= 300));
     }
 

@@ -19,7 +19,8 @@ use super::groups::{collect_rows, pad_group, plan_groups};
 use super::head::Head;
 use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::{
-    common_rows, ElemKind, ForwardLimits, HostData, HostTensor, InputError, Model, Notes, Prepared, Signature,
+    common_rows, ElemKind, ForwardLimits, HostData, HostTensor, InputError, Model, Notes, Prepared,
+    Signature,
 };
 
 /// Where each input sits in the signature.

@@ -167,9 +167,10 @@ fn data_is_refused_at_the_first_value_past_the_declared_count() {
 
 #[test]
 fn declared_sizes_are_checked_against_the_limits_before_the_data() {
-    let err =
-        both(r#"{"inputs": [{"name": "ids", "shape": [50, 30], "datatype": "INT64", "data": []}]}"#)
-            .unwrap_err();
+    let err = both(
+        r#"{"inputs": [{"name": "ids", "shape": [50, 30], "datatype": "INT64", "data": []}]}"#,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, ProtocolError::TooManyElements { limit: 1000, .. }),
         "{err}"
@@ -181,9 +182,21 @@ fn declared_sizes_are_checked_against_the_limits_before_the_data() {
     .unwrap_err();
     assert_eq!(err, ProtocolError::TooManyStrings { limit: 10 });
     // Rows past the model's max_request_rows are refused at the shape.
-    let err = both(r#"{"inputs": [{"name": "ids", "shape": [101, 1], "datatype": "INT64", "data": [1]}]}"#)
-        .unwrap_err();
-    assert!(matches!(err, ProtocolError::Rows { rows: 101, limit: 100, .. }), "{err}");
+    let err = both(
+        r#"{"inputs": [{"name": "ids", "shape": [101, 1], "datatype": "INT64", "data": [1]}]}"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Rows {
+                rows: 101,
+                limit: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Shape products that overflow u64 are refused, not wrapped.
     let err = both(r#"{"inputs": [{"name": "ids", "shape": [100, 4611686018427387904], "datatype": "INT64", "data": [1]}]}"#)
         .unwrap_err();
