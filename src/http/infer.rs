@@ -206,11 +206,7 @@ async fn decode(
     header_len: Option<u64>,
     batching: &BatchingConfig,
 ) -> Result<(Decoded, Vec<Prepared>), ApiError> {
-    let split = Split {
-        max_batch_size: batching.max_batch_size,
-        max_request_rows: batching.max_request_rows,
-        model: version.model_name.clone(),
-    };
+    let split = Split::new(version, batching);
     let mut limits = state.limits;
     limits.decode.max_rows = batching.max_request_rows as u64;
     let inline = body.encoding == Encoding::Identity
@@ -264,17 +260,25 @@ async fn decode(
 }
 
 /// How a request's rows are cut into batches.
-struct Split {
+pub(super) struct Split {
     max_batch_size: usize,
     max_request_rows: usize,
     model: String,
 }
 
 impl Split {
+    pub(super) fn new(version: &LoadedVersion, batching: &BatchingConfig) -> Split {
+        Split {
+            max_batch_size: batching.max_batch_size,
+            max_request_rows: batching.max_request_rows,
+            model: version.model_name.clone(),
+        }
+    }
+
     /// Prepares a request, cut into parts of at most `max_batch_size` rows when it has more
     /// (each part batches on its own; the answers are joined back in order). More rows than
     /// `max_request_rows` are refused before any row is tokenised or computed.
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         version: &LoadedVersion,
         inputs: Vec<Option<HostTensor>>,

@@ -14,8 +14,10 @@ pub mod error;
 mod health;
 mod infer;
 mod observe;
+mod openai;
 pub mod pool;
 mod server;
+mod text;
 mod triton;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,6 +166,8 @@ fn routes(state: AppState) -> Router {
             post(infer::infer_version),
         )
         .route("/metrics", get(health::metrics))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))

@@ -19,6 +19,7 @@ mod hot_reload;
 mod limits;
 mod metrics;
 mod minilm;
+mod openai;
 mod operations;
 mod parity;
 mod protocol;
