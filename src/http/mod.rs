@@ -17,6 +17,7 @@ mod observe;
 mod openai;
 pub mod pool;
 mod server;
+mod tei;
 mod text;
 mod triton;
 
@@ -168,6 +169,14 @@ fn routes(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/embed", post(tei::embed))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/predict", post(tei::predict))
+        .route("/rerank", post(tei::rerank))
+        .route("/tei/{model}/embed", post(tei::embed_model))
+        .route("/tei/{model}/tokenize", post(tei::tokenize_model))
+        .route("/tei/{model}/predict", post(tei::predict_model))
+        .route("/tei/{model}/rerank", post(tei::rerank_model))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))

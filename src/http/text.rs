@@ -58,7 +58,6 @@ where
 /// The rows of a text request.
 pub(super) enum Rows {
     Texts(Vec<String>),
-    #[allow(dead_code)] // TEI /predict and /rerank send pairs (next commit)
     Pairs(Vec<(String, String)>),
     /// Token ids, one list per row (padded here, with an attention mask).
     Ids(Vec<Vec<i64>>),

@@ -12,6 +12,7 @@ pub mod error;
 pub mod metadata;
 pub mod openai;
 pub mod params;
+pub mod tei;
 pub mod triton;
 mod values;
 

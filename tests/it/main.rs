@@ -27,5 +27,6 @@ mod reload_soak;
 mod repository_api;
 mod router;
 mod strict_loading;
+mod tei;
 mod tritonclient;
 mod util;
