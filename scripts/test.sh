@@ -14,7 +14,7 @@ if [ -x scripts/fetch_minilm.sh ]; then
     scripts/fetch_minilm.sh
 fi
 
-if [ ! -x .venv-test/bin/python ] || ! .venv-test/bin/python -c "import tritonclient.http, safetensors" 2>/dev/null; then
+if [ ! -x .venv-test/bin/python ] || ! .venv-test/bin/python -c "import tritonclient.http, safetensors, openai" 2>/dev/null; then
     python3 -m venv .venv-test
     .venv-test/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi

@@ -133,14 +133,20 @@ fn prune(inner: &Inner, jobs: &mut std::collections::VecDeque<Job>, now: Instant
 
 fn execute(inner: &Inner, batch: Vec<Job>, limits: &ForwardLimits) {
     let started = Instant::now();
+    // Batches never mix versions: the first request's version is every request's.
+    let stats = inner.metrics.version_stats(batch[0].version.version);
     for job in &batch {
-        inner.metrics.queued(started.duration_since(job.enqueued));
+        inner
+            .metrics
+            .queued(&stats, started.duration_since(job.enqueued));
     }
     let rows: usize = batch.iter().map(|j| j.prepared.rows).sum();
     let tokens: usize = batch.iter().map(|j| j.tokens).sum();
     let prepared: Vec<&Prepared> = batch.iter().map(|j| &j.prepared).collect();
     let result = forward(inner, &batch[0], &prepared, limits);
-    inner.metrics.batch(rows, started.elapsed());
+    inner
+        .metrics
+        .batch(&stats, rows, batch.len(), started.elapsed());
     inner.metrics.batch_tokens(tokens);
     match result {
         Ok(outputs) => {
@@ -161,7 +167,9 @@ fn execute(inner: &Inner, batch: Vec<Job>, limits: &ForwardLimits) {
             for job in batch {
                 let started = Instant::now();
                 let result = forward(inner, &job, &[&job.prepared], limits);
-                inner.metrics.batch(job.prepared.rows, started.elapsed());
+                inner
+                    .metrics
+                    .batch(&stats, job.prepared.rows, 1, started.elapsed());
                 reply(job, result.map(|mut o| o.pop().unwrap_or_default()));
             }
         }

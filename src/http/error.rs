@@ -61,6 +61,10 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the server is receiving and decoding its limit of {limit} bytes of request bodies (max_inflight_body_bytes); retry later")]
     Busy { limit: usize },
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -73,6 +77,8 @@ impl ApiError {
             | ApiError::InvalidModelName(_)
             | ApiError::InvalidVersion(_)
             | ApiError::Header { .. }
+            | ApiError::InvalidBody(_)
+            | ApiError::Unsupported(_)
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Engine(e) => match e {
                 EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. } => {
@@ -131,15 +137,15 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 #[derive(Debug, Clone)]
 pub struct FailureDetail(pub String);
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let detail = match &self {
+impl ApiError {
+    /// What the client is told (clipped), and what only the log gets.
+    fn public(&self) -> (String, Option<FailureDetail>) {
+        let detail = match self {
             ApiError::Internal(detail) => Some(detail.clone()),
             ApiError::Engine(EngineError::Compute(error)) => Some(error.to_string()),
             _ => None,
         };
-        let message = match &self {
+        let message = match self {
             ApiError::Engine(EngineError::Compute(_)) => {
                 "inference failed; see the server log".to_string()
             }
@@ -148,9 +154,20 @@ impl IntoResponse for ApiError {
         // Messages quote the request (names, shapes, values); whatever quotes survived the
         // clipping at their source, no error body repeats more than this much of it.
         let message = crate::protocol::error::clip_to(&message, MAX_MESSAGE_BYTES);
-        let mut response = error_response(status, &message);
+        (message, detail.map(FailureDetail))
+    }
+
+    /// The response in a given error body shape (every front end's status codes are these).
+    fn render(&self, body: impl FnOnce(StatusCode, &str) -> String) -> Response {
+        let status = self.status();
+        let (message, detail) = self.public();
+        let mut response = (status, body(status, &message)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(detail) = detail {
-            response.extensions_mut().insert(FailureDetail(detail));
+            response.extensions_mut().insert(detail);
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -158,5 +175,65 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render(|_, message| serde_json::json!({ "error": message }).to_string())
+    }
+}
+
+/// An [`ApiError`] answered in OpenAI's error shape (`/v1/...`): `{"error": {"message",
+/// "type", "param", "code"}}`, with the same status codes.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OpenAiError {
+    fn from(e: E) -> OpenAiError {
+        OpenAiError(e.into())
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let code = match &self.0 {
+            ApiError::UnknownModel(_) | ApiError::InvalidModelName(_) => Some("model_not_found"),
+            _ => None,
+        };
+        let param = code.map(|_| "model");
+        self.0.render(|status, message| {
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+                s if s.is_server_error() => "server_error",
+                _ => "invalid_request_error",
+            };
+            crate::protocol::openai::error_body(message, kind, param, code)
+        })
+    }
+}
+
+/// An [`ApiError`] answered in TEI's error shape: `{"error": "...", "error_type": "..."}`,
+/// with the same status codes.
+#[derive(Debug)]
+pub struct TeiError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for TeiError {
+    fn from(e: E) -> TeiError {
+        TeiError(e.into())
+    }
+}
+
+impl IntoResponse for TeiError {
+    fn into_response(self) -> Response {
+        self.0.render(|status, message| {
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => "overloaded",
+                StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
+                s if s.is_server_error() => "backend",
+                _ => "validation",
+            };
+            serde_json::json!({ "error": message, "error_type": kind }).to_string()
+        })
     }
 }

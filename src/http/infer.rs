@@ -70,17 +70,12 @@ async fn run(
             return Err(e);
         }
     };
-    let result = serve(&state, &slot, Arc::clone(&picked), &headers, body).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.outcome(),
-    };
-    match &result {
-        Ok(_) => slot
-            .metrics
-            .request(Some(picked.version), outcome, started.elapsed()),
-        Err(_) => slot.metrics.request(None, outcome, started.elapsed()),
-    }
+    let result = serve(&state, &slot, &picked, &headers, body).await;
+    let outcome = result
+        .as_ref()
+        .map_or_else(ApiError::outcome, |_| "success");
+    slot.metrics
+        .request(Some(picked.version), outcome, started.elapsed());
     // A canary judges its versions by their own failures: server errors count against the
     // version that answered; client mistakes and overload say nothing about it.
     if let (Some(canary), "success" | "error") = (&slot.serving().canary, outcome) {
@@ -95,13 +90,39 @@ const REQUEST_ID: &str = "x-request-id";
 async fn serve(
     state: &AppState,
     slot: &Arc<ModelSlot>,
-    version: Arc<LoadedVersion>,
+    version: &Arc<LoadedVersion>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let header_len = inference_header_length(headers)?;
+    refuse_when_full(slot)?;
+    // From here until it is queued the request is on its way: the batching policy may wait
+    // for it rather than run a batch without it.
+    let incoming = slot.engine.incoming();
+    let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
+    let config = slot.engine.config();
+    let decoding = Instant::now();
+    let (decoded, parts) = decode(state, version, body, header_len, &config).await?;
+    slot.metrics
+        .compute_input(version.version, decoding.elapsed());
+    let timeout = decoded.timeout.or(config.default_timeout);
+    let admitted = Admitted {
+        timeout,
+        priority: decoded.priority,
+        incoming,
+    };
+    let outputs = submit(slot, version, parts, admitted).await?;
+    let encoding = Instant::now();
+    let response = respond(version, &decoded, outputs, accepted_coding(headers))?;
+    slot.metrics
+        .compute_output(version.version, encoding.elapsed());
+    Ok(response)
+}
+
+/// Refuses before reading and decoding a body when the model's queue is full: overload must be
+/// cheap to answer.
+pub(super) fn refuse_when_full(slot: &ModelSlot) -> Result<(), ApiError> {
     if slot.engine.is_full() {
-        // Refuse before reading and decoding the body: overload must be cheap to answer.
         slot.metrics.rejected("queue_full");
         return Err(EngineError::QueueFull {
             model: slot.name.clone(),
@@ -109,20 +130,36 @@ async fn serve(
         }
         .into());
     }
-    // From here until it is queued the request is on its way: the batching policy may wait
-    // for it rather than run a batch without it.
-    let incoming = slot.engine.incoming();
-    let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
-    let config = slot.engine.config();
-    let (decoded, parts) = decode(state, &version, body, header_len, &config).await?;
+    Ok(())
+}
 
-    let timeout = decoded.timeout.or(config.default_timeout);
+/// How a decoded request goes to the queue.
+pub(super) struct Admitted {
+    pub timeout: Option<std::time::Duration>,
+    pub priority: Option<u64>,
+    /// The announcement made before the body was read ([`crate::engine::Engine::incoming`]).
+    pub incoming: crate::engine::Incoming,
+}
+
+/// Queues a request's prepared parts and waits for their outputs, joined back in order. Every
+/// front end (KServe v2, OpenAI, TEI) goes through here, so they share admission, batching,
+/// deadlines and metrics.
+pub(super) async fn submit(
+    slot: &ModelSlot,
+    version: &Arc<LoadedVersion>,
+    parts: Vec<Prepared>,
+    admitted: Admitted,
+) -> Result<Outputs, ApiError> {
+    let Admitted {
+        timeout,
+        priority,
+        incoming,
+    } = admitted;
     let mut pending = Vec::with_capacity(parts.len());
     let mut incoming = Some(incoming);
     for prepared in parts {
         let (tx, rx) = oneshot::channel();
-        let job =
-            Job::new(Arc::clone(&version), prepared, tx, timeout).with_priority(decoded.priority);
+        let job = Job::new(Arc::clone(version), prepared, tx, timeout).with_priority(priority);
         let (ticket, deadline) = (job.ticket(), job.deadline);
         if let Err(e) = slot.engine.submit(job, incoming.take()) {
             slot.metrics.rejected(match e {
@@ -137,11 +174,10 @@ async fn serve(
     for (rx, ticket, deadline) in pending {
         outputs.push(wait(rx, ticket, deadline, timeout, slot).await?);
     }
-    let outputs = match outputs.len() {
+    Ok(match outputs.len() {
         1 => outputs.pop().ok_or(ApiError::ShuttingDown)?,
         _ => Outputs::concat(outputs).map_err(EngineError::Compute)?,
-    };
-    respond(&version, &decoded, outputs, accepted_coding(headers))
+    })
 }
 
 /// Waits for the answer; at the request's deadline, gives up on it if it has not started
@@ -180,11 +216,7 @@ async fn decode(
     header_len: Option<u64>,
     batching: &BatchingConfig,
 ) -> Result<(Decoded, Vec<Prepared>), ApiError> {
-    let split = Split {
-        max_batch_size: batching.max_batch_size,
-        max_request_rows: batching.max_request_rows,
-        model: version.model_name.clone(),
-    };
+    let split = Split::new(version, batching);
     let mut limits = state.limits;
     limits.decode.max_rows = batching.max_request_rows as u64;
     let inline = body.encoding == Encoding::Identity
@@ -238,17 +270,25 @@ async fn decode(
 }
 
 /// How a request's rows are cut into batches.
-struct Split {
+pub(super) struct Split {
     max_batch_size: usize,
     max_request_rows: usize,
     model: String,
 }
 
 impl Split {
+    pub(super) fn new(version: &LoadedVersion, batching: &BatchingConfig) -> Split {
+        Split {
+            max_batch_size: batching.max_batch_size,
+            max_request_rows: batching.max_request_rows,
+            model: version.model_name.clone(),
+        }
+    }
+
     /// Prepares a request, cut into parts of at most `max_batch_size` rows when it has more
     /// (each part batches on its own; the answers are joined back in order). More rows than
     /// `max_request_rows` are refused before any row is tokenised or computed.
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         version: &LoadedVersion,
         inputs: Vec<Option<HostTensor>>,

@@ -14,8 +14,12 @@ pub mod error;
 mod health;
 mod infer;
 mod observe;
+mod openai;
 pub mod pool;
 mod server;
+mod tei;
+mod text;
+mod triton;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -151,6 +155,17 @@ fn routes(state: AppState) -> Router {
         .route("/v2/models/{model}", get(health::model))
         .route("/v2/models/{model}/ready", get(health::model_ready))
         .route("/v2/models/{model}/infer", post(infer::infer))
+        .route("/v2/models/{model}/config", get(triton::config))
+        .route("/v2/models/stats", get(triton::stats_all))
+        .route("/v2/models/{model}/stats", get(triton::stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(triton::config_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(triton::stats_version),
+        )
         .route(
             "/v2/models/{model}/versions/{version}",
             get(health::model_version),
@@ -164,6 +179,16 @@ fn routes(state: AppState) -> Router {
             post(infer::infer_version),
         )
         .route("/metrics", get(health::metrics))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/embed", post(tei::embed))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/predict", post(tei::predict))
+        .route("/rerank", post(tei::rerank))
+        .route("/tei/{model}/embed", post(tei::embed_model))
+        .route("/tei/{model}/tokenize", post(tei::tokenize_model))
+        .route("/tei/{model}/predict", post(tei::predict_model))
+        .route("/tei/{model}/rerank", post(tei::rerank_model))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))

@@ -263,6 +263,23 @@ pub trait Model: Send + Sync {
     fn parameters(&self) -> Notes {
         Notes::new()
     }
+
+    /// The tokens of `text` as the model's tokenizer makes them (with the special tokens of
+    /// its template when `special`), for text models; `None` for models without a tokenizer.
+    fn tokens(&self, text: &str, special: bool) -> Option<Result<Vec<Token>, InputError>> {
+        let _ = (text, special);
+        None
+    }
+}
+
+/// One token of a text: its id, its text, whether the tokenizer's template added it, and for
+/// tokens of the text its byte range in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    pub span: Option<(usize, usize)>,
 }
 
 /// A request with one row of zeros for every required input (variable dimensions set to 1).

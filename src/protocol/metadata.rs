@@ -7,7 +7,12 @@ use crate::model::{Notes, Signature};
 use super::datatype::Datatype;
 
 /// Protocol extensions wick implements, as advertised by `GET /v2`.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+];
 
 #[derive(Debug, Serialize)]
 pub struct ServerMetadata {

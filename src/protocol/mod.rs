@@ -10,13 +10,17 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod metadata;
+pub mod openai;
 pub mod params;
+pub mod tei;
+pub mod triton;
 mod values;
 
 pub use datatype::Datatype;
 pub use decode::{decode, decode_reader, DecodeLimits, Decoded, OutputChoice};
 pub use encode::{encode_response, Encoded, ResponseMeta};
 pub use error::{clip, ProtocolError};
+pub use values::clipped;
 
 /// The response header carrying the length of the JSON part of a binary-extension body.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";

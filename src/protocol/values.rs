@@ -205,7 +205,7 @@ impl Sink {
 /// A BYTES element clipped to `max_bytes` plus at most one character (on a UTF-8 character
 /// boundary, or a byte boundary for non-UTF-8 data): the model still sees that the element was
 /// longer than its limit, and nothing beyond it is kept.
-pub(super) fn clipped(bytes: &[u8], max_bytes: Option<usize>) -> &[u8] {
+pub fn clipped(bytes: &[u8], max_bytes: Option<usize>) -> &[u8] {
     let Some(max) = max_bytes else {
         return bytes;
     };

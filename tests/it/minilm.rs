@@ -22,7 +22,7 @@ config = { vocab_size = 30522, hidden_size = 384, num_hidden_layers = 6, num_att
 batching = { max_batch_size = 32, max_queue_delay_us = 20000 }
 "#;
 
-fn minilm_dir() -> PathBuf {
+pub fn minilm_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/minilm/1");
     for file in ["model.safetensors", "tokenizer.json"] {
         assert!(

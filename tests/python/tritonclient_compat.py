@@ -106,6 +106,52 @@ async def aio():
 
 asyncio.run(aio())
 
+# Triton's model configuration and statistics extensions.
+assert {"model_configuration", "statistics"} <= set(meta["extensions"]), meta
+config = client.get_model_config("digits")
+assert config["name"] == "digits" and config["max_batch_size"] > 0, config
+assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}], config
+assert config["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": [10]}], config
+assert config["version_policy"] == {"latest": {"num_versions": 1}}, config
+assert "max_queue_size" in config["dynamic_batching"]["default_queue_policy"], config
+assert client.get_model_config("digits", "1")["name"] == "digits"
+try:
+    client.get_model_config("digits", "9")
+    raise AssertionError("the config of a missing version was found")
+except InferenceServerException as e:
+    assert e.status() == "404", e.status()
+
+
+def digits_stats():
+    (entry,) = client.get_inference_statistics("digits", "1")["model_stats"]
+    assert entry["name"] == "digits" and entry["version"] == "1", entry
+    return entry
+
+
+before = digits_stats()
+infer_digits(x[:3], True, True)
+try:
+    infer_digits(x[:1, :32].copy(), False, False)
+    raise AssertionError("a wrong shape was accepted")
+except InferenceServerException:
+    pass
+after = digits_stats()
+inference, before_inference = after["inference_stats"], before["inference_stats"]
+# One good request of 3 rows on an idle model: one forward pass; one refused request.
+assert after["inference_count"] - before["inference_count"] == 3, (before, after)
+assert after["execution_count"] - before["execution_count"] == 1, (before, after)
+for key, added in (("success", 1), ("fail", 1), ("queue", 1), ("compute_input", 1),
+                   ("compute_infer", 1), ("compute_output", 1)):
+    got = inference[key]["count"] - before_inference[key]["count"]
+    assert got == added, (key, got, before, after)
+    assert inference[key]["ns"] >= before_inference[key]["ns"], key
+assert inference["success"]["ns"] > before_inference["success"]["ns"]
+assert after["last_inference"] > 0
+assert any(b["batch_size"] == 3 and b["compute_infer"]["count"] >= 1 for b in after["batch_stats"])
+everything = client.get_inference_statistics()["model_stats"]
+assert {m["name"] for m in everything} == {"digits", "simple"}, everything
+assert client.get_inference_statistics("simple")["model_stats"][0]["version"] == "1"
+
 # The repository extension, on the admin listener with its bearer token.
 admin = httpclient.InferenceServerClient(url=admin_url)
 auth = {"Authorization": f"Bearer {token}"}

@@ -357,4 +357,13 @@ impl Model for TextModel {
     fn parameters(&self) -> Notes {
         self.parameters.clone()
     }
+
+    fn tokens(
+        &self,
+        text: &str,
+        special: bool,
+    ) -> Option<Result<Vec<crate::model::Token>, InputError>> {
+        let tokenizer = self.tokenizer.as_ref()?;
+        Some(tokenizer.tokens(text, special).map_err(|e| refused(e, 0)))
+    }
 }

@@ -130,6 +130,39 @@ impl TextTokenizer {
         self.encode_input(text, Some(pair))
     }
 
+    /// The tokens of `text` (cut to the byte budget and `max_len` tokens, as for the model),
+    /// with the template's special tokens when `special`.
+    pub fn tokens(
+        &self,
+        text: &str,
+        special: bool,
+    ) -> Result<Vec<crate::model::Token>, TokenizerError> {
+        let (text, _) = self.budget(text)?;
+        let encoding = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| TokenizerError::Encode {
+                message: e.to_string(),
+            })?;
+        let tokens = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_tokens())
+            .zip(encoding.get_offsets())
+            .zip(encoding.get_special_tokens_mask())
+            .map(|(((id, token), (start, stop)), mask)| {
+                let piece = (*mask == 0).then(|| text.get(*start..*stop)).flatten();
+                crate::model::Token {
+                    id: *id,
+                    text: piece.unwrap_or(token).to_string(),
+                    special: *mask != 0,
+                    span: piece.map(|_| (*start, *stop)),
+                }
+            })
+            .collect();
+        Ok(tokens)
+    }
+
     /// `text` cut to the byte budget, and whether it was cut; refused when `truncate = false`.
     fn budget<'t>(&self, text: &'t str) -> Result<(&'t str, bool), TokenizerError> {
         let (kept, cut) = cut_to(text, self.max_bytes());

@@ -4,6 +4,7 @@
 //! ([`text`]), child processes ([`process`]) and a slow test architecture ([`slow`]).
 
 pub mod process;
+pub mod python;
 pub mod repo;
 pub mod server;
 pub mod slow;
@@ -13,7 +14,7 @@ pub mod text;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use repo::{config_text, demo_models, simple_with, Repo, SIMPLE};
+pub use repo::{config_text, demo_models, simple_with, Repo, DIGITS, SIMPLE};
 pub use server::{TestServer, TOKEN};
 pub use tensors::{
     assert_close, assert_error, f32s, infer_request, output_f32, read_tensors, Tolerance, Values,

@@ -17,7 +17,7 @@ config = { in_features = 10, out_features = 1 }
 
 /// The `digits` demo model: an MLP trained on scikit-learn's digits, saved as a training
 /// checkpoint that config.toml maps with `strip_prefix` and `ignore`.
-const DIGITS: &str = r#"
+pub const DIGITS: &str = r#"
 [[models]]
 name = "digits"
 architecture = "mlp"

@@ -3,9 +3,12 @@
 //! [`Metrics`] is one registry shared by the HTTP layer (request outcomes and latency), the
 //! engine (queue, compute, batch sizes) and the repository (loads, failures, serving versions).
 //! Hot paths hold pre-resolved handles ([`ModelMetrics`]) so recording a request costs a few
-//! atomic adds, not a label lookup.
+//! atomic adds, not a label lookup. The same calls keep Triton's per-version statistics
+//! ([`stats`]), so `/metrics` and the statistics extension count the same events.
 
-use std::collections::HashMap;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -15,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+pub use stats::{Counted, StatsSnapshot, VersionStats};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -303,6 +308,7 @@ impl Metrics {
             forward_calls: self.forward_calls.get_or_create_owned(&label),
             queue_depth: self.queue_depth.get_or_create_owned(&label),
             request_counters: Arc::default(),
+            stats: Arc::default(),
             all: Arc::clone(self),
         }
     }
@@ -411,8 +417,17 @@ pub struct ModelMetrics {
     /// Resolved request counters by (version, outcome): the family lookup allocates label
     /// strings, which the hot path should not do per request.
     request_counters: RequestCounters,
+    /// Triton statistics by version.
+    stats: VersionStatsMap,
     all: Arc<Metrics>,
 }
+
+/// Statistics of the versions a model served, by version.
+type VersionStatsMap = Arc<RwLock<BTreeMap<u64, Arc<VersionStats>>>>;
+
+/// Versions whose statistics are kept per model; past this the lowest version's are dropped
+/// (hot reloads publish ever higher versions, and the served ones are the highest).
+const MAX_STATS_VERSIONS: usize = 64;
 
 impl std::fmt::Debug for ModelMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -423,9 +438,13 @@ impl std::fmt::Debug for ModelMetrics {
 }
 
 impl ModelMetrics {
-    /// Counts a finished request. `version` is `None` when it failed before one was chosen.
+    /// Counts a finished request. `version` is `None` when it failed before one was chosen
+    /// (such requests have no Triton statistics: Triton's are per version).
     pub fn request(&self, version: Option<u64>, outcome: &'static str, elapsed: Duration) {
         self.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(v) = version {
+            self.version_stats(v).request(outcome == "success", elapsed);
+        }
         let key = (version, outcome);
         if let Some(counter) = self
             .request_counters
@@ -448,6 +467,44 @@ impl ModelMetrics {
             .insert(key, counter);
     }
 
+    /// The statistics of `version`, created on first use.
+    pub fn version_stats(&self, version: u64) -> Arc<VersionStats> {
+        if let Some(stats) = self
+            .stats
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&version)
+        {
+            return Arc::clone(stats);
+        }
+        let mut all = self.stats.write().unwrap_or_else(PoisonError::into_inner);
+        let stats = Arc::clone(all.entry(version).or_default());
+        while all.len() > MAX_STATS_VERSIONS {
+            all.pop_first();
+        }
+        stats
+    }
+
+    /// What `version` did so far (zeros if it has not served yet).
+    pub fn stats_snapshot(&self, version: u64) -> StatsSnapshot {
+        self.stats
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&version)
+            .map(|s| s.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Decoding and preparing (tokenising) one request's inputs: Triton's `compute_input`.
+    pub fn compute_input(&self, version: u64, elapsed: Duration) {
+        self.version_stats(version).compute_input.add(1, elapsed);
+    }
+
+    /// Encoding one request's outputs: Triton's `compute_output`.
+    pub fn compute_output(&self, version: u64, elapsed: Duration) {
+        self.version_stats(version).compute_output.add(1, elapsed);
+    }
+
     pub fn rejected(&self, reason: &'static str) {
         self.all
             .rejections
@@ -458,11 +515,14 @@ impl ModelMetrics {
             .inc();
     }
 
-    pub fn queued(&self, waited: Duration) {
+    pub fn queued(&self, stats: &VersionStats, waited: Duration) {
         self.queue_duration.observe(waited.as_secs_f64());
+        stats.queue.add(1, waited);
     }
 
-    pub fn batch(&self, rows: usize, compute: Duration) {
+    /// One forward pass of `rows` rows for `requests` requests of one version.
+    pub fn batch(&self, stats: &VersionStats, rows: usize, requests: usize, compute: Duration) {
+        stats.execution(rows, requests, compute);
         self.forward_calls.inc();
         self.batch_size.observe(rows as f64);
         self.compute_duration.observe(compute.as_secs_f64());
