@@ -11,6 +11,7 @@
 //! weights and assets arrive as values.
 //!
 //! - [`mlp`]: `linear` and `mlp`;
+//! - [`sequential`]: an `nn.Sequential` declared in config.toml;
 //! - [`vision`]: torchvision's image classifiers;
 //! - [`text`]: Hugging Face text encoders, their tokenizer and heads;
 //! - [`kernels`]: wick's own CPU kernels the families run on;
@@ -19,6 +20,7 @@
 pub mod batch;
 pub mod kernels;
 pub mod mlp;
+pub mod sequential;
 pub mod text;
 pub mod vision;
 
@@ -99,6 +101,7 @@ pub const REGISTRY: &[(&str, Make)] = &[
         make::<text::TextConfig<text::distilbert::DistilBertConfig>>,
     ),
     ("mpnet", make::<text::TextConfig<text::mpnet::MPNetConfig>>),
+    ("sequential", make::<sequential::SequentialConfig>),
 ];
 
 fn make<C: FamilyConfig>(table: &toml::Table) -> Result<Box<dyn Architecture>, ConfigProblem> {

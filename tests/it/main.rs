@@ -9,6 +9,7 @@
 
 mod arch_bert;
 mod arch_resnet;
+mod arch_sequential;
 mod arch_text;
 mod batching;
 mod bench;
