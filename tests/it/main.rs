@@ -15,6 +15,7 @@ mod batching;
 mod bench;
 mod binary;
 mod convert;
+mod custom_architecture;
 mod hostile_input;
 mod hot_reload;
 mod limits;
