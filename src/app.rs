@@ -14,6 +14,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::arch::Registry;
 use crate::config::Config;
 use crate::engine::cpu::Cpu;
 use crate::http::{self, AppState, BodyLimits, Limits, ServeOptions};
@@ -198,6 +199,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
             env: options.env,
             running: config.server.clone(),
             identity: config.source_identity,
+            registry: Arc::clone(&config.registry),
         });
         Some(watcher::start(
             Arc::clone(&repository),
@@ -263,9 +265,20 @@ pub fn serve_until_signalled(
     config_path: &std::path::Path,
     log_format: LogFormat,
 ) -> anyhow::Result<()> {
+    serve_until_signalled_with(config_path, log_format, Arc::new(Registry::builtin()))
+}
+
+/// [`serve_until_signalled`] for a program that adds its own architecture families to wick's
+/// (`registry`, see examples/custom_architecture.rs); config reloads resolve with it too.
+pub fn serve_until_signalled_with(
+    config_path: &std::path::Path,
+    log_format: LogFormat,
+    registry: Arc<Registry>,
+) -> anyhow::Result<()> {
     telemetry::init_logging(log_format);
     let result = (|| {
-        let config = crate::commands::load_config(config_path)?;
+        let env = |name: &str| std::env::var(name).ok();
+        let config = Config::load_with(config_path, &env, registry)?;
         let budget = ThreadBudget::resolve(config.server.compute_threads);
         // candle and rayon size their thread pools from these variables the first time they
         // compute; set them while this process is still single-threaded (no runtime yet).

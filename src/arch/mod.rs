@@ -7,10 +7,12 @@
 //! it. The registry turns `architecture = "mlp"` plus its `config` table into a [`Configured`]
 //! architecture: the family, its parameter list (recorded once, see
 //! [`crate::state_dict::recording`]) and the extra files a version needs. Adding a family is
-//! one file plus one line in [`REGISTRY`]. Nothing here touches files, sockets or tokio:
+//! one file plus one line in [`REGISTRY`]; a program embedding wick adds its own families to a
+//! [`Registry`]. Nothing here touches files, sockets or tokio:
 //! weights and assets arrive as values.
 //!
 //! - [`mlp`]: `linear` and `mlp`;
+//! - [`sequential`]: an `nn.Sequential` declared in config.toml;
 //! - [`vision`]: torchvision's image classifiers;
 //! - [`text`]: Hugging Face text encoders, their tokenizer and heads;
 //! - [`kernels`]: wick's own CPU kernels the families run on;
@@ -19,6 +21,7 @@
 pub mod batch;
 pub mod kernels;
 pub mod mlp;
+pub mod sequential;
 pub mod text;
 pub mod vision;
 
@@ -99,6 +102,7 @@ pub const REGISTRY: &[(&str, Make)] = &[
         make::<text::TextConfig<text::distilbert::DistilBertConfig>>,
     ),
     ("mpnet", make::<text::TextConfig<text::mpnet::MPNetConfig>>),
+    ("sequential", make::<sequential::SequentialConfig>),
 ];
 
 fn make<C: FamilyConfig>(table: &toml::Table) -> Result<Box<dyn Architecture>, ConfigProblem> {
@@ -108,7 +112,7 @@ fn make<C: FamilyConfig>(table: &toml::Table) -> Result<Box<dyn Architecture>, C
     config.architecture().map_err(ConfigProblem::Invalid)
 }
 
-/// The names of every registered family.
+/// The names of wick's own families.
 pub fn known() -> impl Iterator<Item = &'static str> {
     REGISTRY.iter().map(|(name, _)| *name)
 }
@@ -116,8 +120,8 @@ pub fn known() -> impl Iterator<Item = &'static str> {
 /// Why an architecture could not be configured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigureError {
-    #[error("unknown architecture {name:?}; known: {}", known().collect::<Vec<_>>().join(", "))]
-    UnknownArchitecture { name: String },
+    #[error("unknown architecture {name:?}; known: {known}")]
+    UnknownArchitecture { name: String, known: String },
     #[error("invalid config for architecture {architecture:?}: {problem}")]
     InvalidConfig {
         architecture: &'static str,
@@ -135,18 +139,83 @@ pub enum ConfigProblem {
     Invalid(InvalidConfig),
 }
 
-/// The registry: `architecture = "..."` and its `config` table to a configured architecture.
+/// wick's own families: `architecture = "..."` and its `config` table to a configured
+/// architecture (what [`Registry::builtin`] does).
 pub fn configure(name: &str, config: &toml::Table) -> Result<Arc<Configured>, ConfigureError> {
-    let Some((name, make)) = REGISTRY.iter().find(|(known, _)| *known == name) else {
-        return Err(ConfigureError::UnknownArchitecture {
-            name: name.to_string(),
-        });
-    };
-    let inner = make(config).map_err(|problem| ConfigureError::InvalidConfig {
-        architecture: name,
-        problem,
-    })?;
-    Ok(Arc::new(Configured::new(name, inner)))
+    Registry::builtin().configure(name, config)
+}
+
+/// The families a process serves: wick's own ([`REGISTRY`]) plus any a program embedding wick
+/// adds with [`Registry::with`] (examples/custom_architecture.rs). The config carries it, so a
+/// config reload resolves names with the same families.
+#[derive(Clone)]
+pub struct Registry {
+    families: Vec<(&'static str, Make)>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.families.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::builtin()
+    }
+}
+
+/// A family name that is already registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("architecture {0:?} is already registered")]
+pub struct DuplicateArchitecture(pub &'static str);
+
+impl Registry {
+    /// wick's own families.
+    pub fn builtin() -> Registry {
+        Registry {
+            families: REGISTRY.to_vec(),
+        }
+    }
+
+    /// Adds a family: `architecture = "<name>"` configs are then deserialised into `C` (its
+    /// `config` table) and made into an architecture by [`FamilyConfig::architecture`].
+    pub fn with<C: FamilyConfig>(
+        mut self,
+        name: &'static str,
+    ) -> Result<Registry, DuplicateArchitecture> {
+        if self.families.iter().any(|(known, _)| *known == name) {
+            return Err(DuplicateArchitecture(name));
+        }
+        self.families.push((name, make::<C>));
+        Ok(self)
+    }
+
+    /// The registered names, wick's first.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.families.iter().map(|(name, _)| *name)
+    }
+
+    /// `architecture = "..."` and its `config` table to a configured architecture.
+    pub fn configure(
+        &self,
+        name: &str,
+        config: &toml::Table,
+    ) -> Result<Arc<Configured>, ConfigureError> {
+        let Some((name, make)) = self.families.iter().find(|(known, _)| *known == name) else {
+            return Err(ConfigureError::UnknownArchitecture {
+                name: name.to_string(),
+                known: self.names().collect::<Vec<_>>().join(", "),
+            });
+        };
+        let inner = make(config).map_err(|problem| ConfigureError::InvalidConfig {
+            architecture: name,
+            problem,
+        })?;
+        Ok(Arc::new(Configured::new(name, inner)))
+    }
 }
 
 /// An architecture plus its registry name and cached parameter list.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::arch::{self, Configured};
+use crate::arch::{self, Configured, Registry};
 use crate::model::naming::validate_model_name;
 
 use crate::state_dict::{FileIdentity, KeyMapping};
@@ -53,6 +53,8 @@ pub struct Config {
     pub source_identity: Option<FileIdentity>,
     pub server: ServerConfig,
     pub models: Vec<ModelConfig>,
+    /// The architecture families names were resolved with; a reload uses the same.
+    pub registry: Arc<Registry>,
 }
 
 /// The `[server]` section after defaults and environment overrides.
@@ -365,6 +367,16 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 impl Config {
     /// Reads and validates `path`, applying `WICK_*` overrides looked up through `env`.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::load_with(path, env, Arc::new(Registry::builtin()))
+    }
+
+    /// [`Config::load`] with the architecture families of `registry` (wick's own plus a
+    /// program's, see [`Registry::with`]).
+    pub fn load_with(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        registry: Arc<Registry>,
+    ) -> Result<Config, ConfigError> {
         // Identity first: if the file changes while it is read, the watcher sees a difference.
         let identity = FileIdentity::stat(path).ok();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -375,7 +387,7 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let mut config = Config::parse(&text, path, &base, env)?;
+        let mut config = Config::parse_with(&text, path, &base, env, registry)?;
         config.source = Some(path.to_path_buf());
         config.source_identity = identity;
         Ok(config)
@@ -387,6 +399,17 @@ impl Config {
         origin: &Path,
         base: &Path,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_with(text, origin, base, env, Arc::new(Registry::builtin()))
+    }
+
+    /// [`Config::parse`] with the architecture families of `registry`.
+    pub fn parse_with(
+        text: &str,
+        origin: &Path,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        registry: Arc<Registry>,
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
@@ -407,13 +430,14 @@ impl Config {
                     model.name
                 )));
             }
-            models.push(resolve_model(index, model, text, &invalid)?);
+            models.push(resolve_model(index, model, text, &registry, &invalid)?);
         }
         Ok(Config {
             source: None,
             source_identity: None,
             server,
             models,
+            registry,
         })
     }
 
@@ -527,6 +551,7 @@ fn resolve_model(
     index: usize,
     raw: RawModel,
     text: &str,
+    registry: &Registry,
     invalid: &dyn Fn(String) -> ConfigError,
 ) -> Result<ModelConfig, ConfigError> {
     let here = format!("models[{index}] ({:?})", raw.name);
@@ -540,13 +565,15 @@ fn resolve_model(
         }
         None => (toml::Table::new(), arch_line),
     };
-    let architecture = arch::configure(raw.architecture.get_ref(), &arch_config).map_err(|e| {
-        let line = match e {
-            arch::ConfigureError::UnknownArchitecture { .. } => arch_line,
-            arch::ConfigureError::InvalidConfig { .. } => config_line,
-        };
-        invalid(format!("{here}, line {line}: {e}"))
-    })?;
+    let architecture = registry
+        .configure(raw.architecture.get_ref(), &arch_config)
+        .map_err(|e| {
+            let line = match e {
+                arch::ConfigureError::UnknownArchitecture { .. } => arch_line,
+                arch::ConfigureError::InvalidConfig { .. } => config_line,
+            };
+            invalid(format!("{here}, line {line}: {e}"))
+        })?;
 
     let mapping = match raw.load {
         None => KeyMapping::default(),

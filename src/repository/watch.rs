@@ -48,6 +48,8 @@ pub struct ConfigSource {
     pub running: crate::config::ServerConfig,
     /// The identity of the config file last read (applied or refused).
     pub identity: Option<FileIdentity>,
+    /// The architecture families the running config was resolved with.
+    pub registry: std::sync::Arc<crate::arch::Registry>,
 }
 
 /// A running watcher; dropping it stops the thread.
@@ -226,7 +228,7 @@ fn scan_once(repository: &Repository, config: Option<&mut ConfigSource>) -> bool
 /// scan, and retried only when it changes again.
 fn reload_config(repository: &Repository, source: &mut ConfigSource) {
     source.identity = FileIdentity::stat(&source.path).ok();
-    let new = match Config::load(&source.path, &*source.env) {
+    let new = match Config::load_with(&source.path, &*source.env, source.registry.clone()) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!(error = %e, "the changed config is invalid; the running config stays in effect");

@@ -9,12 +9,14 @@
 
 mod arch_bert;
 mod arch_resnet;
+mod arch_sequential;
 mod arch_text;
 mod batching;
 mod bench;
 mod binary;
 mod canary;
 mod convert;
+mod custom_architecture;
 mod hostile_input;
 mod hot_reload;
 mod limits;

@@ -1,8 +1,10 @@
 //! The helpers every area of the integration tests shares: temporary repositories and their
 //! configs ([`repo`]), real servers on port 0 and a small HTTP client ([`server`]), fixture
 //! readers, request builders and comparisons ([`tensors`]), text models' inputs and references
-//! ([`text`]), child processes ([`process`]) and a slow test architecture ([`slow`]).
+//! ([`text`]), the numeric cases of the architecture catalogue ([`catalogue`]), child processes
+//! ([`process`]) and a slow test architecture ([`slow`]).
 
+pub mod catalogue;
 pub mod process;
 pub mod python;
 pub mod repo;
