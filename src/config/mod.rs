@@ -6,7 +6,9 @@
 //! opens a model file or a socket; relative paths are resolved against the config file's folder
 //! so `wick serve --config some/dir/config.toml` works from anywhere.
 
+mod model;
 mod promotion;
+mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,10 +18,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::arch::{self, Configured, Registry};
-use crate::model::naming::validate_model_name;
-
+use crate::arch::{Configured, Registry};
 use crate::state_dict::{FileIdentity, KeyMapping};
+
+use model::{resolve_model, RawModel};
+use server::{resolve_server, RawServer};
 
 pub use promotion::{GoldenTolerance, RolloutPolicy};
 
@@ -215,8 +218,8 @@ impl Default for BatchingConfig {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The file format. Every table denies unknown fields so a typo is an error, never a default.
+// The file format. Every table denies unknown fields so a typo is an error, never a default;
+// the `[server]` table is in server.rs, a `[[models]]` entry in model.rs.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,121 +227,6 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     models: Vec<RawModel>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: String,
-    admin_listen: Option<String>,
-    repository: PathBuf,
-    #[serde(default = "default_poll_interval_ms")]
-    poll_interval_ms: u64,
-    #[serde(default)]
-    compute_threads: usize,
-    #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: usize,
-    #[serde(default = "default_max_inflight_body_bytes")]
-    max_inflight_body_bytes: usize,
-    #[serde(default)]
-    decode_threads: usize,
-    #[serde(default = "default_header_read_timeout_ms")]
-    header_read_timeout_ms: u64,
-    #[serde(default = "default_keep_alive_idle_ms")]
-    keep_alive_idle_ms: u64,
-    #[serde(default = "default_body_deadline_ms")]
-    body_deadline_ms: u64,
-    #[serde(default = "default_max_connections")]
-    max_connections: usize,
-    #[serde(default)]
-    max_connections_per_peer: usize,
-    #[serde(default = "default_shutdown_grace_ms")]
-    shutdown_grace_ms: u64,
-    #[serde(default)]
-    drain_delay_ms: u64,
-    #[serde(default = "default_true")]
-    strict_readiness: bool,
-    #[serde(default)]
-    allow_external_symlinks: bool,
-}
-
-fn default_poll_interval_ms() -> u64 {
-    1000
-}
-fn default_max_body_bytes() -> usize {
-    64 << 20
-}
-fn default_max_inflight_body_bytes() -> usize {
-    256 << 20
-}
-fn default_header_read_timeout_ms() -> u64 {
-    10_000
-}
-fn default_keep_alive_idle_ms() -> u64 {
-    // Longer than the 60 s idle timeout of common load balancers, so they close first and
-    // never send a request on a connection the server is closing.
-    75_000
-}
-fn default_body_deadline_ms() -> u64 {
-    30_000
-}
-fn default_max_connections() -> usize {
-    4096
-}
-fn default_shutdown_grace_ms() -> u64 {
-    30_000
-}
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    name: String,
-    architecture: toml::Spanned<String>,
-    #[serde(default)]
-    config: Option<toml::Spanned<toml::Table>>,
-    #[serde(default)]
-    load: Option<RawLoad>,
-    #[serde(default)]
-    version_policy: Option<RawVersionPolicy>,
-    #[serde(default)]
-    batching: Option<RawBatching>,
-    #[serde(default)]
-    golden: Option<promotion::RawGolden>,
-    #[serde(default)]
-    rollout: Option<promotion::RawRollout>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLoad {
-    #[serde(default)]
-    strip_prefix: Option<String>,
-    #[serde(default)]
-    ignore: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVersionPolicy {
-    latest: Option<usize>,
-    all: Option<bool>,
-    specific: Option<Vec<u64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBatching {
-    max_batch_size: Option<usize>,
-    max_request_rows: Option<usize>,
-    max_batch_tokens: Option<usize>,
-    max_queue_tokens: Option<usize>,
-    default_priority: Option<u64>,
-    max_queue_delay_us: Option<u64>,
-    max_queue_size: Option<usize>,
-    default_timeout_us: Option<u64>,
 }
 
 /// Looks up `WICK_*` environment overrides (the process environment in production, a closure
@@ -444,228 +332,6 @@ impl Config {
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
     }
-}
-
-fn resolve_server(
-    raw: RawServer,
-    base: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-    invalid: &dyn Fn(String) -> ConfigError,
-) -> Result<ServerConfig, ConfigError> {
-    let env_or = |var: &'static str, value: String| env(var).unwrap_or(value);
-    let listen_text = env_or("WICK_LISTEN", raw.listen);
-    let listen = parse_addr(&listen_text).map_err(|m| invalid(format!("server.listen: {m}")))?;
-    let admin_listen = match env("WICK_ADMIN_LISTEN").or(raw.admin_listen) {
-        None => None,
-        Some(text) if text == "off" || text.is_empty() => None,
-        Some(text) => {
-            Some(parse_addr(&text).map_err(|m| invalid(format!("server.admin_listen: {m}")))?)
-        }
-    };
-    let repository = env("WICK_REPOSITORY")
-        .map(PathBuf::from)
-        .unwrap_or(raw.repository);
-    let repository = if repository.is_absolute() {
-        repository
-    } else {
-        base.join(repository)
-    };
-    let number = |var: &'static str, value: u64| -> Result<u64, ConfigError> {
-        match env(var) {
-            None => Ok(value),
-            Some(text) => text.trim().parse::<u64>().map_err(|e| ConfigError::Env {
-                var,
-                value: text.clone(),
-                message: e.to_string(),
-            }),
-        }
-    };
-    let poll_interval_ms = number("WICK_POLL_INTERVAL_MS", raw.poll_interval_ms)?;
-    if poll_interval_ms == 0 {
-        return Err(invalid(
-            "server.poll_interval_ms: must be at least 1".to_string(),
-        ));
-    }
-    let compute_threads = number("WICK_COMPUTE_THREADS", raw.compute_threads as u64)? as usize;
-    let max_body_bytes = number("WICK_MAX_BODY_BYTES", raw.max_body_bytes as u64)? as usize;
-    if max_body_bytes < 1024 {
-        return Err(invalid(
-            "server.max_body_bytes: must be at least 1024".to_string(),
-        ));
-    }
-    let max_inflight_body_bytes = number(
-        "WICK_MAX_INFLIGHT_BODY_BYTES",
-        raw.max_inflight_body_bytes as u64,
-    )? as usize;
-    if max_inflight_body_bytes < max_body_bytes {
-        return Err(invalid(format!(
-            "server.max_inflight_body_bytes: {max_inflight_body_bytes} is below max_body_bytes ({max_body_bytes}): a body of the largest size could never be admitted"
-        )));
-    }
-    let shutdown_grace_ms = number("WICK_SHUTDOWN_GRACE_MS", raw.shutdown_grace_ms)?;
-    let drain_delay_ms = number("WICK_DRAIN_DELAY_MS", raw.drain_delay_ms)?;
-    if raw.max_connections == 0 {
-        return Err(invalid(
-            "server.max_connections: must be at least 1".to_string(),
-        ));
-    }
-    Ok(ServerConfig {
-        listen,
-        admin_listen,
-        repository,
-        poll_interval: Duration::from_millis(poll_interval_ms),
-        compute_threads,
-        limits: HttpLimits {
-            max_body_bytes,
-            max_inflight_body_bytes,
-            decode_threads: raw.decode_threads,
-            header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.max(1)),
-            keep_alive_idle: Duration::from_millis(raw.keep_alive_idle_ms.max(1)),
-            body_deadline: Duration::from_millis(raw.body_deadline_ms.max(1)),
-            max_connections: raw.max_connections,
-            max_connections_per_peer: raw.max_connections_per_peer,
-        },
-        shutdown_grace: Duration::from_millis(shutdown_grace_ms),
-        drain_delay: Duration::from_millis(drain_delay_ms),
-        strict_readiness: raw.strict_readiness,
-        allow_external_symlinks: raw.allow_external_symlinks,
-    })
-}
-
-fn parse_addr(text: &str) -> Result<SocketAddr, AddrError> {
-    text.parse::<SocketAddr>().map_err(|source| AddrError {
-        text: text.to_string(),
-        source,
-    })
-}
-
-/// A listen address that is not `IP:port`.
-#[derive(Debug, thiserror::Error)]
-#[error("{text:?} is not an IP:port address ({source})")]
-struct AddrError {
-    text: String,
-    source: std::net::AddrParseError,
-}
-
-fn resolve_model(
-    index: usize,
-    raw: RawModel,
-    text: &str,
-    registry: &Registry,
-    invalid: &dyn Fn(String) -> ConfigError,
-) -> Result<ModelConfig, ConfigError> {
-    let here = format!("models[{index}] ({:?})", raw.name);
-    validate_model_name(&raw.name).map_err(|m| invalid(format!("{here}: name: {m}")))?;
-
-    let arch_line = line_of(text, raw.architecture.span().start);
-    let (arch_config, config_line) = match raw.config {
-        Some(spanned) => {
-            let line = line_of(text, spanned.span().start);
-            (spanned.into_inner(), line)
-        }
-        None => (toml::Table::new(), arch_line),
-    };
-    let architecture = registry
-        .configure(raw.architecture.get_ref(), &arch_config)
-        .map_err(|e| {
-            let line = match e {
-                arch::ConfigureError::UnknownArchitecture { .. } => arch_line,
-                arch::ConfigureError::InvalidConfig { .. } => config_line,
-            };
-            invalid(format!("{here}, line {line}: {e}"))
-        })?;
-
-    let mapping = match raw.load {
-        None => KeyMapping::default(),
-        Some(load) => KeyMapping::new(load.strip_prefix, load.ignore)
-            .map_err(|m| invalid(format!("{here}: load: {m}")))?,
-    };
-
-    let version_policy = match raw.version_policy {
-        None => VersionPolicy::Latest(1),
-        Some(p) => match (p.latest, p.all, p.specific) {
-            (Some(0), None, None) => {
-                return Err(invalid(format!(
-                    "{here}: version_policy.latest must be at least 1"
-                )));
-            }
-            (Some(n), None, None) => VersionPolicy::Latest(n),
-            (None, Some(true), None) => VersionPolicy::All,
-            (None, None, Some(list)) if !list.is_empty() && !list.contains(&0) => {
-                VersionPolicy::Specific(list)
-            }
-            _ => {
-                return Err(invalid(format!(
-                    "{here}: version_policy must be exactly one of {{ latest = N }}, \
-                     {{ all = true }} or {{ specific = [positive versions] }}"
-                )));
-            }
-        },
-    };
-
-    let defaults = BatchingConfig::default();
-    let batching = match raw.batching {
-        None => defaults,
-        Some(b) => {
-            let max_batch_size = b.max_batch_size.unwrap_or(defaults.max_batch_size);
-            let max_queue_size = b.max_queue_size.unwrap_or(defaults.max_queue_size);
-            if max_batch_size == 0 || max_queue_size == 0 {
-                return Err(invalid(format!(
-                    "{here}: batching.max_batch_size and batching.max_queue_size must be at least 1"
-                )));
-            }
-            let max_request_rows = b.max_request_rows.unwrap_or(defaults.max_request_rows);
-            if max_request_rows < max_batch_size {
-                return Err(invalid(format!(
-                    "{here}: batching.max_request_rows ({max_request_rows}) must be at least max_batch_size ({max_batch_size})"
-                )));
-            }
-            BatchingConfig {
-                max_batch_size,
-                max_request_rows,
-                max_batch_tokens: b.max_batch_tokens.unwrap_or(0),
-                max_queue_tokens: b.max_queue_tokens.unwrap_or(0),
-                default_priority: b
-                    .default_priority
-                    .unwrap_or(defaults.default_priority)
-                    .max(1),
-                max_queue_delay: Duration::from_micros(b.max_queue_delay_us.unwrap_or(0)),
-                max_queue_size,
-                default_timeout: b
-                    .default_timeout_us
-                    .filter(|us| *us > 0)
-                    .map(Duration::from_micros),
-            }
-        }
-    };
-
-    let golden = match raw.golden {
-        None => GoldenTolerance::default(),
-        Some(g) => g.resolve().map_err(|m| invalid(format!("{here}: {m}")))?,
-    };
-
-    let rollout = raw
-        .rollout
-        .map(promotion::RawRollout::resolve)
-        .transpose()
-        .map_err(|m| invalid(format!("{here}: {m}")))?;
-
-    Ok(ModelConfig {
-        name: raw.name,
-        architecture,
-        arch_config,
-        mapping,
-        version_policy,
-        batching,
-        golden,
-        rollout,
-    })
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map(|prefix| prefix.bytes().filter(|b| *b == b'\n').count() + 1)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
