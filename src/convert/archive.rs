@@ -99,6 +99,60 @@ pub enum ArchiveError {
     Read { name: String, message: String },
 }
 
+fn zip_error(e: zip::result::ZipError) -> ArchiveError {
+    ArchiveError::Zip(e.to_string())
+}
+
+/// The one `<folder>/data.pkl` and its folder, which must be a single non-empty path segment.
+/// No pickle but TorchScript's files gets its own error, since that is a common mistake.
+fn find_pickle(names: &BTreeMap<String, Entry>) -> Result<(String, Entry), ArchiveError> {
+    let pickles: Vec<&String> = names.keys().filter(|n| n.ends_with("data.pkl")).collect();
+    match pickles.as_slice() {
+        [name] => match (name.strip_suffix("/data.pkl"), names.get(*name)) {
+            (Some(prefix), Some(entry)) if !prefix.is_empty() && !prefix.contains('/') => {
+                Ok((prefix.to_string(), *entry))
+            }
+            _ => Err(ArchiveError::NoPickle),
+        },
+        [] if names
+            .keys()
+            .any(|n| n.ends_with("constants.pkl") || n.contains("/code/")) =>
+        {
+            Err(ArchiveError::TorchScript)
+        }
+        [] => Err(ArchiveError::NoPickle),
+        several => Err(ArchiveError::SeveralPickles(
+            several.iter().map(|s| s.to_string()).collect(),
+        )),
+    }
+}
+
+/// The storage records (by key) and the `byteorder` record, once every entry was checked to
+/// live in `prefix`'s folder.
+fn sort_entries(
+    names: &BTreeMap<String, Entry>,
+    prefix: String,
+) -> Result<(BTreeMap<String, Entry>, Option<Entry>), ArchiveError> {
+    let folder = format!("{prefix}/");
+    let records_folder = format!("{prefix}/data/");
+    let mut records = BTreeMap::new();
+    let mut byteorder = None;
+    for (name, entry) in names {
+        let Some(inner) = name.strip_prefix(&folder) else {
+            return Err(ArchiveError::OutsideFolder {
+                name: name.clone(),
+                prefix,
+            });
+        };
+        if let Some(key) = name.strip_prefix(&records_folder) {
+            records.insert(key.to_string(), *entry);
+        } else if inner == "byteorder" {
+            byteorder = Some(*entry);
+        }
+    }
+    Ok((records, byteorder))
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     index: usize,
@@ -124,110 +178,25 @@ impl<R: Read + Seek> Archive<R> {
         archive_len: u64,
         limits: &ArchiveLimits,
     ) -> Result<Archive<R>, ArchiveError> {
-        let mut zip = ZipArchive::new(reader).map_err(|e| ArchiveError::Zip(e.to_string()))?;
+        let mut zip = ZipArchive::new(reader).map_err(zip_error)?;
         if zip.len() > limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
                 count: zip.len(),
                 cap: limits.max_entries,
             });
         }
-        if zip
-            .has_overlapping_entries()
-            .map_err(|e| ArchiveError::Zip(e.to_string()))?
-        {
+        if zip.has_overlapping_entries().map_err(zip_error)? {
             return Err(ArchiveError::Overlap);
         }
         let mut names = BTreeMap::new();
         for index in 0..zip.len() {
-            let file = zip
-                .by_index_raw(index)
-                .map_err(|e| ArchiveError::Zip(e.to_string()))?;
-            let name = file
-                .name()
-                .map_err(|e| ArchiveError::Zip(e.to_string()))?
-                .into_owned();
-            let (size, compressed) = (file.size(), file.compressed_size());
-            let has_crc = file.crc32() != 0;
-            if file.encrypted() {
-                return Err(ArchiveError::Encrypted { name });
-            }
-            if file.compression() != CompressionMethod::Stored {
-                let method = format!("{:?}", file.compression());
-                return Err(ArchiveError::Compressed {
-                    name,
-                    method,
-                    compressed,
-                    size,
-                });
-            }
-            if size != compressed {
-                return Err(ArchiveError::StoredSize {
-                    name,
-                    size,
-                    compressed,
-                });
-            }
-            if size > archive_len {
-                return Err(ArchiveError::LargerThanArchive {
-                    name,
-                    size,
-                    archive: archive_len,
-                });
-            }
-            if names
-                .insert(
-                    name.clone(),
-                    Entry {
-                        index,
-                        size,
-                        has_crc,
-                    },
-                )
-                .is_some()
-            {
+            let (name, entry) = Self::checked_entry(&mut zip, index, archive_len)?;
+            if names.insert(name.clone(), entry).is_some() {
                 return Err(ArchiveError::DuplicateEntry { name });
             }
         }
-
-        let pickles: Vec<&String> = names.keys().filter(|n| n.ends_with("data.pkl")).collect();
-        let (prefix, pickle) = match pickles.as_slice() {
-            [name] => match (name.strip_suffix("/data.pkl"), names.get(*name)) {
-                (Some(prefix), Some(entry)) if !prefix.is_empty() && !prefix.contains('/') => {
-                    (prefix.to_string(), *entry)
-                }
-                _ => return Err(ArchiveError::NoPickle),
-            },
-            [] if names
-                .keys()
-                .any(|n| n.ends_with("constants.pkl") || n.contains("/code/")) =>
-            {
-                return Err(ArchiveError::TorchScript)
-            }
-            [] => return Err(ArchiveError::NoPickle),
-            several => {
-                return Err(ArchiveError::SeveralPickles(
-                    several.iter().map(|s| s.to_string()).collect(),
-                ))
-            }
-        };
-
-        let folder = format!("{prefix}/");
-        let records_folder = format!("{prefix}/data/");
-        let mut records = BTreeMap::new();
-        let mut byteorder = None;
-        for (name, entry) in &names {
-            let Some(inner) = name.strip_prefix(&folder) else {
-                return Err(ArchiveError::OutsideFolder {
-                    name: name.clone(),
-                    prefix,
-                });
-            };
-            if let Some(key) = name.strip_prefix(&records_folder) {
-                records.insert(key.to_string(), *entry);
-            } else if inner == "byteorder" {
-                byteorder = Some(*entry);
-            }
-        }
+        let (prefix, pickle) = find_pickle(&names)?;
+        let (records, byteorder) = sort_entries(&names, prefix.clone())?;
         let mut archive = Archive {
             zip,
             prefix,
@@ -244,6 +213,51 @@ impl<R: Read + Seek> Archive<R> {
             }
         }
         Ok(archive)
+    }
+
+    /// Entry `index`'s name and place, refused unless it is stored (not compressed, not
+    /// encrypted), its sizes agree, and it fits in the archive.
+    fn checked_entry(
+        zip: &mut ZipArchive<R>,
+        index: usize,
+        archive_len: u64,
+    ) -> Result<(String, Entry), ArchiveError> {
+        let file = zip.by_index_raw(index).map_err(zip_error)?;
+        let name = file.name().map_err(zip_error)?.into_owned();
+        let (size, compressed) = (file.size(), file.compressed_size());
+        let has_crc = file.crc32() != 0;
+        if file.encrypted() {
+            return Err(ArchiveError::Encrypted { name });
+        }
+        if file.compression() != CompressionMethod::Stored {
+            let method = format!("{:?}", file.compression());
+            return Err(ArchiveError::Compressed {
+                name,
+                method,
+                compressed,
+                size,
+            });
+        }
+        if size != compressed {
+            return Err(ArchiveError::StoredSize {
+                name,
+                size,
+                compressed,
+            });
+        }
+        if size > archive_len {
+            return Err(ArchiveError::LargerThanArchive {
+                name,
+                size,
+                archive: archive_len,
+            });
+        }
+        let entry = Entry {
+            index,
+            size,
+            has_crc,
+        };
+        Ok((name, entry))
     }
 
     /// Number of storage records.

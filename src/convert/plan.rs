@@ -124,54 +124,110 @@ pub fn plan(
             cap: caps.max_tensors,
         });
     }
-    let mut declared: BTreeMap<&str, &StorageRef> = BTreeMap::new();
-    let mut storages = BTreeMap::new();
+    let mut storages = Storages::default();
     let mut tensors = Vec::with_capacity(selection.tensors.len());
     let mut total = 0u64;
     for (name, t) in &selection.tensors {
-        let s = &t.storage;
-        if t.shape.len() > caps.max_rank {
-            return Err(PlanError::Rank {
-                name: name.clone(),
-                rank: t.shape.len(),
-                cap: caps.max_rank,
-            });
+        let (shape, numel, bytes) = check_shape(name, t, caps)?;
+        storages.check(name, &t.storage, record_size)?;
+        if numel > 0 {
+            check_bounds(name, t)?;
         }
-        if let Some(&dim) = t.shape.iter().find(|d| **d > caps.max_dim) {
-            return Err(PlanError::Dim {
-                name: name.clone(),
-                dim,
-                cap: caps.max_dim,
-            });
-        }
-        let overflow = || PlanError::Overflow {
+        total = total.saturating_add(bytes);
+        tensors.push(PlannedTensor {
             name: name.clone(),
-            shape: t.shape.clone(),
-            dtype: s.dtype,
-        };
-        let numel = t
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-            .ok_or_else(overflow)?;
-        let bytes = numel.checked_mul(s.dtype.size()).ok_or_else(overflow)?;
+            dtype: t.storage.dtype,
+            shape,
+            stride: t.stride.clone(),
+            offset: t.offset,
+            storage: t.storage.key.clone(),
+            bytes,
+        });
+    }
+    if total > limits.max_output_bytes {
+        return Err(PlanError::OutputTooLarge {
+            bytes: total,
+            cap: limits.max_output_bytes,
+        });
+    }
+    Ok(Plan {
+        tensors,
+        storages: storages.records,
+        output_bytes: total,
+    })
+}
 
+/// Tensor `name`'s shape within the header caps, its element count and its output bytes.
+fn check_shape(
+    name: &str,
+    t: &TensorRef,
+    caps: &HeaderLimits,
+) -> Result<(Vec<usize>, u64, u64), PlanError> {
+    if t.shape.len() > caps.max_rank {
+        return Err(PlanError::Rank {
+            name: name.to_string(),
+            rank: t.shape.len(),
+            cap: caps.max_rank,
+        });
+    }
+    if let Some(&dim) = t.shape.iter().find(|d| **d > caps.max_dim) {
+        return Err(PlanError::Dim {
+            name: name.to_string(),
+            dim,
+            cap: caps.max_dim,
+        });
+    }
+    let overflow = || PlanError::Overflow {
+        name: name.to_string(),
+        shape: t.shape.clone(),
+        dtype: t.storage.dtype,
+    };
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+        .ok_or_else(overflow)?;
+    let bytes = numel
+        .checked_mul(t.storage.dtype.size())
+        .ok_or_else(overflow)?;
+    let shape = t
+        .shape
+        .iter()
+        .map(|d| usize::try_from(*d).map_err(|_| overflow()))
+        .collect::<Result<_, _>>()?;
+    Ok((shape, numel, bytes))
+}
+
+/// The storages seen so far: each one's first declaration, and its record's dtype and size.
+#[derive(Default)]
+struct Storages<'a> {
+    declared: BTreeMap<&'a str, &'a StorageRef>,
+    records: BTreeMap<String, (FileDtype, u64)>,
+}
+
+impl<'a> Storages<'a> {
+    /// Storage `s`, used by tensor `name`: the first use must match its archive record, every
+    /// later one the first declaration.
+    fn check(
+        &mut self,
+        name: &str,
+        s: &'a StorageRef,
+        record_size: &dyn Fn(&str) -> Option<u64>,
+    ) -> Result<(), PlanError> {
         // One storage, one declaration: torch refuses to save differently typed views of one
         // storage, so a disagreement here is a forged file.
-        match declared.get(s.key.as_str()) {
-            Some(first) if *first != s => {
-                return Err(PlanError::StorageConflict {
-                    key: s.key.clone(),
-                    first_dtype: first.dtype,
-                    first_numel: first.numel,
-                    second_dtype: s.dtype,
-                    second_numel: s.numel,
-                })
-            }
-            Some(_) => {}
+        match self.declared.get(s.key.as_str()) {
+            Some(first) if *first != s => Err(PlanError::StorageConflict {
+                key: s.key.clone(),
+                first_dtype: first.dtype,
+                first_numel: first.numel,
+                second_dtype: s.dtype,
+                second_numel: s.numel,
+            }),
+            Some(_) => Ok(()),
             None => {
                 let record = record_size(&s.key).ok_or_else(|| PlanError::MissingRecord {
-                    name: name.clone(),
+                    name: name.to_string(),
                     key: s.key.clone(),
                 })?;
                 let storage_bytes = s.numel.checked_mul(s.dtype.size());
@@ -184,52 +240,30 @@ pub fn plan(
                         record,
                     });
                 }
-                declared.insert(&s.key, s);
-                storages.insert(s.key.clone(), (s.dtype, record));
+                self.declared.insert(&s.key, s);
+                self.records.insert(s.key.clone(), (s.dtype, record));
+                Ok(())
             }
         }
+    }
+}
 
-        if numel > 0 {
-            let last = last_element(t);
-            if last.is_none_or(|last| last >= s.numel) {
-                return Err(PlanError::OutOfBounds(Box::new(ViewOutOfBounds {
-                    name: name.clone(),
-                    key: s.key.clone(),
-                    offset: t.offset,
-                    shape: t.shape.clone(),
-                    stride: t.stride.clone(),
-                    last,
-                    numel: s.numel,
-                })));
-            }
-        }
-        total = total.saturating_add(bytes);
-        let shape = t
-            .shape
-            .iter()
-            .map(|d| usize::try_from(*d).map_err(|_| overflow()))
-            .collect::<Result<_, _>>()?;
-        tensors.push(PlannedTensor {
-            name: name.clone(),
-            dtype: s.dtype,
-            shape,
-            stride: t.stride.clone(),
+/// A non-empty view must end inside its storage.
+fn check_bounds(name: &str, t: &TensorRef) -> Result<(), PlanError> {
+    let s = &t.storage;
+    let last = last_element(t);
+    if last.is_none_or(|last| last >= s.numel) {
+        return Err(PlanError::OutOfBounds(Box::new(ViewOutOfBounds {
+            name: name.to_string(),
+            key: s.key.clone(),
             offset: t.offset,
-            storage: s.key.clone(),
-            bytes,
-        });
+            shape: t.shape.clone(),
+            stride: t.stride.clone(),
+            last,
+            numel: s.numel,
+        })));
     }
-    if total > limits.max_output_bytes {
-        return Err(PlanError::OutputTooLarge {
-            bytes: total,
-            cap: limits.max_output_bytes,
-        });
-    }
-    Ok(Plan {
-        tensors,
-        storages,
-        output_bytes: total,
-    })
+    Ok(())
 }
 
 /// The storage index of a non-empty view's last element: offset + Σ (size − 1) × stride.

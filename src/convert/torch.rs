@@ -21,91 +21,118 @@ pub(super) fn rebuild(
     global: Global,
     args: &[Value],
 ) -> Result<Value, PickleError> {
-    let callable = global.name();
-    let wrong = |reason: String| PickleError::Arguments {
-        offset: m.op_pos,
-        callable: callable.clone(),
-        reason,
-    };
     match global {
         Global::OrderedDict => match args {
             [] => m.alloc(Object::Dict(Vec::new())),
-            _ => Err(wrong(format!(
-                "{} argument(s); torch.save writes OrderedDict()",
-                args.len()
-            ))),
-        },
-        Global::RebuildTensorV2 => {
-            let tensor = tensor_v2(m, args).map_err(wrong)?;
-            m.alloc(Object::Tensor(tensor))
-        }
-        Global::RebuildParameter | Global::RebuildParameterWithState => {
-            let expected = if global == Global::RebuildParameter {
-                3
-            } else {
-                4
-            };
-            match args {
-                [data, Value::Bool(_), hooks, ..] if args.len() == expected => {
-                    if !matches!(m.object(*data), Some(Object::Tensor(_))) {
-                        return Err(wrong(format!("{} as its data", m.kind(*data))));
-                    }
-                    if !matches!(m.object(*hooks), Some(Object::Dict(_))) {
-                        return Err(wrong(format!("{} as its hooks", m.kind(*hooks))));
-                    }
-                    // A Parameter holds exactly its data tensor; extra Python state is dropped.
-                    Ok(*data)
-                }
-                _ => Err(wrong(format!(
-                    "{} argument(s) instead of {expected}",
+            _ => Err(wrong_arguments(
+                m,
+                global,
+                format!(
+                    "{} argument(s); torch.save writes OrderedDict()",
                     args.len()
-                ))),
-            }
-        }
-        Global::RebuildFromTypeV2 => match args {
-            [Value::Global(func), Value::Global(Global::TensorClass | Global::ParameterClass), inner, state] =>
-            {
-                if !matches!(
-                    func,
-                    Global::RebuildTensorV2
-                        | Global::RebuildParameter
-                        | Global::RebuildParameterWithState
-                ) {
-                    return Err(wrong(format!("`{}` as the function to apply", func.name())));
-                }
-                if !matches!(state, Value::None)
-                    && !matches!(m.object(*state), Some(Object::Dict(_)))
-                {
-                    return Err(wrong(format!("{} as the Python state", m.kind(*state))));
-                }
-                let inner = m.expect_tuple("REDUCE", *inner)?;
-                rebuild(m, *func, &inner)
-            }
-            _ => Err(wrong(
-                "arguments other than (rebuild function, torch.Tensor or Parameter, args, state)"
-                    .into(),
+                ),
             )),
         },
-        Global::CodecsEncode => match args {
-            [text, encoding] if matches!(m.str_of(*encoding), Some("latin1" | "latin-1")) => {
-                let text = m
-                    .str_of(*text)
-                    .ok_or_else(|| wrong(format!("{} to encode", m.kind(*text))))?;
-                let bytes: Option<Vec<u8>> = text
-                    .chars()
-                    .map(|c| u8::try_from(u32::from(c)).ok())
-                    .collect();
-                let bytes = bytes.ok_or_else(|| wrong("text outside latin-1".into()))?;
-                m.alloc(Object::Bytes(bytes))
-            }
-            _ => Err(wrong("arguments other than (str, 'latin1')".into())),
-        },
+        Global::RebuildTensorV2 => {
+            let tensor = tensor_v2(m, args).map_err(|reason| wrong_arguments(m, global, reason))?;
+            m.alloc(Object::Tensor(tensor))
+        }
+        Global::RebuildParameter | Global::RebuildParameterWithState => parameter(m, global, args),
+        Global::RebuildFromTypeV2 => from_type_v2(m, args),
+        Global::CodecsEncode => codecs_encode(m, args),
         Global::TensorClass | Global::ParameterClass | Global::Storage(_) => {
             Err(PickleError::NotCallable {
                 offset: m.op_pos,
-                callable,
+                callable: global.name(),
             })
         }
+    }
+}
+
+/// The error for a call of `global` with arguments torch.save never writes.
+fn wrong_arguments(m: &Machine<'_>, global: Global, reason: String) -> PickleError {
+    PickleError::Arguments {
+        offset: m.op_pos,
+        callable: global.name(),
+        reason,
+    }
+}
+
+/// `_rebuild_parameter(data, requires_grad, hooks)` and `_rebuild_parameter_with_state(...,
+/// state)`: the data tensor itself.
+fn parameter(m: &Machine<'_>, global: Global, args: &[Value]) -> Result<Value, PickleError> {
+    let wrong = |reason: String| wrong_arguments(m, global, reason);
+    let expected = if global == Global::RebuildParameter {
+        3
+    } else {
+        4
+    };
+    match args {
+        [data, Value::Bool(_), hooks, ..] if args.len() == expected => {
+            if !matches!(m.object(*data), Some(Object::Tensor(_))) {
+                return Err(wrong(format!("{} as its data", m.kind(*data))));
+            }
+            if !matches!(m.object(*hooks), Some(Object::Dict(_))) {
+                return Err(wrong(format!("{} as its hooks", m.kind(*hooks))));
+            }
+            // A Parameter holds exactly its data tensor; extra Python state is dropped.
+            Ok(*data)
+        }
+        _ => Err(wrong(format!(
+            "{} argument(s) instead of {expected}",
+            args.len()
+        ))),
+    }
+}
+
+/// `_rebuild_from_type_v2(func, Tensor or Parameter, args, state)`: `func(*args)`, for the
+/// rebuild functions above only; the Python state must be empty or a dict, and is dropped.
+fn from_type_v2(m: &mut Machine<'_>, args: &[Value]) -> Result<Value, PickleError> {
+    let global = Global::RebuildFromTypeV2;
+    match args {
+        [Value::Global(func), Value::Global(Global::TensorClass | Global::ParameterClass), inner, state] =>
+        {
+            if !matches!(
+                func,
+                Global::RebuildTensorV2
+                    | Global::RebuildParameter
+                    | Global::RebuildParameterWithState
+            ) {
+                let reason = format!("`{}` as the function to apply", func.name());
+                return Err(wrong_arguments(m, global, reason));
+            }
+            if !matches!(state, Value::None) && !matches!(m.object(*state), Some(Object::Dict(_))) {
+                let reason = format!("{} as the Python state", m.kind(*state));
+                return Err(wrong_arguments(m, global, reason));
+            }
+            let inner = m.expect_tuple("REDUCE", *inner)?;
+            rebuild(m, *func, &inner)
+        }
+        _ => Err(wrong_arguments(
+            m,
+            global,
+            "arguments other than (rebuild function, torch.Tensor or Parameter, args, state)"
+                .into(),
+        )),
+    }
+}
+
+/// `_codecs.encode(text, "latin1")`: how protocol 2 pickles bytes; refused outside latin-1.
+fn codecs_encode(m: &mut Machine<'_>, args: &[Value]) -> Result<Value, PickleError> {
+    let wrong = |m: &Machine<'_>, reason: String| wrong_arguments(m, Global::CodecsEncode, reason);
+    match args {
+        [text, encoding] if matches!(m.str_of(*encoding), Some("latin1" | "latin-1")) => {
+            let Some(text) = m.str_of(*text) else {
+                return Err(wrong(m, format!("{} to encode", m.kind(*text))));
+            };
+            let bytes: Option<Vec<u8>> = text
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)).ok())
+                .collect();
+            let bytes = bytes.ok_or_else(|| wrong(m, "text outside latin-1".into()))?;
+            m.alloc(Object::Bytes(bytes))
+        }
+        _ => Err(wrong(m, "arguments other than (str, 'latin1')".into())),
     }
 }
 
@@ -269,41 +296,11 @@ pub fn select(u: &Unpickled, key: Option<&str>) -> Result<Selection, SelectError
     };
     let mut dropped = Vec::new();
     let (location, entries) = match key {
-        None => ("the top level".to_string(), root),
-        Some(key) => {
-            let mut chosen = None;
-            for (k, v) in root {
-                if u.str(*k) == Some(key) {
-                    if chosen.replace(*v).is_some() {
-                        return Err(SelectError::DuplicateKey {
-                            name: key.to_string(),
-                        });
-                    }
-                } else {
-                    dropped.push(Dropped {
-                        name: key_name(u, *k),
-                        what: describe(u, *v),
-                    });
-                }
-            }
-            let Some(value) = chosen else {
-                let available = root
-                    .iter()
-                    .map(|(k, v)| format!("{} ({})", key_name(u, *k), describe(u, *v)))
-                    .collect();
-                return Err(SelectError::KeyMissing {
-                    key: key.to_string(),
-                    available,
-                });
-            };
-            let Some(Object::Dict(entries)) = u.object(value) else {
-                return Err(SelectError::KeyNotADict {
-                    key: key.to_string(),
-                    found: describe(u, value),
-                });
-            };
-            (format!("key {key:?}"), entries)
-        }
+        None => ("the top level".to_string(), root.as_slice()),
+        Some(key) => (
+            format!("key {key:?}"),
+            entry_under(u, root, key, &mut dropped)?,
+        ),
     };
     let mut tensors = Vec::new();
     let mut seen = HashSet::new();
@@ -324,29 +321,7 @@ pub fn select(u: &Unpickled, key: Option<&str>) -> Result<Selection, SelectError
         }
     }
     if tensors.is_empty() {
-        // Point at the entries that are state dicts themselves: `--key model` for a training
-        // checkpoint (not `optimizer`, whose tensors sit deeper).
-        let hint: Vec<String> = entries
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = u.str(*k)?;
-                let Some(Object::Dict(inner)) = u.object(*v) else {
-                    return None;
-                };
-                let count = inner
-                    .iter()
-                    .filter(|(k, v)| {
-                        u.str(*k).is_some() && matches!(u.object(*v), Some(Object::Tensor(_)))
-                    })
-                    .count();
-                (count > 0).then(|| format!("--key {name} ({count} tensors)"))
-            })
-            .collect();
-        let hint = if hint.is_empty() {
-            String::new()
-        } else {
-            format!("; try {}", hint.join(" or "))
-        };
+        let hint = state_dict_hint(u, entries);
         return Err(SelectError::NoTensors { location, hint });
     }
     Ok(Selection {
@@ -354,6 +329,74 @@ pub fn select(u: &Unpickled, key: Option<&str>) -> Result<Selection, SelectError
         tensors,
         dropped,
     })
+}
+
+/// The dict under `key` of the top-level dict `root`; every other top-level entry goes to
+/// `dropped`.
+fn entry_under<'u>(
+    u: &'u Unpickled,
+    root: &[(Value, Value)],
+    key: &str,
+    dropped: &mut Vec<Dropped>,
+) -> Result<&'u [(Value, Value)], SelectError> {
+    let mut chosen = None;
+    for (k, v) in root {
+        if u.str(*k) == Some(key) {
+            if chosen.replace(*v).is_some() {
+                return Err(SelectError::DuplicateKey {
+                    name: key.to_string(),
+                });
+            }
+        } else {
+            dropped.push(Dropped {
+                name: key_name(u, *k),
+                what: describe(u, *v),
+            });
+        }
+    }
+    let Some(value) = chosen else {
+        let available = root
+            .iter()
+            .map(|(k, v)| format!("{} ({})", key_name(u, *k), describe(u, *v)))
+            .collect();
+        return Err(SelectError::KeyMissing {
+            key: key.to_string(),
+            available,
+        });
+    };
+    match u.object(value) {
+        Some(Object::Dict(entries)) => Ok(entries),
+        _ => Err(SelectError::KeyNotADict {
+            key: key.to_string(),
+            found: describe(u, value),
+        }),
+    }
+}
+
+/// "; try --key model (3 tensors)" when some `entries` are state dicts themselves (a training
+/// checkpoint; not `optimizer`, whose tensors sit deeper), else nothing.
+fn state_dict_hint(u: &Unpickled, entries: &[(Value, Value)]) -> String {
+    let hint: Vec<String> = entries
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = u.str(*k)?;
+            let Some(Object::Dict(inner)) = u.object(*v) else {
+                return None;
+            };
+            let count = inner
+                .iter()
+                .filter(|(k, v)| {
+                    u.str(*k).is_some() && matches!(u.object(*v), Some(Object::Tensor(_)))
+                })
+                .count();
+            (count > 0).then(|| format!("--key {name} ({count} tensors)"))
+        })
+        .collect();
+    if hint.is_empty() {
+        String::new()
+    } else {
+        format!("; try {}", hint.join(" or "))
+    }
 }
 
 fn key_name(u: &Unpickled, key: Value) -> String {
