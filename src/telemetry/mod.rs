@@ -1,4 +1,5 @@
-//! Logging setup and the Prometheus metrics: every metric name wick exports is defined here.
+//! Logging setup and the Prometheus metrics: every metric wick exports is registered in
+//! src/telemetry/families.rs, and recorded through the calls defined here.
 //!
 //! [`Metrics`] is one registry shared by the HTTP layer (request outcomes and latency), the
 //! engine (queue, compute, batch sizes) and the repository (loads, failures, serving versions).
@@ -6,18 +7,24 @@
 //! atomic adds, not a label lookup. The same calls keep Triton's per-version statistics
 //! ([`stats`]), so `/metrics` and the statistics extension count the same events.
 
+mod families;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use families::{
+    registered, FailureLabels, LoadLabels, ModelLabel, OutcomeLabels, ReasonLabels,
+    RepositoryFamilies, RequestLabels, ResultLabel, ThreadLabel, TrafficFamilies,
+    VersionInfoLabels, VersionLabels,
+};
 
 pub use stats::{Counted, StatsSnapshot, VersionStats};
 
@@ -51,109 +58,12 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ModelLabel {
-    model: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    model: String,
-    version: String,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    model: String,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabels {
-    model: String,
-    version: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionInfoLabels {
-    model: String,
-    version: String,
-    sha256: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LoadLabels {
-    model: String,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FailureLabels {
-    model: String,
-    kind: &'static str,
-}
-
-type HistogramFamily = Family<ModelLabel, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
-}
-
-fn batch_histogram() -> Histogram {
-    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
-}
-
-fn token_histogram() -> Histogram {
-    Histogram::new([
-        16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
-    ])
-}
-
-fn load_histogram() -> Histogram {
-    Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
-}
-
 /// The process-wide metrics registry.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: HistogramFamily,
-    queue_duration: HistogramFamily,
-    compute_duration: HistogramFamily,
-    batch_size: HistogramFamily,
-    batch_tokens: HistogramFamily,
-    forward_calls: Family<ModelLabel, Counter>,
-    queue_depth: Family<ModelLabel, Gauge>,
-    rejections: Family<ReasonLabels, Counter>,
-    loads: Family<LoadLabels, Counter>,
-    load_failures: Family<FailureLabels, Counter>,
-    load_duration: HistogramFamily,
-    version_info: Family<VersionInfoLabels, Gauge>,
-    resident_bytes: Family<VersionLabels, Gauge>,
-    config_reloads: Family<ResultLabel, Counter>,
     panics: Family<ThreadLabel, Counter>,
-    rollouts: Family<OutcomeLabels, Counter>,
-    rollout_candidate: Family<ModelLabel, Gauge>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    model: String,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ThreadLabel {
-    thread: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
+    traffic: TrafficFamilies,
+    repository: RepositoryFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,118 +81,21 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wick");
-        let m = Metrics {
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            queue_duration: Family::new_with_constructor(latency_histogram),
-            compute_duration: Family::new_with_constructor(latency_histogram),
-            batch_size: Family::new_with_constructor(batch_histogram),
-            batch_tokens: Family::new_with_constructor(token_histogram),
-            forward_calls: Family::default(),
-            queue_depth: Family::default(),
-            rejections: Family::default(),
-            loads: Family::default(),
-            load_failures: Family::default(),
-            load_duration: Family::new_with_constructor(load_histogram),
-            version_info: Family::default(),
-            resident_bytes: Family::default(),
-            config_reloads: Family::default(),
-            panics: Family::default(),
-            rollouts: Family::default(),
-            rollout_candidate: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
+        // Registration order is the order of the exposition: panics first, so they stand out.
+        let panics = registered(
+            &mut registry,
             "background_panics",
             "Panics caught on background threads (watcher, loader), which kept working",
-            m.panics.clone(),
+            Family::default(),
         );
-        registry.register(
-            "requests",
-            "Inference requests by model, version and outcome",
-            m.requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "End-to-end latency of inference requests, from body read to response",
-            m.request_duration.clone(),
-        );
-        registry.register(
-            "queue_duration_seconds",
-            "Time requests wait in the model's queue before compute",
-            m.queue_duration.clone(),
-        );
-        registry.register(
-            "compute_duration_seconds",
-            "Duration of forward passes (one per batch)",
-            m.compute_duration.clone(),
-        );
-        registry.register(
-            "batch_size_rows",
-            "Rows per forward pass",
-            m.batch_size.clone(),
-        );
-        registry.register(
-            "batch_tokens",
-            "What a forward pass costs in max_batch_tokens' unit: padded tokens for text models, rows for the others",
-            m.batch_tokens.clone(),
-        );
-        registry.register(
-            "forward_calls",
-            "Forward passes run (batches)",
-            m.forward_calls.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Requests waiting in the model's queue",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "rejections",
-            "Requests refused or dropped before compute, by reason",
-            m.rejections.clone(),
-        );
-        registry.register(
-            "model_loads",
-            "Version loads attempted, by result",
-            m.loads.clone(),
-        );
-        registry.register(
-            "model_load_failures",
-            "Version loads refused, by kind of problem",
-            m.load_failures.clone(),
-        );
-        registry.register(
-            "model_load_duration_seconds",
-            "Time from starting a version load to it being ready",
-            m.load_duration.clone(),
-        );
-        registry.register(
-            "model_version_info",
-            "1 for every version being served, labelled with its weights' sha256",
-            m.version_info.clone(),
-        );
-        registry.register(
-            "model_weights_resident_bytes",
-            "Bytes of weights held in memory per served version",
-            m.resident_bytes.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config file reloads, by result",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "rollouts",
-            "Canary rollouts ended, by outcome (promoted, or rolled back by the bound it broke)",
-            m.rollouts.clone(),
-        );
-        registry.register(
-            "rollout_candidate_version",
-            "The version in a canary rollout (0: none)",
-            m.rollout_candidate.clone(),
-        );
-        Metrics { registry, ..m }
+        let traffic = TrafficFamilies::new(&mut registry);
+        let repository = RepositoryFamilies::new(&mut registry);
+        Metrics {
+            registry,
+            panics,
+            traffic,
+            repository,
+        }
     }
 
     /// Prometheus text exposition format.
@@ -300,13 +113,13 @@ impl Metrics {
         };
         ModelMetrics {
             model: model.to_string(),
-            request_duration: self.request_duration.get_or_create_owned(&label),
-            queue_duration: self.queue_duration.get_or_create_owned(&label),
-            compute_duration: self.compute_duration.get_or_create_owned(&label),
-            batch_size: self.batch_size.get_or_create_owned(&label),
-            batch_tokens: self.batch_tokens.get_or_create_owned(&label),
-            forward_calls: self.forward_calls.get_or_create_owned(&label),
-            queue_depth: self.queue_depth.get_or_create_owned(&label),
+            request_duration: self.traffic.request_duration.get_or_create_owned(&label),
+            queue_duration: self.traffic.queue_duration.get_or_create_owned(&label),
+            compute_duration: self.traffic.compute_duration.get_or_create_owned(&label),
+            batch_size: self.traffic.batch_size.get_or_create_owned(&label),
+            batch_tokens: self.traffic.batch_tokens.get_or_create_owned(&label),
+            forward_calls: self.traffic.forward_calls.get_or_create_owned(&label),
+            queue_depth: self.traffic.queue_depth.get_or_create_owned(&label),
             request_counters: Arc::default(),
             stats: Arc::default(),
             all: Arc::clone(self),
@@ -315,7 +128,8 @@ impl Metrics {
 
     /// A canary rollout ended with `outcome` (`promoted`, `error_rate`, `latency`, ...).
     pub fn rollout_ended(&self, model: &str, outcome: &'static str) {
-        self.rollouts
+        self.repository
+            .rollouts
             .get_or_create(&OutcomeLabels {
                 model: model.to_string(),
                 outcome,
@@ -325,7 +139,8 @@ impl Metrics {
 
     /// The version in a canary rollout of `model` (0: none).
     pub fn set_rollout_candidate(&self, model: &str, version: u64) {
-        self.rollout_candidate
+        self.repository
+            .rollout_candidate
             .get_or_create(&ModelLabel {
                 model: model.to_string(),
             })
@@ -333,13 +148,15 @@ impl Metrics {
     }
 
     pub fn load_succeeded(&self, model: &str, duration: Duration) {
-        self.loads
+        self.repository
+            .loads
             .get_or_create(&LoadLabels {
                 model: model.to_string(),
                 result: "success",
             })
             .inc();
-        self.load_duration
+        self.repository
+            .load_duration
             .get_or_create(&ModelLabel {
                 model: model.to_string(),
             })
@@ -347,13 +164,15 @@ impl Metrics {
     }
 
     pub fn load_failed(&self, model: &str, kind: &'static str) {
-        self.loads
+        self.repository
+            .loads
             .get_or_create(&LoadLabels {
                 model: model.to_string(),
                 result: "failure",
             })
             .inc();
-        self.load_failures
+        self.repository
+            .load_failures
             .get_or_create(&FailureLabels {
                 model: model.to_string(),
                 kind,
@@ -367,7 +186,8 @@ impl Metrics {
     }
 
     pub fn config_reload(&self, ok: bool) {
-        self.config_reloads
+        self.repository
+            .config_reloads
             .get_or_create(&ResultLabel {
                 result: if ok { "success" } else { "failure" },
             })
@@ -387,14 +207,15 @@ impl Metrics {
         };
         match bytes {
             Some(b) => {
-                self.version_info.get_or_create(&info).set(1);
-                self.resident_bytes
+                self.repository.version_info.get_or_create(&info).set(1);
+                self.repository
+                    .resident_bytes
                     .get_or_create(&resident)
                     .set(i64::try_from(b).unwrap_or(i64::MAX));
             }
             None => {
-                self.version_info.remove(&info);
-                self.resident_bytes.remove(&resident);
+                self.repository.version_info.remove(&info);
+                self.repository.resident_bytes.remove(&resident);
             }
         }
     }
@@ -455,11 +276,15 @@ impl ModelMetrics {
             counter.inc();
             return;
         }
-        let counter = self.all.requests.get_or_create_owned(&RequestLabels {
-            model: self.model.clone(),
-            version: version.map(|v| v.to_string()).unwrap_or_default(),
-            outcome,
-        });
+        let counter = self
+            .all
+            .traffic
+            .requests
+            .get_or_create_owned(&RequestLabels {
+                model: self.model.clone(),
+                version: version.map(|v| v.to_string()).unwrap_or_default(),
+                outcome,
+            });
         counter.inc();
         self.request_counters
             .write()
@@ -507,6 +332,7 @@ impl ModelMetrics {
 
     pub fn rejected(&self, reason: &'static str) {
         self.all
+            .traffic
             .rejections
             .get_or_create(&ReasonLabels {
                 model: self.model.clone(),
