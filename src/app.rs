@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::arch::Registry;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::engine::cpu::Cpu;
 use crate::http::{self, AppState, BodyLimits, Limits, ServeOptions};
 use crate::protocol::DecodeLimits;
@@ -131,61 +131,11 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
     let server = &config.server;
     let state = AppState::new(
         Arc::clone(&repository),
-        Limits {
-            body: BodyLimits {
-                max_bytes: server.limits.max_body_bytes,
-                deadline: server.limits.body_deadline,
-            },
-            decode: DecodeLimits::default(),
-            max_inflight_body_bytes: server.limits.max_inflight_body_bytes,
-            slow_threads: match server.limits.decode_threads {
-                0 => ThreadBudget::resolve(server.compute_threads).tokio_workers,
-                n => n,
-            },
-        },
+        front_end_limits(server),
         server.strict_readiness,
     );
-    let serve_options = ServeOptions {
-        header_read_timeout: server.limits.header_read_timeout,
-        keep_alive_idle: server.limits.keep_alive_idle,
-        max_connections: server.limits.max_connections,
-        max_connections_per_peer: server.limits.max_connections_per_peer,
-        grace: server.shutdown_grace,
-    };
     let (stop, stopped) = watch::channel(false);
-    let shutdown = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let listener = tokio::net::TcpListener::bind(server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", server.listen))?;
-    let addr = listener.local_addr()?;
-    let mut listeners = vec![tokio::spawn(http::serve(
-        listener,
-        http::router(state.clone()),
-        serve_options,
-        shutdown(stopped.clone()),
-    ))];
-
-    let mut admin_addr = None;
-    if let Some(admin) = server.admin_listen {
-        let token = options
-            .admin_token
-            .as_deref()
-            .filter(|t| !t.trim().is_empty())
-            .context("admin_listen is set but WICK_ADMIN_TOKEN is empty: the repository API needs a bearer token")?;
-        let listener = tokio::net::TcpListener::bind(admin)
-            .await
-            .with_context(|| format!("cannot listen on {admin} (admin_listen)"))?;
-        admin_addr = Some(listener.local_addr()?);
-        listeners.push(tokio::spawn(http::serve(
-            listener,
-            http::admin::router(state.clone(), token),
-            serve_options,
-            shutdown(stopped.clone()),
-        )));
-    }
+    let listening = bind(server, &state, options.admin_token.as_deref(), &stopped).await?;
 
     // Initial load: off the runtime's workers; liveness already answers meanwhile.
     let loader = Arc::clone(&repository);
@@ -194,31 +144,117 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
         .context("the initial load panicked")?;
 
     let watcher = if options.watch {
-        let source = config.source.clone().map(|path| ConfigSource {
-            path,
-            env: options.env,
-            running: config.server.clone(),
-            identity: config.source_identity,
-            registry: Arc::clone(&config.registry),
-        });
-        Some(watcher::start(
-            Arc::clone(&repository),
-            server.poll_interval,
-            source,
-        )?)
+        Some(start_watcher(&config, options.env, &repository)?)
     } else {
         None
     };
 
     Ok(Server {
-        addr,
-        admin_addr,
+        addr: listening.addr,
+        admin_addr: listening.admin_addr,
         state,
         stop,
         drain_delay: config.server.drain_delay,
-        listeners,
+        listeners: listening.tasks,
         watcher,
     })
+}
+
+/// The HTTP front end's limits from the `[server]` section.
+fn front_end_limits(server: &ServerConfig) -> Limits {
+    Limits {
+        body: BodyLimits {
+            max_bytes: server.limits.max_body_bytes,
+            deadline: server.limits.body_deadline,
+        },
+        decode: DecodeLimits::default(),
+        max_inflight_body_bytes: server.limits.max_inflight_body_bytes,
+        slow_threads: match server.limits.decode_threads {
+            0 => ThreadBudget::resolve(server.compute_threads).tokio_workers,
+            n => n,
+        },
+    }
+}
+
+/// The bound listeners and the tasks serving them.
+struct Listening {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds the inference listener and, if configured, the repository API's (which needs
+/// `admin_token`), and serves them until `stopped` turns true.
+async fn bind(
+    server: &ServerConfig,
+    state: &AppState,
+    admin_token: Option<&str>,
+    stopped: &watch::Receiver<bool>,
+) -> anyhow::Result<Listening> {
+    let serve_options = ServeOptions {
+        header_read_timeout: server.limits.header_read_timeout,
+        keep_alive_idle: server.limits.keep_alive_idle,
+        max_connections: server.limits.max_connections,
+        max_connections_per_peer: server.limits.max_connections_per_peer,
+        grace: server.shutdown_grace,
+    };
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let listener = tokio::net::TcpListener::bind(server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", server.listen))?;
+    let addr = listener.local_addr()?;
+    let mut tasks = vec![tokio::spawn(http::serve(
+        listener,
+        http::router(state.clone()),
+        serve_options,
+        shutdown(stopped.clone()),
+    ))];
+
+    let mut admin_addr = None;
+    if let Some(admin) = server.admin_listen {
+        let token = admin_token
+            .filter(|t| !t.trim().is_empty())
+            .context("admin_listen is set but WICK_ADMIN_TOKEN is empty: the repository API needs a bearer token")?;
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (admin_listen)"))?;
+        admin_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            http::admin::router(state.clone(), token),
+            serve_options,
+            shutdown(stopped.clone()),
+        )));
+    }
+    Ok(Listening {
+        addr,
+        admin_addr,
+        tasks,
+    })
+}
+
+/// The watcher of the repository and, when the config came from a file, of that file (its
+/// reloads look up `WICK_*` through `env`).
+fn start_watcher(
+    config: &Config,
+    env: crate::config::EnvLookup,
+    repository: &Arc<Repository>,
+) -> anyhow::Result<WatchHandle> {
+    let source = config.source.clone().map(|path| ConfigSource {
+        path,
+        env,
+        running: config.server.clone(),
+        identity: config.source_identity,
+        registry: Arc::clone(&config.registry),
+    });
+    Ok(watcher::start(
+        Arc::clone(repository),
+        config.server.poll_interval,
+        source,
+    )?)
 }
 
 /// One line per served version, for the startup log.

@@ -240,50 +240,14 @@ async fn prepare(target: &Target, options: &BenchOptions) -> anyhow::Result<Prep
     for input in inputs {
         let name = input["name"].as_str().unwrap_or_default();
         let datatype = input["datatype"].as_str().unwrap_or_default();
-        let dims: Vec<i64> = input["shape"]
-            .as_array()
-            .map(|s| s.iter().skip(1).filter_map(Value::as_i64).collect())
-            .unwrap_or_default();
-        let mut shape = vec![options.rows];
-        shape.extend(
-            dims.iter()
-                .map(|d| if *d < 0 { options.seq_len } else { *d as usize }),
-        );
-        let count: usize = shape.iter().product();
         // Optional text-model inputs that are not the text itself are left out.
         if datatype == "INT64" && inputs.iter().any(|i| i["datatype"] == "BYTES") {
             continue;
         }
-        let (data, bytes): (Value, Vec<u8>) = match datatype {
-            "FP32" => {
-                let values: Vec<f32> = (0..count)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        (seed >> 40) as f32 / (1u64 << 24) as f32
-                    })
-                    .collect();
-                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (json!(values), bytes)
-            }
-            "INT64" => {
-                let values: Vec<i64> = (0..count).map(|i| 1000 + (i % 1000) as i64).collect();
-                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (json!(values), bytes)
-            }
-            "BYTES" => {
-                let values: Vec<&str> = (0..count).map(|_| options.text.as_str()).collect();
-                let mut bytes = Vec::new();
-                for v in &values {
-                    bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                    bytes.extend_from_slice(v.as_bytes());
-                }
-                (json!(values), bytes)
-            }
-            other => {
-                bail!("input {name:?} has datatype {other}, which wick bench does not generate")
-            }
+        let shape = input_shape(input, options);
+        let count: usize = shape.iter().product();
+        let Some((data, bytes)) = input_values(datatype, count, &options.text, &mut seed) else {
+            bail!("input {name:?} has datatype {datatype}, which wick bench does not generate")
         };
         if options.binary {
             json_inputs.push(json!({"name": name, "shape": shape, "datatype": datatype,
@@ -312,7 +276,61 @@ async fn prepare(target: &Target, options: &BenchOptions) -> anyhow::Result<Prep
     })
 }
 
-/// Runs the benchmark.
+/// The shape sent for `input` (from the model's metadata): `options.rows` rows, and
+/// `options.seq_len` for every variable dimension.
+fn input_shape(input: &Value, options: &BenchOptions) -> Vec<usize> {
+    let dims: Vec<i64> = input["shape"]
+        .as_array()
+        .map(|s| s.iter().skip(1).filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    let mut shape = vec![options.rows];
+    shape.extend(
+        dims.iter()
+            .map(|d| if *d < 0 { options.seq_len } else { *d as usize }),
+    );
+    shape
+}
+
+/// `count` values of `datatype`, as JSON and as the binary extension's bytes: pseudo-random
+/// FP32 in [0, 1) (from `seed`), token-like INT64, or `text` for BYTES. `None` for the other
+/// datatypes.
+fn input_values(
+    datatype: &str,
+    count: usize,
+    text: &str,
+    seed: &mut u64,
+) -> Option<(Value, Vec<u8>)> {
+    match datatype {
+        "FP32" => {
+            let values: Vec<f32> = (0..count)
+                .map(|_| {
+                    *seed ^= *seed << 13;
+                    *seed ^= *seed >> 7;
+                    *seed ^= *seed << 17;
+                    (*seed >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect();
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some((json!(values), bytes))
+        }
+        "INT64" => {
+            let values: Vec<i64> = (0..count).map(|i| 1000 + (i % 1000) as i64).collect();
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some((json!(values), bytes))
+        }
+        "BYTES" => {
+            let values: Vec<&str> = (0..count).map(|_| text).collect();
+            let mut bytes = Vec::new();
+            for v in &values {
+                bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(v.as_bytes());
+            }
+            Some((json!(values), bytes))
+        }
+        _ => None,
+    }
+}
+
 /// `wick bench`: runs the load and prints the report (as one JSON object with `json`).
 pub fn main(
     options: &BenchOptions,
@@ -338,23 +356,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let target = Target::parse(&options.url)?;
     let prepared = std::sync::Arc::new(prepare(&target, options).await?);
-    // Check once that the request works, so a misconfiguration fails loudly, not as N errors.
-    let mut probe = target.connect().await?;
-    let (status, body) = probe
-        .send(
-            Method::POST,
-            &prepared.path,
-            &prepared.headers,
-            prepared.body.clone(),
-        )
-        .await?;
-    if status != StatusCode::OK {
-        bail!(
-            "the probe request failed: {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    drop(probe);
+    probe(&target, &prepared).await?;
 
     let launched = Instant::now();
     let start = launched + options.warmup;
@@ -378,11 +380,39 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             client(&target, &prepared, run).await
         }));
     }
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.context("a client task panicked")??);
+    }
+    Ok(report(options, start, results))
+}
+
+/// Sends the request once, so a misconfiguration fails loudly, not as N errors.
+async fn probe(target: &Target, prepared: &Prepared) -> anyhow::Result<()> {
+    let mut probe = target.connect().await?;
+    let (status, body) = probe
+        .send(
+            Method::POST,
+            &prepared.path,
+            &prepared.headers,
+            prepared.body.clone(),
+        )
+        .await?;
+    if status != StatusCode::OK {
+        bail!(
+            "the probe request failed: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
+/// The clients' results, measured from `start` (the end of the warm-up), as one report.
+fn report(options: &BenchOptions, start: Instant, results: Vec<ClientResult>) -> BenchReport {
     let mut latencies: Vec<u32> = Vec::new();
     let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
     let mut last = start;
-    for task in tasks {
-        let result = task.await.context("a client task panicked")??;
+    for result in results {
         latencies.extend(result.latencies);
         for (status, count) in result.errors {
             *statuses.entry(status).or_default() += count;
@@ -402,7 +432,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         latencies[rank.clamp(1, latencies.len()) - 1] as u64
     };
     let requests = latencies.len() as u64;
-    Ok(BenchReport {
+    BenchReport {
         model: options.model.clone(),
         clients: options.clients,
         rate: options.rate,
@@ -419,7 +449,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         p99_us: pct(99.0),
         p999_us: pct(99.9),
         max_us: latencies.last().copied().unwrap_or(0) as u64,
-    })
+    }
 }
 
 struct ClientResult {

@@ -12,7 +12,7 @@ use std::fmt;
 use candle_core::DType;
 use serde::Serialize;
 
-use super::header::{FileDtype, Header};
+use super::header::{FileDtype, Header, TensorEntry};
 use super::mapping::{Glob, KeyMapping, Mapped};
 
 /// One parameter or buffer the model asks for.
@@ -107,6 +107,48 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Checks the one file tensor `stored` (at `index` in the header) that maps to `param`:
+    /// its shape must be equal and its dtype acceptable. Records any problem (or an upcast) and
+    /// returns how to load it when there is none.
+    fn check_param(
+        &mut self,
+        param: &ParamSpec,
+        index: usize,
+        stored: &TensorEntry,
+    ) -> Option<PlanEntry> {
+        let shape_ok = stored.shape == param.shape;
+        if !shape_ok {
+            self.shape_mismatches.push(ShapeMismatch {
+                key: param.name.clone(),
+                checkpoint: stored.shape.clone(),
+                model: param.shape.clone(),
+            });
+        }
+        match dtype_policy(stored.dtype, param.dtype) {
+            Ok(conversion) if shape_ok => {
+                if conversion == Conversion::Upcast {
+                    self.upcast.push(param.name.clone());
+                }
+                Some(PlanEntry {
+                    model_key: param.name.clone(),
+                    file_index: index,
+                    dtype: param.dtype,
+                    conversion,
+                })
+            }
+            Ok(_) => None,
+            Err(reason) => {
+                self.dtype_problems.push(DtypeProblem {
+                    key: param.name.clone(),
+                    checkpoint: stored.dtype.to_string(),
+                    model: format!("{:?}", param.dtype).to_uppercase(),
+                    reason: reason.to_string(),
+                });
+                None
+            }
+        }
+    }
+
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty()
             && self.unexpected.is_empty()
@@ -250,49 +292,20 @@ pub fn compare(
             continue;
         }
         let index = indices[0];
-        let stored = &header.tensors[index];
-        let mut ok = true;
-        if stored.shape != param.shape {
-            report.shape_mismatches.push(ShapeMismatch {
-                key: param.name.clone(),
-                checkpoint: stored.shape.clone(),
-                model: param.shape.clone(),
-            });
-            ok = false;
-        }
-        match dtype_policy(stored.dtype, param.dtype) {
-            Ok(conversion) => {
-                if ok {
-                    if conversion == Conversion::Upcast {
-                        report.upcast.push(param.name.clone());
-                    }
-                    plan.push(PlanEntry {
-                        model_key: param.name.clone(),
-                        file_index: index,
-                        dtype: param.dtype,
-                        conversion,
-                    });
-                }
-            }
-            Err(reason) => report.dtype_problems.push(DtypeProblem {
-                key: param.name.clone(),
-                checkpoint: stored.dtype.to_string(),
-                model: format!("{:?}", param.dtype).to_uppercase(),
-                reason: reason.to_string(),
-            }),
+        if let Some(entry) = report.check_param(param, index, &header.tensors[index]) {
+            plan.push(entry);
         }
     }
 
-    for (key, indices) in &by_key {
-        if wanted.contains_key(key) {
-            continue;
-        }
+    // Checkpoint keys the model does not ask for: optional (accepted) or unexpected.
+    for (key, indices) in by_key.iter().filter(|(key, _)| !wanted.contains_key(*key)) {
+        let optional = expected.optional.iter().any(|g| g.matches(key));
         for index in indices {
-            let name = &header.tensors[*index].name;
-            if expected.optional.iter().any(|g| g.matches(key)) {
-                report.optional_present.push(name.clone());
+            let name = header.tensors[*index].name.clone();
+            if optional {
+                report.optional_present.push(name);
             } else {
-                report.unexpected.push(name.clone());
+                report.unexpected.push(name);
             }
         }
     }

@@ -112,6 +112,70 @@ fn row_values(shape: &[usize]) -> Option<usize> {
         .filter(|v| *v <= MAX_ROW_VALUES)
 }
 
+/// The checkpoint's module path before the layer indices (`features.` → `features`).
+fn module_prefix(configured: &str) -> Result<String, InvalidConfig> {
+    let prefix = configured.trim_end_matches('.').to_string();
+    if prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    {
+        Ok(prefix)
+    } else {
+        Err(InvalidConfig::new(
+            "prefix",
+            format!("{configured:?} must be a module path such as \"features.\""),
+        ))
+    }
+}
+
+/// Parses every layer and infers the row shape through the stack from `input`; a layer that
+/// cannot take its input, or makes an empty or oversized row, is an error naming it. Also
+/// returns the vocabulary size when the first layer is an `Embedding` (the input is then ids).
+fn resolve_layers(
+    entries: &[toml::Value],
+    input: &[usize],
+) -> Result<(Vec<Resolved>, Option<i64>), InvalidConfig> {
+    let mut shape = input.to_vec();
+    let mut layers = Vec::with_capacity(entries.len());
+    let mut tokens = None;
+    for (index, entry) in entries.iter().enumerate() {
+        let (kind, spec) = LayerSpec::parse(entry)
+            .map_err(|reason| InvalidConfig::new("layers", format!("layers[{index}]: {reason}")))?;
+        if let LayerSpec::Embedding { count, .. } = spec {
+            if index == 0 {
+                tokens = Some(count as i64);
+            }
+        }
+        let output = spec.output_shape(&shape, index == 0).map_err(|m| {
+            InvalidConfig::new(
+                "layers",
+                format!(
+                    "layers[{index}] ({kind}) takes {}, but its input is {}",
+                    m.0,
+                    shape_text(&shape)
+                ),
+            )
+        })?;
+        if row_values(&output).is_none() || output.contains(&0) {
+            return Err(InvalidConfig::new(
+                "layers",
+                format!(
+                    "layers[{index}] ({kind}) makes {} of {}: empty, or more than {MAX_ROW_VALUES} values per row",
+                    shape_text(&output),
+                    shape_text(&shape)
+                ),
+            ));
+        }
+        layers.push(Resolved {
+            spec,
+            input: shape,
+            output: output.clone(),
+        });
+        shape = output;
+    }
+    Ok((layers, tokens))
+}
+
 impl SequentialArch {
     pub fn new(cfg: SequentialConfig) -> Result<SequentialArch, InvalidConfig> {
         io_name(&cfg.input.name, "input.name")?;
@@ -120,19 +184,7 @@ impl SequentialArch {
             .map(|o| o.name)
             .unwrap_or_else(|| "output".to_string());
         io_name(&output_name, "output.name")?;
-        let prefix = cfg.prefix.trim_end_matches('.').to_string();
-        if !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        {
-            return Err(InvalidConfig::new(
-                "prefix",
-                format!(
-                    "{:?} must be a module path such as \"features.\"",
-                    cfg.prefix
-                ),
-            ));
-        }
+        let prefix = module_prefix(&cfg.prefix)?;
         if cfg.input.shape.is_empty() || cfg.input.shape.contains(&0) {
             return Err(InvalidConfig::new(
                 "input.shape",
@@ -151,45 +203,8 @@ impl SequentialArch {
                 format!("must list 1 to {MAX_LAYERS} layers"),
             ));
         }
-        let mut shape = cfg.input.shape.clone();
-        let mut layers = Vec::with_capacity(cfg.layers.len());
-        let mut tokens = None;
-        for (index, entry) in cfg.layers.iter().enumerate() {
-            let (kind, spec) = LayerSpec::parse(entry).map_err(|reason| {
-                InvalidConfig::new("layers", format!("layers[{index}]: {reason}"))
-            })?;
-            if let LayerSpec::Embedding { count, .. } = spec {
-                if index == 0 {
-                    tokens = Some(count as i64);
-                }
-            }
-            let output = spec.output_shape(&shape, index == 0).map_err(|m| {
-                InvalidConfig::new(
-                    "layers",
-                    format!(
-                        "layers[{index}] ({kind}) takes {}, but its input is {}",
-                        m.0,
-                        shape_text(&shape)
-                    ),
-                )
-            })?;
-            if row_values(&output).is_none() || output.contains(&0) {
-                return Err(InvalidConfig::new(
-                    "layers",
-                    format!(
-                        "layers[{index}] ({kind}) makes {} of {}: empty, or more than {MAX_ROW_VALUES} values per row",
-                        shape_text(&output),
-                        shape_text(&shape)
-                    ),
-                ));
-            }
-            layers.push(Resolved {
-                spec,
-                input: shape,
-                output: output.clone(),
-            });
-            shape = output;
-        }
+        let (layers, tokens) = resolve_layers(&cfg.layers, &cfg.input.shape)?;
+        let out_shape = layers.last().map_or(&cfg.input.shape, |l| &l.output);
         let in_kind = if tokens.is_some() {
             ElemKind::I64
         } else {
@@ -202,7 +217,7 @@ impl SequentialArch {
                 in_kind,
                 &dims(&cfg.input.shape),
             )],
-            outputs: vec![IoSpec::new(&output_name, ElemKind::F32, &dims(&shape))],
+            outputs: vec![IoSpec::new(&output_name, ElemKind::F32, &dims(out_shape))],
         };
         Ok(SequentialArch {
             layers,

@@ -99,6 +99,48 @@ fn optional(
     }
 }
 
+/// A convolution's weight, flattened to `[cout, cin/groups × kernel]` for the im2col product.
+fn load_conv(vb: &VarBuilder, g: &ConvGeometry, bias: bool) -> candle_core::Result<Op> {
+    let cin_g = g.cin / g.groups;
+    let weight = if g.dims == 1 {
+        vb.get((g.cout, cin_g, g.kernel[1]), "weight")?
+    } else {
+        vb.get((g.cout, cin_g, g.kernel[0], g.kernel[1]), "weight")?
+    };
+    Ok(Op::Conv {
+        weight: weight
+            .reshape((g.cout, cin_g * g.kernel[0] * g.kernel[1]))?
+            .contiguous()?,
+        bias: optional(vb, g.cout, "bias", bias)?,
+        geometry: *g,
+    })
+}
+
+/// A LayerNorm over the trailing `shape`, with its elementwise weight and bias if it has them.
+fn load_layer_norm(
+    vb: &VarBuilder,
+    shape: &[usize],
+    eps: f64,
+    weight: bool,
+    bias: bool,
+) -> candle_core::Result<Op> {
+    let get = |name: &str| vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>();
+    Ok(Op::LayerNorm {
+        size: shape.iter().product(),
+        eps,
+        weight: if weight { Some(get("weight")?) } else { None },
+        bias: if bias { Some(get("bias")?) } else { None },
+    })
+}
+
+/// PyTorch's softmax `dim` (negative counts from the end, the batch dimension included) as an
+/// index into the per-row shape of rank `rank`.
+fn softmax_dim(dim: i64, rank: usize) -> usize {
+    let full = rank as i64 + 1;
+    let d = if dim < 0 { dim + full } else { dim };
+    (d - 1) as usize
+}
+
 impl Step {
     /// Loads layer `spec` from `vb` (already at the layer's index, e.g. `features.3`), asking
     /// for exactly the parameters and buffers PyTorch's module has.
@@ -117,21 +159,7 @@ impl Step {
                 weight: vb.get((*out_features, *in_features), "weight")?,
                 bias: optional(&vb, *out_features, "bias", *bias)?,
             },
-            LayerSpec::Conv { geometry: g, bias } => {
-                let cin_g = g.cin / g.groups;
-                let weight = if g.dims == 1 {
-                    vb.get((g.cout, cin_g, g.kernel[1]), "weight")?
-                } else {
-                    vb.get((g.cout, cin_g, g.kernel[0], g.kernel[1]), "weight")?
-                };
-                Op::Conv {
-                    weight: weight
-                        .reshape((g.cout, cin_g * g.kernel[0] * g.kernel[1]))?
-                        .contiguous()?,
-                    bias: optional(&vb, g.cout, "bias", *bias)?,
-                    geometry: *g,
-                }
-            }
+            LayerSpec::Conv { geometry, bias } => load_conv(&vb, geometry, *bias)?,
             LayerSpec::BatchNorm {
                 features,
                 eps,
@@ -146,20 +174,7 @@ impl Step {
                 eps,
                 weight,
                 bias,
-            } => {
-                let size = shape.iter().product();
-                let get = |name: &str| {
-                    vb.get(shape.as_slice(), name)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()
-                };
-                Op::LayerNorm {
-                    size,
-                    eps: *eps,
-                    weight: if *weight { Some(get("weight")?) } else { None },
-                    bias: if *bias { Some(get("bias")?) } else { None },
-                }
-            }
+            } => load_layer_norm(&vb, shape, *eps, *weight, *bias)?,
             LayerSpec::GroupNorm {
                 groups,
                 channels,
@@ -179,14 +194,10 @@ impl Step {
                 dim: *dim,
             },
             LayerSpec::Act(a) => Op::Act(*a),
-            LayerSpec::Softmax { dim, log } => {
-                let full = input.len() as i64 + 1;
-                let d = if *dim < 0 { dim + full } else { *dim };
-                Op::Softmax {
-                    dim: (d - 1) as usize,
-                    log: *log,
-                }
-            }
+            LayerSpec::Softmax { dim, log } => Op::Softmax {
+                dim: softmax_dim(*dim, input.len()),
+                log: *log,
+            },
             LayerSpec::MaxPool(g) => Op::MaxPool(*g),
             LayerSpec::AvgPool {
                 geometry,

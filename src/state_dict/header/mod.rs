@@ -324,66 +324,91 @@ pub fn parse_header(
         });
     }
 
-    let mut tensors = Vec::with_capacity(raw.tensors.len());
-    for (name, entry) in raw.tensors {
-        let dtype = FileDtype::parse(&entry.dtype).ok_or_else(|| FormatError::UnknownDtype {
-            name: name.clone(),
-            dtype: entry.dtype.clone(),
-        })?;
-        if entry.shape.len() > limits.max_rank {
-            return Err(FormatError::RankTooLarge {
-                name,
-                rank: entry.shape.len(),
-                cap: limits.max_rank,
-            });
-        }
-        if let Some(&dim) = entry.shape.iter().find(|d| **d > limits.max_dim) {
-            return Err(FormatError::DimTooLarge {
-                name,
-                dim,
-                cap: limits.max_dim,
-            });
-        }
-        let expected = entry
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-            .and_then(|n| n.checked_mul(dtype.size()));
-        let Some(expected) = expected else {
-            return Err(FormatError::SizeOverflow {
-                name,
-                shape: entry.shape,
-                dtype,
-            });
-        };
-        let (start, end) = entry.data_offsets;
-        let shape: Vec<usize> = entry.shape.iter().map(|d| *d as usize).collect();
-        let actual = end.checked_sub(start);
-        if actual != Some(expected) {
-            return Err(FormatError::SizeMismatch {
-                name,
-                shape,
-                dtype,
-                start,
-                end,
-                expected,
-                actual: actual.unwrap_or(0),
-            });
-        }
-        tensors.push(TensorEntry {
+    let mut tensors = raw
+        .tensors
+        .into_iter()
+        .map(|(name, entry)| tensor_entry(name, entry, limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_tiling(&mut tensors, json.len() as u64, file_len)?;
+    Ok(Header {
+        header_len: json.len() as u64,
+        tensors,
+        metadata: raw.metadata,
+    })
+}
+
+/// One header entry checked against the caps, its dtype known and its byte range exactly the
+/// size its shape and dtype give.
+fn tensor_entry(
+    name: String,
+    entry: RawTensor,
+    limits: &HeaderLimits,
+) -> Result<TensorEntry, FormatError> {
+    let dtype = FileDtype::parse(&entry.dtype).ok_or_else(|| FormatError::UnknownDtype {
+        name: name.clone(),
+        dtype: entry.dtype.clone(),
+    })?;
+    if entry.shape.len() > limits.max_rank {
+        return Err(FormatError::RankTooLarge {
             name,
-            dtype,
-            shape,
-            start,
-            end,
+            rank: entry.shape.len(),
+            cap: limits.max_rank,
         });
     }
+    if let Some(&dim) = entry.shape.iter().find(|d| **d > limits.max_dim) {
+        return Err(FormatError::DimTooLarge {
+            name,
+            dim,
+            cap: limits.max_dim,
+        });
+    }
+    let expected = entry
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+        .and_then(|n| n.checked_mul(dtype.size()));
+    let Some(expected) = expected else {
+        return Err(FormatError::SizeOverflow {
+            name,
+            shape: entry.shape,
+            dtype,
+        });
+    };
+    let (start, end) = entry.data_offsets;
+    let shape: Vec<usize> = entry.shape.iter().map(|d| *d as usize).collect();
+    let actual = end.checked_sub(start);
+    if actual != Some(expected) {
+        return Err(FormatError::SizeMismatch {
+            name,
+            shape,
+            dtype,
+            start,
+            end,
+            expected,
+            actual: actual.unwrap_or(0),
+        });
+    }
+    Ok(TensorEntry {
+        name,
+        dtype,
+        shape,
+        start,
+        end,
+    })
+}
 
+/// Sorts `tensors` by offset and checks that they tile the data section exactly and that the
+/// file (`file_len` bytes, with a `json_len`-byte header) ends where the last one does.
+fn check_tiling(
+    tensors: &mut [TensorEntry],
+    json_len: u64,
+    file_len: u64,
+) -> Result<(), FormatError> {
     // The data section must be tiled exactly: sorted by offset, each tensor starts where the
     // previous one ended. Zero-sized tensors may share an offset.
     tensors.sort_by_key(|t| (t.start, t.end));
     let mut cursor = 0u64;
-    for t in &tensors {
+    for t in tensors.iter() {
         if t.start != cursor {
             return Err(FormatError::Offsets {
                 name: t.name.clone(),
@@ -394,7 +419,7 @@ pub fn parse_header(
         }
         cursor = t.end;
     }
-    let expected = (8 + json.len() as u64).saturating_add(cursor);
+    let expected = (8 + json_len).saturating_add(cursor);
     if file_len < expected {
         return Err(FormatError::TruncatedData {
             expected,
@@ -407,11 +432,7 @@ pub fn parse_header(
             actual: file_len,
         });
     }
-    Ok(Header {
-        header_len: json.len() as u64,
-        tensors,
-        metadata: raw.metadata,
-    })
+    Ok(())
 }
 
 /// Validates a whole in-memory file (used by tests and fuzzing; the loader reads the prefix and
