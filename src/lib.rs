@@ -8,16 +8,21 @@
 //! # Layout
 //! - [`model`]: the contract every architecture implements and everything above uses
 //!   (`Model`, `Prepared`, `Signature`, host tensors, input errors); depends on nothing of wick's;
-//! - [`arch`]: code-defined architecture families and their one registry table, with wick's own
-//!   CPU kernels in [`arch::kernels`];
+//! - [`arch`]: code-defined architecture families (`mlp`, `sequential`, `vision`, `text`) and
+//!   their one registry table, with wick's own CPU kernels in [`arch::kernels`];
 //! - [`state_dict`]: checkpoints as data: header validation, strict comparison, the load report;
 //! - [`repository`]: the model repository on disk: the pure reconciliation plan and the layer
-//!   that applies it, version records, the watcher, the load pipeline;
+//!   that applies it, version records, the watcher, the load pipeline, the golden-output gate
+//!   and canary rollouts;
 //! - [`engine`]: per-model queue, batching policy, compute thread, deadlines, cancellation;
-//! - [`protocol`]: KServe v2 JSON and binary tensors ⇄ host tensors;
-//! - [`http`]: routes, limits, the connection loop, error → status mapping, the admin API;
-//! - [`config`]: `config.toml` + `WICK_*` overrides → a validated [`config::Config`];
-//! - [`telemetry`]: logging and metrics;
+//! - [`protocol`]: KServe v2 JSON and binary tensors ⇄ host tensors; Triton's config and
+//!   statistics, OpenAI's and TEI's shapes, as data;
+//! - [`http`]: routes (KServe v2, Triton, OpenAI, TEI), limits, the connection loop, error →
+//!   status mapping, the admin API;
+//! - [`config`]: `config.toml` + `WICK_*` overrides → a validated [`config::Config`] (the
+//!   `[server]` section, a `[[models]]` entry and the promotion settings each in a file of
+//!   their own);
+//! - [`telemetry`]: logging, metrics and Triton's per-version statistics;
 //! - [`app`]: wires a server together and serves until a signal; [`commands`] and [`bench`]:
 //!   the other CLI subcommands;
 //! - [`convert`]: `wick convert`, `.pth` checkpoints to safetensors offline (CLI only: the
