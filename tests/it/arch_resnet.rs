@@ -10,10 +10,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::util::tensors::read_json;
+use crate::util::tensors::{f32_bytes, read_json, RawTensor};
 use crate::util::{
-    assert_close, assert_error, fixture, infer_request, output_f32, read_tensors, Repo, TestServer,
-    Tolerance, Values,
+    assert_close, assert_error, fixture, infer_request, output_f32, read_tensors,
+    write_safetensors, Repo, TestServer, Tolerance, Values,
 };
 use serde_json::{json, Value};
 
@@ -44,7 +44,7 @@ fn generated(name: &str, count: usize, exponent: i32) -> Vec<f32> {
 fn checkpoint(preset: &str, dir: &Path) -> PathBuf {
     let manifest = read_json(&fixture(&format!("arch/{preset}_manifest.json")));
     let stored = read_tensors(&fixture(&format!("arch/{preset}_bn.safetensors")));
-    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<RawTensor> = Vec::new();
     for entry in manifest["tensors"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap().to_string();
         let shape: Vec<usize> = entry["shape"]
@@ -56,16 +56,10 @@ fn checkpoint(preset: &str, dir: &Path) -> PathBuf {
         let (dtype, bytes) = if entry["source"] == "generated" {
             let count = shape.iter().product();
             let values = generated(&name, count, entry["exponent"].as_i64().unwrap() as i32);
-            (
-                safetensors::Dtype::F32,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+            (safetensors::Dtype::F32, f32_bytes(&values))
         } else {
             match &stored[&name] {
-                (s, Values::F32(v)) if *s == shape => (
-                    safetensors::Dtype::F32,
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
+                (s, Values::F32(v)) if *s == shape => (safetensors::Dtype::F32, f32_bytes(v)),
                 (s, Values::I64(v)) if *s == shape => (
                     safetensors::Dtype::I64,
                     v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -75,17 +69,8 @@ fn checkpoint(preset: &str, dir: &Path) -> PathBuf {
         };
         tensors.push((name, dtype, shape, bytes));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
     let path = dir.join(format!("{preset}.safetensors"));
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    write_safetensors(&path, &tensors, None);
     path
 }
 

@@ -9,25 +9,18 @@ use std::sync::Arc;
 
 use candle_nn::VarBuilder;
 use http::Method;
-use serde_json::Value;
 use wick::arch::{Architecture, Configured};
 use wick::model::{Assets, HostData, HostTensor, InputError, Model, Prepared, Signature};
 use wick::repository::rollout::routes_to_candidate;
 
 use crate::util::{
-    demo_model, eventually, fixture, infer_request, read_tensors, Repo, TestServer, SIMPLE, WAIT,
+    demo_model, eventually, f32_tensor, fixture, infer_request, model_version, simple_io,
+    write_safetensors, Repo, TestServer, SIMPLE, WAIT,
 };
 
 /// `simple` with a canary rollout (`rollout` is the inside of the TOML inline table).
 fn simple_with_rollout(rollout: &str) -> String {
     format!("{SIMPLE}rollout = {{ {rollout} }}\n")
-}
-
-fn fixture_x() -> Vec<f32> {
-    read_tensors(&fixture("simple_io.safetensors"))["x"]
-        .1
-        .f32()
-        .to_vec()
 }
 
 /// One inference of the fixture request with `x-request-id: id`: status and answering version.
@@ -42,26 +35,11 @@ async fn infer_with_id(server: &TestServer, x: &[f32], id: &str) -> (u16, String
         )
         .await;
     let version = if status == 200 {
-        let value: Value = answer.json();
-        value["model_version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        model_version(&answer.json())
     } else {
         String::new()
     };
     (status, version)
-}
-
-async fn state_of(server: &TestServer, version: u64) -> (String, String) {
-    let entry = server
-        .index_entry("simple", version)
-        .await
-        .unwrap_or_default();
-    (
-        entry["state"].as_str().unwrap_or_default().to_string(),
-        entry["reason"].as_str().unwrap_or_default().to_string(),
-    )
 }
 
 /// Starts a server of `models` over a repository serving `simple` version 1, then publishes
@@ -80,7 +58,7 @@ async fn canary_server(
     let server = TestServer::start_admin(config).await;
     repo.install("simple", 2, candidate);
     let started = eventually(WAIT, || async {
-        let (state, reason) = state_of(&server, 2).await;
+        let (state, reason) = server.version_state("simple", 2).await;
         state == "READY" && reason.starts_with("canary")
     })
     .await;
@@ -95,7 +73,7 @@ async fn the_canary_share_is_binomial_and_sticks_to_the_request_id() {
         "canary_percent = 20, promote_after_s = 3600, max_error_rate = 1.0, max_p99_ratio = 1000.0",
     );
     let (server, _repo) = canary_server(&models, None, &fixture("simple_v2.safetensors")).await;
-    let x = fixture_x();
+    let x = simple_io().0;
     let mut candidate = Vec::new();
     for i in 0..1000 {
         let id = format!("req-{i}");
@@ -115,14 +93,9 @@ async fn the_canary_share_is_binomial_and_sticks_to_the_request_id() {
     // Naming a version bypasses the canary.
     let (status, answer) = server.infer_f32("simple", "input", &[8, 10], &x).await;
     assert_eq!(status, 200, "{answer}");
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics
-            .text()
-            .contains(r#"wick_rollout_candidate_version{model="simple"} 2"#),
-        "{}",
-        metrics.text()
-    );
+    server
+        .assert_metrics(&[r#"wick_rollout_candidate_version{model="simple"} 2"#])
+        .await;
     server.shutdown().await;
 }
 
@@ -177,24 +150,15 @@ impl Model for DivergingModel {
 /// A `simple` checkpoint whose weights are all 1000: zeros (the warm-up) give 0, real inputs
 /// give outputs in the thousands.
 fn huge_weights(dir: &Path) -> PathBuf {
-    let weight: Vec<u8> = [1000.0f32; 10]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let bias: Vec<u8> = 0.0f32.to_le_bytes().to_vec();
-    let views = vec![
-        (
-            "linear.weight",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 10], &weight)
-                .unwrap(),
-        ),
-        (
-            "linear.bias",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &bias).unwrap(),
-        ),
-    ];
     let path = dir.join("huge.safetensors");
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    write_safetensors(
+        &path,
+        &[
+            f32_tensor("linear.weight", &[1, 10], &[1000.0; 10]),
+            f32_tensor("linear.bias", &[1], &[0.0]),
+        ],
+        None,
+    );
     path
 }
 
@@ -210,7 +174,7 @@ async fn a_failing_canary_is_rolled_back_and_traffic_returns_to_the_stable_versi
         &huge_weights(staging.path()),
     )
     .await;
-    let x = fixture_x();
+    let x = simple_io().0;
     let mut failed = Vec::new();
     let mut rolled_back = false;
     for i in 0..3000 {
@@ -221,7 +185,7 @@ async fn a_failing_canary_is_rolled_back_and_traffic_returns_to_the_stable_versi
         } else {
             assert_eq!(version, "1");
         }
-        if i % 20 == 0 && state_of(&server, 2).await.0 == "UNAVAILABLE" {
+        if i % 20 == 0 && server.version_state("simple", 2).await.0 == "UNAVAILABLE" {
             rolled_back = true;
             break;
         }
@@ -235,7 +199,7 @@ async fn a_failing_canary_is_rolled_back_and_traffic_returns_to_the_stable_versi
             "{id} failed outside the canary"
         );
     }
-    let (_, reason) = state_of(&server, 2).await;
+    let (_, reason) = server.version_state("simple", 2).await;
     assert!(
         reason.contains("rolled back") && reason.contains("error rate"),
         "{reason}"
@@ -246,17 +210,13 @@ async fn a_failing_canary_is_rolled_back_and_traffic_returns_to_the_stable_versi
     }
     // The rolled-back version is not loaded again while its files are unchanged.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(state_of(&server, 2).await.0, "UNAVAILABLE");
-    let (_, metrics) = server.get("/metrics").await;
-    let text = metrics.text();
-    assert!(
-        text.contains(r#"wick_rollouts_total{model="simple",outcome="error_rate"} 1"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"wick_rollout_candidate_version{model="simple"} 0"#),
-        "{text}"
-    );
+    assert_eq!(server.version_state("simple", 2).await.0, "UNAVAILABLE");
+    server
+        .assert_metrics(&[
+            r#"wick_rollouts_total{model="simple",outcome="error_rate"} 1"#,
+            r#"wick_rollout_candidate_version{model="simple"} 0"#,
+        ])
+        .await;
     server.shutdown().await;
 }
 
@@ -266,7 +226,7 @@ async fn a_healthy_canary_is_promoted_and_the_old_version_retired() {
         "canary_percent = 50, promote_after_s = 1, max_p99_ratio = 1000.0, min_requests = 5",
     );
     let (server, _repo) = canary_server(&models, None, &fixture("simple_v2.safetensors")).await;
-    let x = fixture_x();
+    let x = simple_io().0;
     let mut i = 0;
     let promoted = eventually(WAIT, || {
         i += 1;
@@ -276,12 +236,12 @@ async fn a_healthy_canary_is_promoted_and_the_old_version_retired() {
         async move {
             let (status, _) = infer_with_id(server, x, &id).await;
             assert_eq!(status, 200);
-            state_of(server, 1).await.0 == "UNAVAILABLE"
+            server.version_state("simple", 1).await.0 == "UNAVAILABLE"
         }
     })
     .await;
     assert!(promoted, "{:?}", server.index().await);
-    let (_, reason) = state_of(&server, 1).await;
+    let (_, reason) = server.version_state("simple", 1).await;
     assert!(reason.contains("version policy"), "{reason}");
     for i in 0..50 {
         assert_eq!(
@@ -289,13 +249,8 @@ async fn a_healthy_canary_is_promoted_and_the_old_version_retired() {
             (200, "2".to_string())
         );
     }
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics
-            .text()
-            .contains(r#"wick_rollouts_total{model="simple",outcome="promoted"} 1"#),
-        "{}",
-        metrics.text()
-    );
+    server
+        .assert_metrics(&[r#"wick_rollouts_total{model="simple",outcome="promoted"} 1"#])
+        .await;
     server.shutdown().await;
 }

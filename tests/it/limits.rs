@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::util::process::Process;
-use crate::util::{demo_models, fixture, infer_request, Repo, TestServer};
+use crate::util::{
+    demo_models, f32_tensor, fixture, infer_request, write_safetensors, Repo, TestServer,
+};
 use tokio::io::AsyncWriteExt;
 use wick::bench::Target;
 
@@ -261,33 +263,15 @@ async fn request_memory_is_bounded_by_what_the_server_admits() {
 
 /// A `linear` checkpoint of `in_features` × `out_features`, F32.
 fn linear_checkpoint(path: &Path, in_features: usize, out_features: usize, seed: f32) {
-    let weight: Vec<u8> = (0..in_features * out_features)
-        .flat_map(|i| ((i % 97) as f32 * 1e-4 + seed).to_le_bytes())
+    let weight: Vec<f32> = (0..in_features * out_features)
+        .map(|i| (i % 97) as f32 * 1e-4 + seed)
         .collect();
-    let bias: Vec<u8> = (0..out_features)
-        .flat_map(|i| (i as f32 * 1e-3).to_le_bytes())
-        .collect();
+    let bias: Vec<f32> = (0..out_features).map(|i| i as f32 * 1e-3).collect();
     let tensors = [
-        (
-            "linear.weight",
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![out_features, in_features],
-                &weight,
-            )
-            .unwrap(),
-        ),
-        (
-            "linear.bias",
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![out_features],
-                &bias,
-            )
-            .unwrap(),
-        ),
+        f32_tensor("linear.weight", &[out_features, in_features], &weight),
+        f32_tensor("linear.bias", &[out_features], &bias),
     ];
-    safetensors::serialize_to_file(tensors, None, path).unwrap();
+    write_safetensors(path, &tensors, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,15 +11,9 @@ use serde_json::Value;
 use crate::arch_bert;
 use crate::util::process::wick;
 use crate::util::{
-    config_text, demo_model, eventually, f32s, fixture, output_f32, read_tensors, Repo, TestServer,
-    SIMPLE, WAIT,
+    config_text, demo_model, eventually, f32_tensor, f32s, fixture, model_version, output_f32,
+    raw_tensors, simple_io, write_safetensors, Repo, TestServer, SIMPLE, WAIT,
 };
-
-/// The fixture request of `simple` and version 1's answers to it (made by PyTorch).
-fn simple_io() -> (Vec<f32>, Vec<f32>) {
-    let io = read_tensors(&fixture("simple_io.safetensors"));
-    (io["x"].1.f32().to_vec(), io["y"].1.f32().to_vec())
-}
 
 /// Writes `golden.safetensors` in `dir`: F32 `(name, shape, values)` tensors.
 fn write_golden(dir: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> PathBuf {
@@ -32,23 +26,13 @@ fn write_golden_with(
     tensors: &[(&str, Vec<usize>, &[f32])],
     metadata: HashMap<String, String>,
 ) -> PathBuf {
-    let bytes: Vec<Vec<u8>> = tensors
+    let tensors: Vec<_> = tensors
         .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), data)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .unwrap();
-            (name.to_string(), view)
-        })
+        .map(|(name, shape, values)| f32_tensor(name, shape, values))
         .collect();
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("golden.safetensors");
-    safetensors::serialize_to_file(views, Some(metadata), &path).unwrap();
+    write_safetensors(&path, &tensors, Some(metadata));
     path
 }
 
@@ -72,13 +56,7 @@ async fn answer(server: &TestServer) -> (String, Vec<f32>) {
     let (x, _) = simple_io();
     let (status, value) = server.infer_f32("simple", "input", &[8, 10], &x).await;
     assert_eq!(status, 200, "{value}");
-    (
-        value["model_version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        output_f32(&value, "output"),
-    )
+    (model_version(&value), output_f32(&value, "output"))
 }
 
 #[tokio::test]
@@ -99,10 +77,7 @@ async fn golden_outputs_refuse_a_version_that_loads_but_answers_differently() {
         &[("model.safetensors", &v2), ("golden.safetensors", &golden)],
     );
     let refused = eventually(WAIT, || async {
-        server
-            .index_entry("simple", 2)
-            .await
-            .is_some_and(|e| e["state"] == "UNAVAILABLE")
+        server.version_state("simple", 2).await.0 == "UNAVAILABLE"
     })
     .await;
     assert!(refused, "{:?}", server.index().await);
@@ -123,14 +98,9 @@ async fn golden_outputs_refuse_a_version_that_loads_but_answers_differently() {
         "{entry}"
     );
     assert_eq!(answer(&server).await, ("1".to_string(), v1_outputs.clone()));
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics
-            .text()
-            .contains(r#"wick_model_load_failures_total{model="simple",kind="golden"} 1"#),
-        "{}",
-        metrics.text()
-    );
+    server
+        .assert_metrics(&[r#"wick_model_load_failures_total{model="simple",kind="golden"} 1"#])
+        .await;
 
     // Version 3: version 1's weights with the same golden file: it matches and goes live.
     repo.install_files(
@@ -175,10 +145,7 @@ async fn a_changed_golden_file_runs_the_gate_again() {
         ],
     );
     let refused = eventually(WAIT, || async {
-        server
-            .index_entry("simple", 2)
-            .await
-            .is_some_and(|e| e["state"] == "UNAVAILABLE")
+        server.version_state("simple", 2).await.0 == "UNAVAILABLE"
     })
     .await;
     assert!(refused, "{:?}", server.index().await);
@@ -272,20 +239,7 @@ fn check_full_gives_the_server_s_verdicts_offline() {
 /// A copy of the small BERT's checkpoint in `dir` with the sign of the embeddings' LayerNorm
 /// weight flipped: every key, shape and dtype is right, the outputs are not.
 fn flipped_bert(dir: &Path) -> PathBuf {
-    let bytes = std::fs::read(arch_bert::weights()).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            (
-                name,
-                view.dtype(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            )
-        })
-        .collect();
+    let mut data = raw_tensors(&arch_bert::weights());
     let target = "bert.embeddings.LayerNorm.weight";
     let entry = data.iter_mut().find(|(n, ..)| n == target).unwrap();
     assert_eq!(entry.1, safetensors::Dtype::F16);
@@ -293,15 +247,8 @@ fn flipped_bert(dir: &Path) -> PathBuf {
     for pair in entry.3.chunks_exact_mut(2) {
         pair[1] ^= 0x80;
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = data
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).unwrap();
-            (name.clone(), view)
-        })
-        .collect();
     let path = dir.join("flipped.safetensors");
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    write_safetensors(&path, &data, None);
     path
 }
 

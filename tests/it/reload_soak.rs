@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::util::{eventually, infer_request, Repo, TestServer, TOKEN};
+use crate::util::{
+    eventually, f32_tensor, infer_request, write_safetensors, Repo, TestServer, TOKEN,
+};
 
 const WIDTH: usize = 1024;
 
@@ -19,27 +21,13 @@ fn write_checkpoint(path: &Path, seed: u32) {
         state ^= state << 5;
         (state as f32 / u32::MAX as f32) - 0.5
     };
-    let weight: Vec<u8> = (0..WIDTH * WIDTH)
-        .flat_map(|_| (next() * 0.01).to_le_bytes())
-        .collect();
-    let bias: Vec<u8> = (0..WIDTH).flat_map(|_| next().to_le_bytes()).collect();
-    let views = [
-        (
-            "linear.weight",
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![WIDTH, WIDTH],
-                &weight,
-            )
-            .unwrap(),
-        ),
-        (
-            "linear.bias",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![WIDTH], &bias)
-                .unwrap(),
-        ),
+    let weight: Vec<f32> = (0..WIDTH * WIDTH).map(|_| next() * 0.01).collect();
+    let bias: Vec<f32> = (0..WIDTH).map(|_| next()).collect();
+    let tensors = [
+        f32_tensor("linear.weight", &[WIDTH, WIDTH], &weight),
+        f32_tensor("linear.bias", &[WIDTH], &bias),
     ];
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    write_safetensors(path, &tensors, None);
 }
 
 fn status_kb(field: &str) -> u64 {

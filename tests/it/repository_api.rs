@@ -4,16 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::util::{
-    assert_error, demo_model, fixture, read_tensors, Repo, TestServer, SIMPLE, TOKEN,
-};
+use crate::util::{assert_error, demo_model, fixture, simple_io, Repo, TestServer, SIMPLE, TOKEN};
 use serde_json::Value;
 
 fn x() -> Vec<f32> {
-    read_tensors(&fixture("simple_io.safetensors"))["x"]
-        .1
-        .f32()
-        .to_vec()
+    simple_io().0
 }
 
 async fn served_version(server: &TestServer) -> Option<String> {

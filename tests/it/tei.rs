@@ -3,7 +3,6 @@
 //! all-MiniLM-L6-v2, a 3-label NLI classifier and a one-label cross-encoder made from it: the
 //! answers equal `/v2` inference's, in TEI's shapes and order.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -11,7 +10,7 @@ use serde_json::{json, Value};
 use crate::openai::{minilm_repo, MINILM};
 use crate::util::tensors::read_json;
 use crate::util::text::text_input;
-use crate::util::{f32s, fixture, output_f32, Repo, TestServer};
+use crate::util::{f32s, fixture, output_f32, raw_tensors, write_safetensors, Repo, TestServer};
 
 fn case_dir() -> std::path::PathBuf {
     fixture("catalogue/bert_classifier")
@@ -39,28 +38,15 @@ fn classifier_toml(name: &str, labels: &[&str]) -> String {
 
 /// bert_classifier's checkpoint with only the first label's classifier row: a cross-encoder.
 fn one_label_checkpoint(target: &Path) {
-    let bytes = std::fs::read(case_dir().join("model.safetensors")).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut owned: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = HashMap::new();
-    for (name, view) in tensors.tensors() {
-        let (mut shape, mut data) = (view.shape().to_vec(), view.data().to_vec());
+    let mut tensors = raw_tensors(&case_dir().join("model.safetensors"));
+    for (name, _, shape, data) in &mut tensors {
         if name.starts_with("classifier.") {
             let row = data.len() / shape[0];
             data.truncate(row);
             shape[0] = 1;
         }
-        owned.insert(name, (view.dtype(), shape, data));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(name, (dtype, shape, data))| {
-            (
-                name.clone(),
-                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, target).unwrap();
+    write_safetensors(target, &tensors, None);
 }
 
 fn repo() -> Repo {

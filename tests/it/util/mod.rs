@@ -19,7 +19,8 @@ use std::time::Duration;
 pub use repo::{config_text, demo_models, simple_with, Repo, DIGITS, SIMPLE};
 pub use server::{TestServer, TOKEN};
 pub use tensors::{
-    assert_close, assert_error, f32s, infer_request, output_f32, read_tensors, Tolerance, Values,
+    assert_close, assert_error, f32_tensor, f32s, infer_request, model_version, output_f32,
+    raw_tensors, read_tensors, simple_io, write_safetensors, Tolerance, Values,
 };
 
 /// `tests/fixtures/<name>`.

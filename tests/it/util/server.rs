@@ -165,6 +165,23 @@ impl TestServer {
                 && e["version"].as_str().and_then(|v| v.parse::<u64>().ok()) == Some(version)
         })
     }
+
+    /// Asserts that `/metrics` contains each of `samples` (e.g.
+    /// `wick_rollouts_total{model="simple",outcome="promoted"} 1`), showing the exposition if not.
+    pub async fn assert_metrics(&self, samples: &[&str]) {
+        let text = self.get("/metrics").await.1.text();
+        for sample in samples {
+            assert!(text.contains(sample), "no {sample:?} in\n{text}");
+        }
+    }
+
+    /// The `state` and `reason` of `model` version `version` in the index (empty strings when
+    /// it has no entry).
+    pub async fn version_state(&self, model: &str, version: u64) -> (String, String) {
+        let entry = self.index_entry(model, version).await.unwrap_or_default();
+        let field = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
+        (field("state"), field("reason"))
+    }
 }
 
 /// A response body.

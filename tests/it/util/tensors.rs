@@ -59,6 +59,74 @@ pub fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Values)> {
     out
 }
 
+/// The fixture request of `simple` (`x`, 8 rows of 10) and version 1's answers to it (`y`),
+/// both made by PyTorch.
+pub fn simple_io() -> (Vec<f32>, Vec<f32>) {
+    let io = read_tensors(&super::fixture("simple_io.safetensors"));
+    (io["x"].1.f32().to_vec(), io["y"].1.f32().to_vec())
+}
+
+/// F32 values as little-endian bytes (the inverse of [`le_f32s`]).
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+pub type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// An F32 [`RawTensor`].
+pub fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> RawTensor {
+    (
+        name.to_string(),
+        safetensors::Dtype::F32,
+        shape.to_vec(),
+        f32_bytes(values),
+    )
+}
+
+/// Writes `tensors` (and `metadata`, if any) as a safetensors file at `path`.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: Option<HashMap<String, String>>,
+) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, metadata, path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Every tensor of a safetensors file as [`RawTensor`]s, to be edited and written again.
+pub fn raw_tensors(path: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// The version that answered an inference (empty when the response names none).
+pub fn model_version(response: &Value) -> String {
+    response["model_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A JSON reference written by a fixture script (e.g. `fixture("arch/bert_small.json")`).
 pub fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
