@@ -39,7 +39,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Cursor, Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -289,6 +289,26 @@ pub fn run(options: &ConvertOptions, out: &mut dyn Write) -> anyhow::Result<bool
         .map_err(|e| e.context(format!("cannot convert {}", input.display())))
 }
 
+/// The output's `__metadata__`: where it came from (the input's name and sha256, the `--key`)
+/// and what made it.
+fn provenance(input: &Path, key: Option<&str>, sha256: &str) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("source_sha256".to_string(), sha256.to_string()),
+        (
+            "converted_by".to_string(),
+            format!("wick {} convert", env!("CARGO_PKG_VERSION")),
+        ),
+    ]);
+    if let Some(name) = input.file_name() {
+        metadata.insert("source_file".into(), name.to_string_lossy().into_owned());
+    }
+    if let Some(key) = key {
+        metadata.insert("source_key".into(), key.to_string());
+    }
+    metadata
+}
+
 fn convert_file(
     options: &ConvertOptions,
     check: Option<(&Config, &str)>,
@@ -317,20 +337,7 @@ fn convert_file(
     let sha256 = state_dict::hex(&hasher.finalize());
     file.rewind().map_err(io_err)?;
 
-    let mut metadata = BTreeMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("source_sha256".to_string(), sha256.clone()),
-        (
-            "converted_by".to_string(),
-            format!("wick {} convert", env!("CARGO_PKG_VERSION")),
-        ),
-    ]);
-    if let Some(name) = input.file_name() {
-        metadata.insert("source_file".into(), name.to_string_lossy().into_owned());
-    }
-    if let Some(key) = &options.key {
-        metadata.insert("source_key".into(), key.clone());
-    }
+    let metadata = provenance(input, options.key.as_deref(), &sha256);
     let limits = Limits::for_input(before.size);
     let reader = BufReader::with_capacity(1 << 20, file);
     let mut prepared = prepare(

@@ -237,17 +237,7 @@ impl Step {
     pub fn forward(&self, x: Batch) -> candle_core::Result<Batch> {
         let n = x.n;
         let data = match &self.op {
-            Op::Linear { weight, bias } => {
-                let inner = weight.dim(1)?;
-                let rows = x.data.len() / inner;
-                let t = Tensor::from_vec(x.data, (rows, inner), &Device::Cpu)?;
-                let y = t.matmul(&weight.t()?)?;
-                let mut out = with_slice(&y, <[f32]>::to_vec)?;
-                if let Some(b) = bias {
-                    add_rows(&mut out, b);
-                }
-                out
-            }
+            Op::Linear { weight, bias } => linear(x.data, weight, bias.as_deref())?,
             Op::Conv {
                 weight,
                 bias,
@@ -326,6 +316,19 @@ impl Step {
         };
         Ok(Batch { n, data })
     }
+}
+
+/// `x W^T + b` over rows of `weight.dim(1)` values.
+fn linear(data: Vec<f32>, weight: &Tensor, bias: Option<&[f32]>) -> candle_core::Result<Vec<f32>> {
+    let inner = weight.dim(1)?;
+    let rows = data.len() / inner;
+    let t = Tensor::from_vec(data, (rows, inner), &Device::Cpu)?;
+    let y = t.matmul(&weight.t()?)?;
+    let mut out = with_slice(&y, <[f32]>::to_vec)?;
+    if let Some(b) = bias {
+        add_rows(&mut out, b);
+    }
+    Ok(out)
 }
 
 /// `f(index, chunk)` over consecutive chunks of `len` values, in parallel when worth it.

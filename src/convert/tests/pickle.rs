@@ -3,8 +3,8 @@
 
 use super::{binunicode, p2, unpickle};
 use crate::convert::objects::{Object, PickleError, Value};
-use crate::convert::torch::{describe, select, SelectError};
 use crate::convert::pickle::{parse, PickleLimits};
+use crate::convert::torch::{describe, select, SelectError};
 
 #[test]
 fn reads_the_values_torch_save_writes() {
