@@ -313,10 +313,11 @@ impl Spill {
         while !data.is_empty() {
             let block = match &mut self.block {
                 Some(block) => block,
-                None => self.block.insert(
-                    memmap2::MmapMut::map_anon(SPILL_BLOCK)
-                        .map_err(|e| ApiError::Internal(format!("cannot map memory for a request body: {e}")))?,
-                ),
+                None => self
+                    .block
+                    .insert(memmap2::MmapMut::map_anon(SPILL_BLOCK).map_err(|e| {
+                        ApiError::Internal(format!("cannot map memory for a request body: {e}"))
+                    })?),
             };
             let n = (SPILL_BLOCK - self.filled).min(data.len());
             block[self.filled..self.filled + n].copy_from_slice(&data[..n]);
@@ -332,9 +333,9 @@ impl Spill {
     /// Freezes the block being filled into the last chunk.
     fn finish(&mut self, chunks: &mut VecDeque<Bytes>) -> Result<(), ApiError> {
         if let Some(block) = self.block.take() {
-            let block = block
-                .make_read_only()
-                .map_err(|e| ApiError::Internal(format!("cannot seal a request body block: {e}")))?;
+            let block = block.make_read_only().map_err(|e| {
+                ApiError::Internal(format!("cannot seal a request body block: {e}"))
+            })?;
             chunks.push_back(Bytes::from_owner(block).slice(..self.filled));
             self.filled = 0;
         }
