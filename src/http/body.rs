@@ -6,7 +6,11 @@
 //! is refused before a byte is read, and the whole body must arrive before a deadline (a
 //! per-frame timeout would let a client trickle one byte at a time forever). Decoding then
 //! reads the chunks in order and frees each once consumed, so a large body and its decoded
-//! tensors are never both whole in memory. tritonclient may compress requests
+//! tensors are never both whole in memory. Past the first [`SPILL_AFTER`] bytes, a body is
+//! copied into blocks mapped straight from the kernel ([`Spill`]): dropping a consumed block
+//! returns its pages to the system at once, where the allocator would keep them resident, so a
+//! body's memory shrinks as fast as its decoded values grow (docs/security.md has the figures).
+//! tritonclient may compress requests
 //! (`Content-Encoding: gzip` or `deflate`): they are inflated while they are decoded, with the
 //! body limit applied to the *decompressed* size, so a zip bomb costs at most `max_bytes` of
 //! work, on the slow-work pool ([`super::pool`]), never on an async worker.
@@ -250,6 +254,7 @@ pub async fn receive(
         encoding,
         _budget: None,
     };
+    let mut spill = Spill::default();
     let collect = async {
         let mut body = body;
         while let Some(frame) = body.frame().await {
@@ -264,9 +269,13 @@ pub async fn receive(
             if declared.is_none() {
                 inflight.take(&mut budget, data.len())?;
             }
-            received.chunks.push_back(data);
+            if received.len <= SPILL_AFTER {
+                received.chunks.push_back(data);
+            } else {
+                spill.push(&data, &mut received.chunks)?;
+            }
         }
-        Ok(())
+        spill.finish(&mut received.chunks)
     };
     match tokio::time::timeout(limits.deadline, collect).await {
         Err(_) => {
@@ -278,6 +287,60 @@ pub async fn receive(
     }
     received._budget = budget;
     Ok(received)
+}
+
+/// A body's first bytes stay in the buffers they arrived in; past this many, they are copied
+/// into [`Spill`] blocks. Small requests, the common case, never pay for the copy.
+const SPILL_AFTER: usize = 4 << 20;
+
+/// Bytes per spill block: large enough that mapping one costs little beside filling it, small
+/// enough that the block being decoded is a small part of a large body.
+const SPILL_BLOCK: usize = 1 << 20;
+
+/// Where a large body's bytes go: anonymous memory maps of [`SPILL_BLOCK`] bytes, each frozen
+/// into a chunk when full. The allocator keeps freed memory resident for reuse, so a body held
+/// in its buffers would still count in full after decoding consumed it, beside the decoded
+/// values (3.4× a JSON tensor's body at peak where 2× is the values); a map is returned to the
+/// system when its chunk is dropped, after the decoder has read it.
+#[derive(Default)]
+struct Spill {
+    block: Option<memmap2::MmapMut>,
+    filled: usize,
+}
+
+impl Spill {
+    fn push(&mut self, mut data: &[u8], chunks: &mut VecDeque<Bytes>) -> Result<(), ApiError> {
+        while !data.is_empty() {
+            let block = match &mut self.block {
+                Some(block) => block,
+                None => self
+                    .block
+                    .insert(memmap2::MmapMut::map_anon(SPILL_BLOCK).map_err(|e| {
+                        ApiError::Internal(format!("cannot map memory for a request body: {e}"))
+                    })?),
+            };
+            let n = (SPILL_BLOCK - self.filled).min(data.len());
+            block[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == SPILL_BLOCK {
+                self.finish(chunks)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes the block being filled into the last chunk.
+    fn finish(&mut self, chunks: &mut VecDeque<Bytes>) -> Result<(), ApiError> {
+        if let Some(block) = self.block.take() {
+            let block = block.make_read_only().map_err(|e| {
+                ApiError::Internal(format!("cannot seal a request body block: {e}"))
+            })?;
+            chunks.push_back(Bytes::from_owner(block).slice(..self.filled));
+            self.filled = 0;
+        }
+        Ok(())
+    }
 }
 
 /// A response content coding wick can produce.
@@ -415,6 +478,37 @@ mod tests {
         assert!(result.is_err());
         assert!(out.len() <= 1 << 20);
         assert!(overflow.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_large_body_spills_into_blocks_and_reads_back_exactly() {
+        let body: Vec<u8> = (0..SPILL_AFTER + 2 * SPILL_BLOCK + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut chunks = VecDeque::new();
+        let mut spill = Spill::default();
+        let (head, tail) = body.split_at(SPILL_AFTER);
+        chunks.push_back(Bytes::copy_from_slice(head));
+        // Odd-sized pieces cross block boundaries.
+        for piece in tail.chunks(77_777) {
+            spill.push(piece, &mut chunks).unwrap();
+        }
+        spill.finish(&mut chunks).unwrap();
+        assert_eq!(chunks.len(), 1 + 3);
+        let len = body.len();
+        let mut received = Received {
+            chunks,
+            len,
+            encoding: Encoding::Identity,
+            _budget: None,
+        };
+        assert_eq!(&received.contiguous()[..], &body[..]);
+        let mut out = Vec::new();
+        received
+            .into_reader(len, Arc::new(AtomicBool::new(false)))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, body);
     }
 
     #[test]

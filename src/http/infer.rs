@@ -18,7 +18,7 @@ use crate::repository::ModelSlot;
 
 use super::body::{accepted_coding, compress, receive, Coding, Encoding, Received};
 use super::error::ApiError;
-use super::AppState;
+use super::{request_id, AppState};
 
 /// Bodies up to this size are decoded on the request's task: parsing them costs tens of
 /// microseconds, less than a hop to the pool. Larger (and compressed) bodies go to the pool.
@@ -61,12 +61,11 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let slot = state.slot(&model)?;
-    let request_id = headers.get(REQUEST_ID).map(HeaderValue::as_bytes);
-    let picked = state.route_version(&slot, version.as_deref(), request_id);
+    let picked = state.route_version(&slot, version.as_deref(), request_id(&headers));
     let picked = match picked {
         Ok(picked) => picked,
         Err(e) => {
-            slot.metrics.request(None, e.outcome(), started.elapsed());
+            state.finish_request(&slot, None, e.outcome(), started.elapsed());
             return Err(e);
         }
     };
@@ -74,18 +73,9 @@ async fn run(
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
-    slot.metrics
-        .request(Some(picked.version), outcome, started.elapsed());
-    // A canary judges its versions by their own failures: server errors count against the
-    // version that answered; client mistakes and overload say nothing about it.
-    if let (Some(canary), "success" | "error") = (&slot.serving().canary, outcome) {
-        canary.record(picked.version, outcome == "success", started.elapsed());
-    }
+    state.finish_request(&slot, Some(picked.version), outcome, started.elapsed());
     result
 }
-
-/// The header whose value pins a request to a canary's candidate or stable version.
-const REQUEST_ID: &str = "x-request-id";
 
 async fn serve(
     state: &AppState,

@@ -104,6 +104,26 @@ impl AppState {
         self.route_version(slot, version, None)
     }
 
+    /// Counts a finished request in the model's metrics and, during a canary rollout, in the
+    /// canary's judgement of the version that answered. Every inference route (KServe v2,
+    /// OpenAI, TEI) ends here, so a candidate is judged on all of its traffic.
+    pub fn finish_request(
+        &self,
+        slot: &ModelSlot,
+        version: Option<u64>,
+        outcome: &'static str,
+        took: std::time::Duration,
+    ) {
+        slot.metrics.request(version, outcome, took);
+        // A canary judges its versions by their own failures: server errors count against the
+        // version that answered; client mistakes and overload say nothing about it.
+        if let (Some(canary), Some(v), "success" | "error") =
+            (&slot.serving().canary, version, outcome)
+        {
+            canary.record(v, outcome == "success", took);
+        }
+    }
+
     /// The version an inference request goes to: the one named; else, during a canary
     /// rollout, the candidate or the stable version by `request_id` (the `x-request-id`
     /// header), so a retry with the same id sticks; else the newest ready one.
@@ -139,6 +159,14 @@ impl AppState {
             }
         }
     }
+}
+
+/// The header whose value pins a request to a canary's candidate or stable version.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's `x-request-id`, the key a canary routes by.
+pub fn request_id(headers: &http::HeaderMap) -> Option<&[u8]> {
+    headers.get(REQUEST_ID).map(http::HeaderValue::as_bytes)
 }
 
 /// The inference listener's routes: KServe v2 health, metadata and inference, and `/metrics`.

@@ -35,7 +35,7 @@ pub async fn embeddings(
 ) -> Result<Json<EmbeddingResponse>, OpenAiError> {
     let started = Instant::now();
     let request: EmbeddingRequest = read_json(&state, &headers, body).await?;
-    let (slot, version) = text_version(&state, &request.model, "embedding")?;
+    let (slot, version) = text_version(&state, &request.model, "embedding", &headers)?;
     let rows = match request.input {
         EmbeddingInput::Text(text) => Rows::Texts(vec![text]),
         EmbeddingInput::Texts(texts) => Rows::Texts(texts),

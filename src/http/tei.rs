@@ -21,7 +21,7 @@ use crate::repository::ModelSlot;
 
 use super::error::{ApiError, TeiError};
 use super::text::{infer_rows, output, read_json, text_version, Rows};
-use super::AppState;
+use super::{request_id, AppState};
 
 const EMBEDDING: &str = "embedding";
 const CLASSIFICATION: &str = "classification";
@@ -33,13 +33,15 @@ fn choose(
     model: Option<&str>,
     task: Option<&str>,
     route: &str,
+    headers: &HeaderMap,
 ) -> Result<(Arc<ModelSlot>, Arc<LoadedVersion>), ApiError> {
+    let id = request_id(headers);
     if let Some(model) = model {
         return match task {
-            Some(task) => text_version(state, model, task),
+            Some(task) => text_version(state, model, task, headers),
             None => {
                 let slot = state.slot(model)?;
-                let version = state.pick_version(&slot, None)?;
+                let version = state.route_version(&slot, None, id)?;
                 Ok((slot, version))
             }
         };
@@ -54,7 +56,7 @@ fn choose(
         .slots()
         .into_iter()
         .filter_map(|slot| {
-            let version = slot.serving().newest().cloned()?;
+            let version = slot.serving().route(id).cloned()?;
             fits(&version).then_some((slot, version))
         })
         .collect();
@@ -99,7 +101,13 @@ async fn embed_with(
 ) -> Result<Response, TeiError> {
     let started = Instant::now();
     let request: EmbedRequest = read_json(&state, &headers, body).await?;
-    let (slot, version) = choose(&state, model.as_deref(), Some(EMBEDDING), "/embed")?;
+    let (slot, version) = choose(
+        &state,
+        model.as_deref(),
+        Some(EMBEDDING),
+        "/embed",
+        &headers,
+    )?;
     let rows = Rows::Texts(request.inputs.into_vec());
     let outputs = infer_rows(&state, &slot, &version, rows, started).await?;
     let (values, rows) = output(&version, &outputs, "embedding")?;
@@ -138,7 +146,7 @@ async fn tokenize_with(
     body: Body,
 ) -> Result<Response, TeiError> {
     let request: TokenizeRequest = read_json(&state, &headers, body).await?;
-    let (slot, version) = choose(&state, model.as_deref(), None, "/tokenize")?;
+    let (slot, version) = choose(&state, model.as_deref(), None, "/tokenize", &headers)?;
     let texts = request.inputs.into_vec();
     let max = slot.engine.config().max_request_rows;
     if texts.len() > max {
@@ -191,7 +199,13 @@ async fn predict_with(
     let started = Instant::now();
     let request: PredictRequest = read_json(&state, &headers, body).await?;
     let (sequences, batch) = predict_rows(request.inputs).map_err(ApiError::InvalidBody)?;
-    let (slot, version) = choose(&state, model.as_deref(), Some(CLASSIFICATION), "/predict")?;
+    let (slot, version) = choose(
+        &state,
+        model.as_deref(),
+        Some(CLASSIFICATION),
+        "/predict",
+        &headers,
+    )?;
     let rows = classification_rows(sequences)?;
     let outputs = infer_rows(&state, &slot, &version, rows, started).await?;
     let scores = if request.raw_scores {
@@ -280,7 +294,13 @@ async fn rerank_with(
 ) -> Result<Response, TeiError> {
     let started = Instant::now();
     let request: RerankRequest = read_json(&state, &headers, body).await?;
-    let (slot, version) = choose(&state, model.as_deref(), Some(CLASSIFICATION), "/rerank")?;
+    let (slot, version) = choose(
+        &state,
+        model.as_deref(),
+        Some(CLASSIFICATION),
+        "/rerank",
+        &headers,
+    )?;
     if labels(&version).len() != 1 {
         return Err(ApiError::Unsupported(format!(
             "model {:?} has {} labels; reranking needs a cross-encoder with one",

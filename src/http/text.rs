@@ -18,7 +18,7 @@ use crate::repository::ModelSlot;
 use super::body::{receive, Encoding};
 use super::error::ApiError;
 use super::infer::{refuse_when_full, submit, Admitted, Split};
-use super::AppState;
+use super::{request_id, AppState};
 
 /// Bodies up to this size are parsed on the request's task (as in [`super::infer`]).
 const INLINE_PARSE_BYTES: usize = 64 << 10;
@@ -138,14 +138,16 @@ fn pad_ids(rows: &[Vec<i64>]) -> Result<(HostTensor, HostTensor), ApiError> {
     Ok((tensor(ids), tensor(mask)))
 }
 
-/// The newest ready version of `model`, which must be a text model doing `task`.
+/// The version of `model` a request goes to (the newest ready one, or a canary's pick by the
+/// request's `x-request-id`), which must be a text model doing `task`.
 pub(super) fn text_version(
     state: &AppState,
     model: &str,
     task: &str,
+    headers: &HeaderMap,
 ) -> Result<(Arc<ModelSlot>, Arc<LoadedVersion>), ApiError> {
     let slot = state.slot(model)?;
-    let version = state.pick_version(&slot, None)?;
+    let version = state.route_version(&slot, None, request_id(headers))?;
     let has = version
         .model
         .parameters()
@@ -173,8 +175,7 @@ pub(super) async fn infer_rows(
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
-    slot.metrics
-        .request(Some(version.version), outcome, started.elapsed());
+    state.finish_request(slot, Some(version.version), outcome, started.elapsed());
     result
 }
 

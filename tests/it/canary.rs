@@ -2,13 +2,15 @@
 //! is within the binomial interval and sticks to the request id; a candidate that fails requests
 //! is rolled back automatically with no failed request outside the canary share and is not
 //! loaded again while its files are unchanged; a healthy candidate is promoted and the previous
-//! version retired under the version policy.
+//! version retired under the version policy; a text model's canary is judged on its OpenAI
+//! and TEI traffic too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_nn::VarBuilder;
 use http::Method;
+use serde_json::json;
 use wick::arch::{Architecture, Configured};
 use wick::model::{Assets, HostData, HostTensor, InputError, Model, Prepared, Signature};
 use wick::repository::rollout::routes_to_candidate;
@@ -252,5 +254,68 @@ async fn a_healthy_canary_is_promoted_and_the_old_version_retired() {
     server
         .assert_metrics(&[r#"wick_rollouts_total{model="simple",outcome="promoted"} 1"#])
         .await;
+    server.shutdown().await;
+}
+
+/// The small BERT of tests/fixtures/arch as version `version` of model `text`.
+fn install_small_bert(repo: &Repo, version: u64) {
+    repo.install_files(
+        "text",
+        version,
+        &[
+            (
+                "model.safetensors",
+                &fixture("arch/bert_small/model.safetensors"),
+            ),
+            ("tokenizer.json", &fixture("arch/bert_small/tokenizer.json")),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_text_canary_is_judged_on_its_openai_and_tei_traffic() {
+    let models = "[[models]]\nname = \"text\"\narchitecture = \"bert\"\n\
+         config = { vocab_size = 132, hidden_size = 64, num_hidden_layers = 2, num_attention_heads = 4, \
+         intermediate_size = 128, max_position_embeddings = 64 }\n\
+         load = { strip_prefix = \"bert.\", ignore = [\"classifier.*\"] }\n\
+         rollout = { canary_percent = 50, promote_after_s = 1, max_p99_ratio = 1000.0, min_requests = 5 }\n";
+    let repo = Repo::new();
+    install_small_bert(&repo, 1);
+    let server = TestServer::start_admin(repo.config("", models)).await;
+    install_small_bert(&repo, 2);
+    let started = eventually(WAIT, || async {
+        let (state, reason) = server.version_state("text", 2).await;
+        state == "READY" && reason.starts_with("canary")
+    })
+    .await;
+    assert!(started, "{:?}", server.index().await);
+    // Only these routes carry traffic: the candidate can be promoted only if they count it.
+    let mut i = 0;
+    let promoted = eventually(WAIT, || {
+        i += 1;
+        let server = &server;
+        let (path, body) = if i % 2 == 0 {
+            (
+                "/v1/embeddings",
+                json!({"model": "text", "input": "a short text"}),
+            )
+        } else {
+            ("/embed", json!({"inputs": "a short text"}))
+        };
+        async move {
+            let (status, answer) = server
+                .request(
+                    Method::POST,
+                    path,
+                    &[("x-request-id", format!("text-{i}"))],
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await;
+            assert_eq!(status, 200, "{path}: {}", answer.text());
+            server.version_state("text", 1).await.0 == "UNAVAILABLE"
+        }
+    })
+    .await;
+    assert!(promoted, "{:?}", server.index().await);
     server.shutdown().await;
 }
