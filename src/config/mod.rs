@@ -21,7 +21,7 @@ use crate::model::naming::validate_model_name;
 
 use crate::state_dict::{FileIdentity, KeyMapping};
 
-pub use promotion::{GoldenTolerance, RolloutPolicy};
+pub use promotion::{GoldenTolerance, RolloutMode, RolloutPolicy};
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub strict_readiness: bool,
     /// Version directories and files may resolve (through symlinks) outside the repository.
     pub allow_external_symlinks: bool,
+    /// A writable directory where rolled-back versions are remembered across restarts
+    /// (src/repository/state.rs); `None`: a restart forgets them.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Protective limits of the HTTP front end.
@@ -260,6 +263,8 @@ struct RawServer {
     strict_readiness: bool,
     #[serde(default)]
     allow_external_symlinks: bool,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -529,6 +534,8 @@ fn resolve_server(
         drain_delay: Duration::from_millis(drain_delay_ms),
         strict_readiness: raw.strict_readiness,
         allow_external_symlinks: raw.allow_external_symlinks,
+        // Relative to the config file, like the repository.
+        state_dir: raw.state_dir.map(|d| base.join(d)),
     })
 }
 

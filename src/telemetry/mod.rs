@@ -6,6 +6,7 @@
 //! atomic adds, not a label lookup. The same calls keep Triton's per-version statistics
 //! ([`stats`]), so `/metrics` and the statistics extension count the same events.
 
+pub mod rollout;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -138,6 +139,8 @@ pub struct Metrics {
     panics: Family<ThreadLabel, Counter>,
     rollouts: Family<OutcomeLabels, Counter>,
     rollout_candidate: Family<ModelLabel, Gauge>,
+    /// Shadow comparisons and rollout states ([`rollout`]).
+    rollout: rollout::RolloutMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -190,6 +193,7 @@ impl Metrics {
             panics: Family::default(),
             rollouts: Family::default(),
             rollout_candidate: Family::default(),
+            rollout: rollout::RolloutMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -274,14 +278,15 @@ impl Metrics {
         );
         registry.register(
             "rollouts",
-            "Canary rollouts ended, by outcome (promoted, or rolled back by the bound it broke)",
+            "Rollouts ended, by outcome: promoted, operator_promote, or rolled back by the bound it broke (error_rate, latency, disagreement) or by an operator (operator_rollback)",
             m.rollouts.clone(),
         );
         registry.register(
             "rollout_candidate_version",
-            "The version in a canary rollout (0: none)",
+            "The candidate version of a canary or shadow rollout (0: none)",
             m.rollout_candidate.clone(),
         );
+        m.rollout.register(&mut registry);
         Metrics { registry, ..m }
     }
 
