@@ -54,7 +54,9 @@ fn choose(
         .slots()
         .into_iter()
         .filter_map(|slot| {
-            let version = slot.serving().newest().cloned()?;
+            // Routed like any request naming no version: a shadow's stable version, a
+            // canary's split.
+            let version = state.pick_version(&slot, None).ok()?;
             fits(&version).then_some((slot, version))
         })
         .collect();

@@ -254,6 +254,8 @@ fn process(sample: Sample) -> Outcome {
             Err(e) => return Outcome::Failed(format!("the candidate refused the inputs: {e}")),
         };
         let (tx, rx) = oneshot::channel();
+        // No deadline: an expired job would be counted as a client's timeout. The thread waits
+        // for each answer before the next sample, so at most one shadow request is queued.
         let job = Job::new(Arc::clone(&candidate), prepared, tx, None)
             .with_priority(Some(SHADOW_PRIORITY));
         match slot.engine.submit(job, None) {
@@ -266,8 +268,8 @@ fn process(sample: Sample) -> Outcome {
         }
         match rx.blocking_recv() {
             Ok(Ok(outputs)) => answers.push(outputs),
+            Ok(Err(EngineError::ShuttingDown)) | Err(_) => return Outcome::Dropped,
             Ok(Err(e)) => return Outcome::Failed(e.to_string()),
-            Err(_) => return Outcome::Dropped,
         }
     }
     let produced = match answers.len() {
