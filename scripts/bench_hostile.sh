@@ -8,14 +8,17 @@
 # the server's peak RSS (VmHWM).
 #
 #   scripts/bench_hostile.sh          # ROUNDS=3 PROBES=500 PROBE_GAP_MS=10
+#   WICK=path/to/wick scripts/bench_hostile.sh   # measure a binary already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-3}"
 PROBES="${PROBES:-500}"
 PROBE_GAP_MS="${PROBE_GAP_MS:-10}"
 PORT=18090
-cargo build --release --quiet --bin wick
-WICK=target/release/wick
+if [ -z "${WICK:-}" ]; then
+    cargo build --release --quiet --bin wick
+    WICK=target/release/wick
+fi
 OUT="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 

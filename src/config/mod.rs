@@ -24,7 +24,7 @@ use crate::state_dict::{FileIdentity, KeyMapping};
 use model::{resolve_model, RawModel};
 use server::{resolve_server, RawServer};
 
-pub use promotion::{GoldenTolerance, RolloutPolicy};
+pub use promotion::{GoldenTolerance, RolloutMode, RolloutPolicy};
 
 /// Everything that can be wrong with a configuration, with enough data to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub strict_readiness: bool,
     /// Version directories and files may resolve (through symlinks) outside the repository.
     pub allow_external_symlinks: bool,
+    /// A writable directory where rolled-back versions are remembered across restarts
+    /// (src/repository/state.rs); `None`: a restart forgets them.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Protective limits of the HTTP front end.

@@ -1,8 +1,13 @@
 //! The promotion settings of a model: the tolerances its golden outputs are checked with
-//! (`golden = { max_abs, min_cosine, argmax_agreement }`) and its canary rollout (`rollout =
-//! { canary_percent, promote_after_s, max_error_rate, max_p99_ratio, min_requests }`). Parsing
-//! and validation only; the gate lives in src/repository/golden.rs, the rollout in
-//! src/repository/rollout.rs and src/repository/canary.rs, and docs/promotion.md explains them.
+//! (`golden = { max_abs, min_cosine, argmax_agreement }`) and its rollout (`rollout =
+//! { canary_percent | shadow_percent, promote_after_s, max_error_rate, max_p99_ratio,
+//! min_requests }`). Parsing and validation only; the gate lives in src/repository/golden.rs,
+//! the rollout in src/repository/rollout.rs, src/repository/canary.rs and
+//! src/repository/shadow.rs, and docs/promotion.md explains them.
+//!
+//! A rollout is a canary *or* a shadow, never both: a canary lets the candidate answer clients,
+//! a shadow promises that it never does, and one rollout cannot keep both promises for the same
+//! request. Setting both is refused with a message saying so.
 
 use std::time::Duration;
 
@@ -71,11 +76,32 @@ impl RawGolden {
     }
 }
 
-/// The bounds of one model's canary rollout.
+/// Whether the candidate answers clients (canary) or computes on copies (shadow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutMode {
+    Canary,
+    Shadow,
+}
+
+impl RolloutMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutMode::Canary => "canary",
+            RolloutMode::Shadow => "shadow",
+        }
+    }
+}
+
+/// The bounds of one model's rollout.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RolloutPolicy {
-    /// Share of the requests that name no version sent to the candidate, in percent (0, 100].
+    /// Share of the requests that name no version sent to the candidate, in percent (0, 100];
+    /// 0 in shadow mode.
     pub canary_percent: f64,
+    /// Share of the requests that name no version copied to the candidate, in percent
+    /// (0, 100]; 0 in canary mode.
+    pub shadow_percent: f64,
     pub promote_after: Duration,
     pub max_error_rate: f64,
     pub max_p99_ratio: f64,
@@ -88,7 +114,8 @@ pub struct RolloutPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRollout {
-    canary_percent: f64,
+    canary_percent: Option<f64>,
+    shadow_percent: Option<f64>,
     #[serde(default = "default_promote_after_s")]
     promote_after_s: u64,
     #[serde(default = "default_max_error_rate")]
@@ -97,6 +124,16 @@ pub(super) struct RawRollout {
     max_p99_ratio: f64,
     #[serde(default = "default_min_requests")]
     min_requests: u64,
+}
+
+impl RolloutPolicy {
+    pub fn mode(&self) -> RolloutMode {
+        if self.shadow_percent > 0.0 {
+            RolloutMode::Shadow
+        } else {
+            RolloutMode::Canary
+        }
+    }
 }
 
 fn default_promote_after_s() -> u64 {
@@ -117,10 +154,19 @@ fn default_min_requests() -> u64 {
 
 impl RawRollout {
     pub(super) fn resolve(self) -> Result<RolloutPolicy, String> {
-        if !(self.canary_percent > 0.0 && self.canary_percent <= 100.0) {
+        let (name, percent) = match (self.canary_percent, self.shadow_percent) {
+            (Some(_), Some(_)) => {
+                return Err("rollout: set canary_percent or shadow_percent, not both (a canary's candidate answers clients, a shadow's never does)".to_string())
+            }
+            (None, None) => {
+                return Err("rollout: set canary_percent (the candidate answers that share of requests) or shadow_percent (it computes on copies of that share)".to_string())
+            }
+            (Some(p), None) => ("canary_percent", p),
+            (None, Some(p)) => ("shadow_percent", p),
+        };
+        if !(percent > 0.0 && percent <= 100.0) {
             return Err(format!(
-                "rollout.canary_percent must be within (0, 100], not {}",
-                self.canary_percent
+                "rollout.{name} must be within (0, 100], not {percent}"
             ));
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
@@ -136,11 +182,44 @@ impl RawRollout {
             ));
         }
         Ok(RolloutPolicy {
-            canary_percent: self.canary_percent,
+            canary_percent: self.canary_percent.unwrap_or(0.0),
+            shadow_percent: self.shadow_percent.unwrap_or(0.0),
             promote_after: Duration::from_secs(self.promote_after_s),
             max_error_rate: self.max_error_rate,
             max_p99_ratio: self.max_p99_ratio,
             min_requests: self.min_requests.max(1),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(text: &str) -> Result<RolloutPolicy, String> {
+        let raw: RawRollout = toml::from_str(text).map_err(|e| e.to_string())?;
+        raw.resolve()
+    }
+
+    #[test]
+    fn a_rollout_is_a_canary_or_a_shadow_never_both() {
+        let canary = rollout("canary_percent = 10").unwrap();
+        assert_eq!(
+            (canary.mode(), canary.shadow_percent),
+            (RolloutMode::Canary, 0.0)
+        );
+        let shadow = rollout("shadow_percent = 20\npromote_after_s = 60").unwrap();
+        assert_eq!(shadow.mode(), RolloutMode::Shadow);
+        assert_eq!((shadow.canary_percent, shadow.shadow_percent), (0.0, 20.0));
+        assert_eq!(shadow.promote_after, Duration::from_secs(60));
+        let both = rollout("canary_percent = 10\nshadow_percent = 20").unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        let neither = rollout("promote_after_s = 60").unwrap_err();
+        assert!(neither.contains("shadow_percent"), "{neither}");
+        let bad = rollout("shadow_percent = 0").unwrap_err();
+        assert!(
+            bad.contains("rollout.shadow_percent must be within (0, 100]"),
+            "{bad}"
+        );
     }
 }

@@ -44,6 +44,8 @@ pub(super) struct RawServer {
     strict_readiness: bool,
     #[serde(default)]
     allow_external_symlinks: bool,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -107,6 +109,8 @@ pub(super) fn resolve_server(
         drain_delay: Duration::from_millis(drain_delay_ms),
         strict_readiness: raw.strict_readiness,
         allow_external_symlinks: raw.allow_external_symlinks,
+        // Relative to the config file, like the repository.
+        state_dir: raw.state_dir.map(|d| base.join(d)),
     })
 }
 

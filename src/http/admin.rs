@@ -1,4 +1,5 @@
-//! Triton's model-repository extension, on its own listener: index, load, unload.
+//! Triton's model-repository extension, on its own listener: index, load, unload; and the
+//! operator control of rollouts (src/http/rollout.rs).
 //!
 //! Off unless `admin_listen` is set, loopback by default, and every request needs
 //! `Authorization: Bearer <WICK_ADMIN_TOKEN>`, compared in constant time (both sides hashed
@@ -28,8 +29,8 @@ use super::error::ApiError;
 use super::AppState;
 
 #[derive(Clone)]
-struct AdminState {
-    app: AppState,
+pub(super) struct AdminState {
+    pub(super) app: AppState,
     token_digest: Arc<[u8; 32]>,
 }
 
@@ -45,6 +46,10 @@ pub fn router(app: AppState, token: &str) -> Router {
         .route("/v2/repository/index", post(index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
+        .route(
+            "/v2/repository/models/{model}/rollout/{action}",
+            post(super::rollout::rollout),
+        )
         .fallback(|uri: http::Uri| async move {
             ApiError::NoRoute(uri.path().chars().take(200).collect())
         })
@@ -54,7 +59,7 @@ pub fn router(app: AppState, token: &str) -> Router {
     super::observe::layer(routes)
 }
 
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+async fn authorize(State(state): State<AdminState>, mut request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -62,7 +67,13 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         .and_then(bearer_token)
         .map(|t| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() });
     match presented {
-        Some(digest) if bool::from(digest.ct_eq(&*state.token_digest)) => next.run(request).await,
+        Some(digest) if bool::from(digest.ct_eq(&*state.token_digest)) => {
+            // Handlers that log an action name the token by this id, never by its value.
+            request
+                .extensions_mut()
+                .insert(super::rollout::TokenId::of_digest(&digest));
+            next.run(request).await
+        }
         _ => {
             let mut response = ApiError::Unauthorized.into_response();
             response.headers_mut().insert(
@@ -97,7 +108,7 @@ struct ActionRequest {
 }
 
 /// Parses an optional JSON body; tritonclient sends an empty one.
-async fn json_body<T: Default + serde::de::DeserializeOwned>(
+pub(super) async fn json_body<T: Default + serde::de::DeserializeOwned>(
     app: &AppState,
     headers: &HeaderMap,
     body: Body,

@@ -12,7 +12,7 @@ use http::{header, HeaderValue, StatusCode};
 use crate::engine::EngineError;
 use crate::model::InputError;
 use crate::protocol::ProtocolError;
-use crate::repository::{RepositoryError, VersionState};
+use crate::repository::{RepositoryError, RolloutError, VersionState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,6 +24,8 @@ pub enum ApiError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
     #[error("invalid model name: {0}")]
     InvalidModelName(crate::model::naming::NameError),
     #[error("invalid version {0:?}: versions are positive integers without leading zeros")]
@@ -92,6 +94,8 @@ impl ApiError {
             },
             ApiError::Repository(RepositoryError::UnknownModel(_)) => StatusCode::NOT_FOUND,
             ApiError::Repository(RepositoryError::LoadFailed { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::Rollout(RolloutError::UnknownModel(_)) => StatusCode::NOT_FOUND,
+            ApiError::Rollout(RolloutError::NoRollout(_)) => StatusCode::CONFLICT,
             ApiError::UnknownModel(_) | ApiError::UnknownVersion { .. } | ApiError::NoRoute(_) => {
                 StatusCode::NOT_FOUND
             }

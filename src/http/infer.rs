@@ -14,6 +14,7 @@ use crate::config::BatchingConfig;
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
 use crate::model::{ElemKind, HostTensor, Prepared};
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
+use crate::repository::shadow::{Sample, ShadowTap};
 use crate::repository::ModelSlot;
 
 use super::body::{accepted_coding, compress, receive, Coding, Encoding, Received};
@@ -69,12 +70,40 @@ async fn run(
             return Err(e);
         }
     };
-    let result = serve(&state, &slot, &picked, &headers, body).await;
+    // A shadow copies a share of the requests naming no version to its candidate.
+    let shadow = version
+        .is_none()
+        .then(|| shadow_copy(&slot, &picked, request_id(&headers)))
+        .flatten();
+    let result = serve(&state, &slot, &picked, &headers, body, shadow).await;
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
     state.finish_request(&slot, Some(picked.version), outcome, started.elapsed());
     result
+}
+
+/// Where a sampled request's copy goes: the shadow and its candidate.
+struct ShadowCopy {
+    tap: ShadowTap,
+    candidate: Arc<LoadedVersion>,
+}
+
+/// The shadow copy of a request answered by `picked`, when a shadow runs and samples it.
+fn shadow_copy(
+    slot: &ModelSlot,
+    picked: &LoadedVersion,
+    request_id: Option<&[u8]>,
+) -> Option<ShadowCopy> {
+    let serving = slot.serving();
+    let tap = serving.shadow.as_ref()?;
+    if tap.stable != picked.version || !tap.samples(request_id) {
+        return None;
+    }
+    Some(ShadowCopy {
+        tap: tap.clone(),
+        candidate: Arc::clone(serving.versions.get(&tap.candidate)?),
+    })
 }
 
 async fn serve(
@@ -83,6 +112,7 @@ async fn serve(
     version: &Arc<LoadedVersion>,
     headers: &HeaderMap,
     body: Body,
+    shadow: Option<ShadowCopy>,
 ) -> Result<Response, ApiError> {
     let header_len = inference_header_length(headers)?;
     refuse_when_full(slot)?;
@@ -92,7 +122,8 @@ async fn serve(
     let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
     let config = slot.engine.config();
     let decoding = Instant::now();
-    let (decoded, parts) = decode(state, version, body, header_len, &config).await?;
+    let keep = shadow.is_some();
+    let (decoded, parts, copy) = decode(state, version, body, header_len, &config, keep).await?;
     slot.metrics
         .compute_input(version.version, decoding.elapsed());
     let timeout = decoded.timeout.or(config.default_timeout);
@@ -103,9 +134,18 @@ async fn serve(
     };
     let outputs = submit(slot, version, parts, admitted).await?;
     let encoding = Instant::now();
-    let response = respond(version, &decoded, outputs, accepted_coding(headers))?;
+    let response = respond(version, &decoded, &outputs, accepted_coding(headers))?;
     slot.metrics
         .compute_output(version.version, encoding.elapsed());
+    // After the answer is encoded, and without waiting: a full shadow queue drops the copy.
+    if let (Some(shadow), Some(inputs)) = (shadow, copy) {
+        shadow.tap.offer(Sample {
+            slot: Arc::clone(slot),
+            candidate: shadow.candidate,
+            inputs,
+            stable: outputs.tensors,
+        });
+    }
     Ok(response)
 }
 
@@ -196,16 +236,22 @@ async fn wait(
     }
 }
 
+/// A decoded request, its prepared parts, and (when asked for a shadow) a copy of its inputs.
+type DecodedParts = (Decoded, Vec<Prepared>, Option<Vec<Option<HostTensor>>>);
+
 /// Decodes and prepares a request. Small plain bodies are decoded in place; large or
 /// compressed ones, and every request of a text model, on the slow-work pool, reading the
-/// body's chunks (freed as they are consumed) straight into typed tensors.
+/// body's chunks (freed as they are consumed) straight into typed tensors. With `keep`, the
+/// decoded inputs are copied before `prepare` consumes them (a shadow prepares them again with
+/// its candidate's model).
 async fn decode(
     state: &AppState,
     version: &Arc<LoadedVersion>,
     mut body: Received,
     header_len: Option<u64>,
     batching: &BatchingConfig,
-) -> Result<(Decoded, Vec<Prepared>), ApiError> {
+    keep: bool,
+) -> Result<DecodedParts, ApiError> {
     let split = Split::new(version, batching);
     let mut limits = state.limits;
     limits.decode.max_rows = batching.max_request_rows as u64;
@@ -216,8 +262,9 @@ async fn decode(
         let bytes = body.contiguous();
         drop(body);
         let mut decoded = protocol::decode(&bytes, header_len, &version.signature, &limits.decode)?;
+        let copy = keep.then(|| decoded.inputs.clone());
         let parts = split.prepare(version, std::mem::take(&mut decoded.inputs))?;
-        return Ok((decoded, parts));
+        return Ok((decoded, parts, copy));
     }
     if let Some(n) = header_len {
         if body.encoding == Encoding::Identity && n > body.len() as u64 {
@@ -253,8 +300,9 @@ async fn decode(
                 }
                 other => other?,
             };
+            let copy = keep.then(|| decoded.inputs.clone());
             let parts = split.prepare(&version, std::mem::take(&mut decoded.inputs))?;
-            Ok((decoded, parts))
+            Ok((decoded, parts, copy))
         })
         .await
 }
@@ -322,7 +370,7 @@ impl Split {
 fn respond(
     version: &LoadedVersion,
     decoded: &Decoded,
-    outputs: Outputs,
+    outputs: &Outputs,
     coding: Option<Coding>,
 ) -> Result<Response, ApiError> {
     let meta = ResponseMeta {

@@ -16,6 +16,7 @@ mod infer;
 mod observe;
 mod openai;
 pub mod pool;
+mod rollout;
 mod server;
 mod tei;
 mod text;

@@ -56,6 +56,8 @@ fn choose(
         .slots()
         .into_iter()
         .filter_map(|slot| {
+            // Routed like any request naming no version: a shadow's stable version, a
+            // canary's split by the request id.
             let version = slot.serving().route(id).cloned()?;
             fits(&version).then_some((slot, version))
         })

@@ -1,20 +1,25 @@
-//! A running canary rollout: what requests observe of the candidate and the stable version, and
-//! applying [`super::rollout::decide`]'s verdict (promote, or roll back: unload the candidate and
-//! mark its files failed with the reason, so it is not loaded again until they change).
+//! A running rollout (canary or shadow): what requests observe of the candidate and the stable
+//! version, and applying [`super::rollout::decide`]'s verdict (promote, or roll back: unload the
+//! candidate and mark its files failed with the reason, so it is not loaded again until they
+//! change; with a `state_dir`, not after a restart either).
 //!
 //! A rollout starts when a model with a `rollout` config loads a version newer than the one it
 //! serves (src/repository/sync.rs). While it runs, the plan keeps the stable version served
-//! (`protect` in src/repository/plan.rs) and requests that name no version are split by
-//! [`super::Serving::route`]. The watcher's scans call [`Repository::tick_rollout`].
+//! (`protect` in src/repository/plan.rs); a canary splits the requests that name no version
+//! ([`super::Serving::route`]), a shadow copies a share of them to the candidate
+//! (src/repository/shadow.rs). The watcher's scans call [`Repository::tick_rollout`]; operators
+//! act through src/repository/operator.rs.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::RolloutPolicy;
+use crate::config::{RolloutMode, RolloutPolicy};
+use crate::telemetry::Metrics;
 
 use super::rollout::{self, Decision, Observation, RollbackReason, Window};
+use super::shadow::{Shadow, ShadowTap};
 use super::{lock, Failed, LoadFailure, ModelSlot, Repository, SyncMode};
 
 /// Latencies kept per version for the p99: the most recent ones (a sliding window, bounded).
@@ -95,50 +100,114 @@ pub(crate) struct ActiveRollout {
     started: Instant,
     pub policy: RolloutPolicy,
     stats: Arc<RolloutStats>,
+    /// In shadow mode: the thread and statistics of the comparison (shared by clones; the
+    /// shadow stops when the last clone goes).
+    shadow: Option<Arc<Shadow>>,
+    /// Paused by an operator: who (token id) and why. Promotion waits; rollback does not.
+    pub paused: Option<String>,
 }
 
 impl ActiveRollout {
-    pub fn new(candidate: u64, stable: u64, policy: RolloutPolicy) -> ActiveRollout {
+    pub fn new(
+        model: &str,
+        candidate: u64,
+        stable: u64,
+        policy: RolloutPolicy,
+        metrics: &Arc<Metrics>,
+    ) -> ActiveRollout {
+        let shadow = (policy.mode() == RolloutMode::Shadow).then(|| {
+            Arc::new(Shadow::start(
+                model,
+                candidate,
+                stable,
+                policy.shadow_percent,
+                Arc::clone(metrics),
+            ))
+        });
         ActiveRollout {
             candidate,
             stable,
             started: Instant::now(),
             policy,
             stats: Arc::default(),
+            shadow,
+            paused: None,
         }
     }
 
-    pub fn canary(&self) -> Canary {
-        Canary {
-            candidate: self.candidate,
-            stable: self.stable,
-            percent: self.policy.canary_percent,
-            stats: Arc::clone(&self.stats),
+    pub fn mode(&self) -> RolloutMode {
+        self.policy.mode()
+    }
+
+    /// What requests read: the canary split, or the shadow tap.
+    pub fn published(&self) -> (Option<Canary>, Option<ShadowTap>) {
+        match &self.shadow {
+            Some(shadow) => (None, Some(shadow.tap())),
+            None => (
+                Some(Canary {
+                    candidate: self.candidate,
+                    stable: self.stable,
+                    percent: self.policy.canary_percent,
+                    stats: Arc::clone(&self.stats),
+                }),
+                None,
+            ),
+        }
+    }
+
+    /// The value of `wick_rollout_state`.
+    pub fn state_label(&self) -> &'static str {
+        match (self.paused.is_some(), self.mode()) {
+            (true, _) => "paused",
+            (false, RolloutMode::Canary) => "canary",
+            (false, RolloutMode::Shadow) => "shadow",
         }
     }
 
     fn observe(&self) -> Observation {
+        let (candidate, agreement) = match &self.shadow {
+            Some(shadow) => (shadow.window(), Some(shadow.agreement())),
+            None => (self.stats.candidate.window(), None),
+        };
         Observation {
             elapsed: self.started.elapsed(),
-            candidate: self.stats.candidate.window(),
+            candidate,
             stable: self.stats.stable.window(),
-            agreement: None,
-            paused: false,
+            agreement,
+            paused: self.paused.is_some(),
         }
+    }
+
+    /// The shadow comparison so far (shadow mode only).
+    pub fn agreement(&self) -> Option<rollout::Agreement> {
+        self.shadow.as_ref().map(|s| s.agreement())
     }
 
     /// What the repository index says about the candidate.
     pub fn describe(&self) -> String {
-        let c = self.stats.candidate.window();
-        format!(
-            "canary: {}% of the requests naming no version (stable version {}), {} requests, {} errors, {} s of {} s",
-            self.policy.canary_percent,
-            self.stable,
-            c.requests,
-            c.errors,
-            self.started.elapsed().as_secs(),
-            self.policy.promote_after.as_secs()
-        )
+        let elapsed = self.started.elapsed().as_secs();
+        let of = self.policy.promote_after.as_secs();
+        let mut text = match &self.shadow {
+            None => {
+                let c = self.stats.candidate.window();
+                format!(
+                    "canary: {}% of the requests naming no version (stable version {}), {} requests, {} errors, {elapsed} s of {of} s",
+                    self.policy.canary_percent, self.stable, c.requests, c.errors,
+                )
+            }
+            Some(shadow) => {
+                let (w, a) = (shadow.window(), shadow.agreement());
+                format!(
+                    "shadow: computes on {}% of the requests naming no version, answered by stable version {}; {} compared, {} failed, max abs diff {:.3e}, min cosine {:.6}, argmax agreement {:.4}, {elapsed} s of {of} s",
+                    self.policy.shadow_percent, self.stable, a.samples, w.errors,
+                    a.max_abs_diff, a.min_cosine, a.argmax_agreement,
+                )
+            }
+        };
+        if let Some(who) = &self.paused {
+            text.push_str(&format!("; paused by {who}"));
+        }
+        text
     }
 }
 
@@ -157,7 +226,8 @@ impl Repository {
                 Decision::Promote => {
                     st.rollout = None;
                     tracing::info!(model = %slot.name, version = active.candidate,
-                        stable = active.stable, "canary promoted; the previous version retires under the version policy");
+                        stable = active.stable, mode = active.mode().as_str(),
+                        "candidate promoted; the previous version retires under the version policy");
                     true
                 }
                 Decision::RollBack(reason) => {
@@ -172,16 +242,25 @@ impl Repository {
             self.publish(slot);
         }
         if promoted {
-            self.metrics.rollout_ended(&slot.name, "promoted");
-            // The plan no longer protects the stable version: the version policy retires it.
-            self.sync_model(slot, SyncMode::RequireStable);
+            self.promoted(slot, "promoted");
+        } else {
+            self.reap();
         }
+    }
+
+    /// After the rollout of `slot` was taken out of its state and published for a promotion:
+    /// counts it (`outcome` labels the metric) and lets the version policy retire the old
+    /// version, which the plan no longer protects. Called with neither lock held.
+    pub(crate) fn promoted(&self, slot: &ModelSlot, outcome: &'static str) {
+        self.metrics.rollout_ended(&slot.name, outcome);
+        self.sync_model(slot, SyncMode::RequireStable);
         self.reap();
     }
 
     /// Unloads the candidate and marks its files failed with `reason`: not loaded again until
-    /// they change.
-    fn roll_back(
+    /// they change (with a `state_dir`, remembered across restarts too). The caller has taken
+    /// the rollout out of the state and publishes afterwards.
+    pub(crate) fn roll_back(
         &self,
         slot: &ModelSlot,
         st: &mut super::SlotState,
@@ -189,16 +268,28 @@ impl Repository {
         reason: RollbackReason,
     ) {
         tracing::error!(model = %slot.name, version = active.candidate, stable = active.stable,
-            %reason, "canary rolled back; the stable version takes all traffic again");
+            mode = active.mode().as_str(), %reason,
+            "candidate rolled back; the stable version takes all traffic again");
         self.metrics.rollout_ended(&slot.name, reason.label());
         let Some(record) = st.versions.get_mut(&active.candidate) else {
             return;
         };
         if let Some(served) = record.served.take() {
+            let failure = LoadFailure::RolledBack {
+                mode: active.mode().as_str(),
+                reason,
+            };
+            self.remember_rollback(
+                &slot.name,
+                active.candidate,
+                &served.version.sha256,
+                &served.files,
+                &failure.to_string(),
+            );
             self.retire(served.version);
             record.failed = Some(Failed {
                 files: served.files,
-                failure: Arc::new(LoadFailure::RolledBack(reason)),
+                failure: Arc::new(failure),
             });
         }
     }

@@ -22,8 +22,10 @@ impl Repository {
                 let Some((state, mut reason)) = record.status() else {
                     continue;
                 };
+                let mut shadow = None;
                 if let Some(active) = st.rollout.as_ref().filter(|r| r.candidate == *v) {
                     reason = active.describe();
+                    shadow = active.agreement();
                 }
                 out.push(IndexEntry {
                     name: slot.name.clone(),
@@ -39,6 +41,7 @@ impl Repository {
                         .as_ref()
                         .and_then(|f| f.failure.golden().cloned())
                         .or_else(|| record.served.as_ref().and_then(|s| s.golden.clone())),
+                    shadow,
                 });
             }
             if out.len() == before {
@@ -53,6 +56,7 @@ impl Repository {
                     },
                     report: None,
                     golden: None,
+                    shadow: None,
                 });
             }
         }
@@ -134,6 +138,9 @@ impl Repository {
                 Some(slot) => self.update_slot(slot, model, &mut changes, &mut to_sync)?,
                 None => {
                     let slot = Arc::new(new_slot(model, &self.metrics, &self.cpu)?);
+                    if let Some(state) = &self.state {
+                        state.seed(&slot);
+                    }
                     changes.push(format!("model {:?}: added", model.name));
                     to_sync.push(Arc::clone(&slot));
                     slot
@@ -203,7 +210,11 @@ impl Repository {
             return Ok(Arc::clone(slot));
         }
         let fresh = Arc::new(new_slot(model, &self.metrics, &self.cpu)?);
+        let paused = self.take_over(slot, &fresh);
         self.sync_model(&fresh, SyncMode::Immediate);
+        if let Some(active) = lock(&fresh.state).rollout.as_mut() {
+            active.paused = active.paused.take().or(paused);
+        }
         if fresh.is_ready() {
             changes.push(format!(
                 "model {:?}: reloaded with its new architecture config",
@@ -217,6 +228,27 @@ impl Repository {
             self.not_served(&fresh)
         ));
         Ok(Arc::clone(slot))
+    }
+
+    /// What a fresh slot (a config change that rebuilds the model) inherits from the running
+    /// one before its first sync: the rolled-back versions (not loaded again while their files
+    /// are unchanged) and the rollout (its stable version is loaded beside the candidate, whose
+    /// observation starts again on the new build). Returns the rollout's pause, which the
+    /// restarted rollout keeps.
+    fn take_over(&self, old: &ModelSlot, fresh: &ModelSlot) -> Option<String> {
+        let old_st = lock(&old.state);
+        let mut st = lock(&fresh.state);
+        for (v, record) in &old_st.versions {
+            let rolled_back = record
+                .failed
+                .as_ref()
+                .filter(|f| f.failure.kind() == "rollback");
+            if let Some(failed) = rolled_back {
+                st.versions.entry(*v).or_default().failed = Some(failed.clone());
+            }
+        }
+        st.rollout = old_st.rollout.clone();
+        st.rollout.as_ref().and_then(|r| r.paused.clone())
     }
 
     /// Why a model serves nothing, for load errors.

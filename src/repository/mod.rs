@@ -4,7 +4,9 @@
 //! - [`plan`]: the reconciliation rules as a pure function (what to load, what to retire);
 //! - [`pipeline`]: loading one version (strict check, copy out, build, warm up, golden gate);
 //! - [`golden`]: the golden-output gate (reading `golden.safetensors`, the comparison);
-//! - [`rollout`]: the canary rollout decision as a pure function; [`canary`] applies it;
+//! - [`rollout`]: the rollout decision as a pure function; [`canary`] applies it, [`shadow`]
+//!   runs shadow comparisons, `operator` takes operators' promote / roll back / pause, and
+//!   [`state`] remembers rolled-back versions across restarts (`state_dir`);
 //! - `sync`: [`Repository::sync_model`], the thin layer that applies a plan;
 //! - `control`: the repository index, explicit load/unload and config changes;
 //! - this module: one [`ModelSlot`] per configured model with its [`Engine`] and one
@@ -19,10 +21,13 @@
 pub mod canary;
 mod control;
 pub mod golden;
+mod operator;
 pub mod pipeline;
 pub mod plan;
 pub mod rollout;
 pub mod scan;
+pub mod shadow;
+pub mod state;
 mod sync;
 pub mod watch;
 
@@ -43,6 +48,7 @@ use crate::telemetry::{Metrics, ModelMetrics};
 use golden::GoldenReport;
 use scan::VersionFiles;
 
+pub use operator::{Actor, RolloutAction, RolloutError, RolloutStatus};
 pub use pipeline::{load_version, LoadFailure, Loaded};
 pub use plan::{RetireReason, SyncMode};
 
@@ -56,6 +62,9 @@ pub struct Serving {
     pub versions: BTreeMap<u64, Arc<LoadedVersion>>,
     /// A canary rollout in progress.
     pub canary: Option<canary::Canary>,
+    /// A shadow rollout in progress: requests naming no version go to its stable version, and
+    /// a share of them is copied to the candidate.
+    pub shadow: Option<shadow::ShadowTap>,
 }
 
 impl Serving {
@@ -66,8 +75,16 @@ impl Serving {
 
     /// The version a request naming none goes to: during a canary, the candidate for its
     /// share of request ids (a request without an id gets a number instead) and the stable
-    /// version for the rest; otherwise the highest ready one.
+    /// version for the rest; during a shadow, always the stable version; otherwise the highest
+    /// ready one.
     pub fn route(&self, request_id: Option<&[u8]>) -> Option<&Arc<LoadedVersion>> {
+        if let Some(stable) = self
+            .shadow
+            .as_ref()
+            .and_then(|s| self.versions.get(&s.stable))
+        {
+            return Some(stable);
+        }
         if let Some(c) = &self.canary {
             if let (Some(candidate), Some(stable)) = (
                 self.versions.get(&c.candidate),
@@ -199,6 +216,9 @@ pub struct IndexEntry {
     /// The golden comparison: the failing one of a refused file, else the served version's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub golden: Option<GoldenReport>,
+    /// A shadow candidate's comparison with its stable version so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<rollout::Agreement>,
 }
 
 #[derive(Default)]
@@ -208,7 +228,7 @@ pub(crate) struct SlotState {
     warned: BTreeSet<String>,
     /// Unloaded through the repository API: the watcher leaves it alone until `load`.
     disabled: bool,
-    /// A canary rollout in progress.
+    /// A canary or shadow rollout in progress.
     rollout: Option<canary::ActiveRollout>,
 }
 
@@ -293,6 +313,8 @@ pub struct Repository {
     retired: Mutex<Vec<Arc<LoadedVersion>>>,
     /// Serialises configuration changes.
     reconfigure: Mutex<()>,
+    /// Rolled-back versions remembered across restarts (`state_dir`), if configured.
+    state: Option<state::StateDir>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -311,14 +333,20 @@ impl Repository {
         metrics: Arc<Metrics>,
         cpu: Arc<Cpu>,
     ) -> std::io::Result<Repository> {
+        let state = match &config.server.state_dir {
+            Some(dir) => Some(state::StateDir::open(dir)?),
+            None => None,
+        };
         let mut models = BTreeMap::new();
         for model in &config.models {
-            models.insert(
-                model.name.clone(),
-                Arc::new(new_slot(model, &metrics, &cpu)?),
-            );
+            let slot = new_slot(model, &metrics, &cpu)?;
+            if let Some(state) = &state {
+                state.seed(&slot);
+            }
+            models.insert(model.name.clone(), Arc::new(slot));
         }
         Ok(Repository {
+            state,
             cpu,
             containment: pipeline::Containment {
                 root: config.server.repository.clone(),
@@ -370,17 +398,26 @@ impl Repository {
     /// Derives the served set of `slot` from its records and makes it visible to requests in
     /// one atomic store. Called with the model's `ops` lock held.
     fn publish(&self, slot: &ModelSlot) {
-        let (versions, canary) = {
+        let (versions, (canary, shadow), state) = {
             let st = lock(&slot.state);
             let versions: BTreeMap<u64, Arc<LoadedVersion>> = st
                 .versions
                 .iter()
                 .filter_map(|(v, r)| r.served.as_ref().map(|s| (*v, Arc::clone(&s.version))))
                 .collect();
-            (versions, st.rollout.as_ref().map(|r| r.canary()))
+            let published = st.rollout.as_ref().map(|r| r.published());
+            let state = st.rollout.as_ref().map_or("none", |r| r.state_label());
+            (versions, published.unwrap_or_default(), state)
         };
-        self.metrics
-            .set_rollout_candidate(&slot.name, canary.as_ref().map_or(0, |c| c.candidate));
+        self.metrics.set_rollout_candidate(
+            &slot.name,
+            canary
+                .as_ref()
+                .map(|c| c.candidate)
+                .or(shadow.as_ref().map(|s| s.candidate))
+                .unwrap_or(0),
+        );
+        self.metrics.set_rollout_state(&slot.name, state);
         let previous = slot.serving();
         for (v, old) in &previous.versions {
             if versions.get(v).is_none_or(|new| !Arc::ptr_eq(new, old)) {
@@ -391,7 +428,11 @@ impl Repository {
             self.metrics
                 .set_serving(&slot.name, *v, &new.sha256, Some(new.param_bytes));
         }
-        slot.serving.store(Arc::new(Serving { versions, canary }));
+        slot.serving.store(Arc::new(Serving {
+            versions,
+            canary,
+            shadow,
+        }));
     }
 
     pub(crate) fn retire(&self, version: Arc<LoadedVersion>) {

@@ -38,8 +38,15 @@ pub enum LoadFailure {
     Warmup(#[from] WarmupFailure),
     #[error("golden outputs: {0}")]
     Golden(#[from] GoldenFailure),
-    #[error("rolled back from its canary: {0}")]
-    RolledBack(super::rollout::RollbackReason),
+    #[error("rolled back from its {mode}: {reason}")]
+    RolledBack {
+        /// `canary` or `shadow`.
+        mode: &'static str,
+        reason: super::rollout::RollbackReason,
+    },
+    /// Rolled back before a restart, remembered in `state_dir` (src/repository/state.rs).
+    #[error("rolled back before the server restarted (remembered in state_dir): {reason}")]
+    RolledBackEarlier { reason: String },
     #[error("{path} resolves to {resolved}, outside the repository {root}; symlinks may only point inside it (or set allow_external_symlinks = true)")]
     OutsideRepository {
         path: PathBuf,
@@ -132,7 +139,7 @@ impl LoadFailure {
             LoadFailure::Resolve { .. } => "io",
             LoadFailure::Panicked { .. } => "panic",
             LoadFailure::Golden(g) => g.kind(),
-            LoadFailure::RolledBack(_) => "rollback",
+            LoadFailure::RolledBack { .. } | LoadFailure::RolledBackEarlier { .. } => "rollback",
         }
     }
 

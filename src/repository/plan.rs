@@ -17,7 +17,8 @@
 //! - an unreadable model directory (an NFS blip, a symlink swap in progress) changes nothing;
 //! - a served version whose directory was deleted is retired only if another ready version
 //!   remains;
-//! - the stable version of a canary rollout (`protect`) stays served beside the candidate;
+//! - the stable version of a rollout (`protect`) is loaded and stays served beside the
+//!   candidate;
 //! - a version unloaded through the repository API (`held`) is neither loaded nor served until
 //!   an explicit load, even if its directory goes away and comes back; a model unloaded as a
 //!   whole (`disabled`) serves nothing.
@@ -157,7 +158,10 @@ pub fn plan_loads<I: Clone + Eq>(inputs: &Inputs<'_, I>) -> LoadPlan<I> {
         loadable.push(version);
         candidates.push((version, files.clone()));
     }
-    let wanted: BTreeSet<u64> = inputs.policy.select(&loadable).into_iter().collect();
+    let mut wanted: BTreeSet<u64> = inputs.policy.select(&loadable).into_iter().collect();
+    // A rollout's stable version is loaded too (a fresh slot taking over a rollout after a
+    // config change), whatever the policy says.
+    wanted.extend(inputs.protect.filter(|p| loadable.contains(p)));
     candidates.retain(|(v, _)| wanted.contains(v));
     candidates.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
     plan.loads = candidates;
@@ -498,5 +502,17 @@ mod tests {
             plan_retirements(&w.inputs(NOW)),
             vec![(1, RetireReason::Policy)]
         );
+    }
+
+    #[test]
+    fn a_fresh_slot_taking_over_a_rollout_loads_its_stable_version_too() {
+        // After a config change rebuilds the model: nothing served yet, the rollout carried.
+        let mut w = World::new(VersionPolicy::Latest(1), &[(1, 10), (2, 20)]);
+        w.protect = Some(1);
+        assert_eq!(w.sync(NOW, &[]), (vec![2, 1], vec![], vec![]));
+        // A rolled-back version (its files failed) stays out; the stable one alone serves.
+        let mut w = World::new(VersionPolicy::Latest(1), &[(1, 10), (2, 20)]);
+        w.known.entry(2).or_default().failed = Some(20);
+        assert_eq!(w.sync(NOW, &[]), (vec![1], vec![], vec![]));
     }
 }

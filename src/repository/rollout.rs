@@ -3,8 +3,8 @@
 //! No clocks, locks or requests here (like src/repository/plan.rs), so every rule is a unit test
 //! below.
 //!
-//! src/repository/canary.rs applies the decisions to a running canary; shadow comparisons
-//! ([`Agreement`]) are decided here but not produced by the server yet.
+//! src/repository/canary.rs applies the decisions to a running rollout; src/repository/shadow.rs
+//! produces the shadow comparisons ([`Agreement`], accumulated by [`Tally`]).
 //!
 //! The rules:
 //! - a candidate is rolled back as soon as a bound breaks, once it has at least
@@ -54,8 +54,64 @@ pub struct Observation {
     pub paused: bool,
 }
 
+/// The running sum of shadow comparisons, one request at a time: the worst difference and
+/// cosine seen, and the share of rows whose argmax agreed over every compared output.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Tally {
+    samples: u64,
+    rows: u64,
+    agreeing_rows: u64,
+    max_abs_diff: Option<f64>,
+    min_cosine: Option<f64>,
+}
+
+impl Tally {
+    /// Adds one compared request: the comparison of each of its outputs (stable as expected,
+    /// candidate as produced), from [`super::golden::compare`]. A NaN sticks: once a NaN was
+    /// seen, the statistic stays NaN and breaks every bound.
+    pub fn add(&mut self, outputs: &[super::golden::OutputComparison]) {
+        self.samples += 1;
+        for o in outputs {
+            let rows = o.shape.first().copied().unwrap_or(1).max(1) as u64;
+            self.rows += rows;
+            // The share times the rows is a whole number of rows, up to rounding.
+            self.agreeing_rows += (o.argmax_agreement * rows as f64).round() as u64;
+            self.max_abs_diff = Some(match self.max_abs_diff {
+                None => o.max_abs_diff,
+                Some(m) => sticky(m, o.max_abs_diff, f64::max),
+            });
+            self.min_cosine = Some(match self.min_cosine {
+                None => o.min_cosine,
+                Some(m) => sticky(m, o.min_cosine, f64::min),
+            });
+        }
+    }
+
+    /// The comparison so far (a perfect one while nothing was compared).
+    pub fn agreement(&self) -> Agreement {
+        Agreement {
+            samples: self.samples,
+            max_abs_diff: self.max_abs_diff.unwrap_or(0.0),
+            min_cosine: self.min_cosine.unwrap_or(1.0),
+            argmax_agreement: if self.rows == 0 {
+                1.0
+            } else {
+                self.agreeing_rows as f64 / self.rows as f64
+            },
+        }
+    }
+}
+
+fn sticky(a: f64, b: f64, pick: fn(f64, f64) -> f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        pick(a, b)
+    }
+}
+
 /// Why a candidate was rolled back.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
 #[serde(tag = "bound", rename_all = "snake_case")]
 pub enum RollbackReason {
     #[error("error rate {rate:.4} over {requests} requests is above max_error_rate {max}")]
@@ -74,6 +130,9 @@ pub enum RollbackReason {
         agreement: Agreement,
         tolerance: GoldenTolerance,
     },
+    /// An operator asked for it on the admin listener (src/http/rollout.rs).
+    #[error("rolled back by an operator (token {token_id}): {reason}")]
+    Operator { token_id: String, reason: String },
 }
 
 impl RollbackReason {
@@ -83,12 +142,13 @@ impl RollbackReason {
             RollbackReason::ErrorRate { .. } => "error_rate",
             RollbackReason::Latency { .. } => "latency",
             RollbackReason::Disagreement { .. } => "disagreement",
+            RollbackReason::Operator { .. } => "operator_rollback",
         }
     }
 }
 
 /// What to do with the candidate now.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Continue,
     Promote,

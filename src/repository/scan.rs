@@ -18,7 +18,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// The identity of a version's files: its weights and, in the architecture's order, each
 /// asset it reads (`None` where the asset is absent).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VersionFiles {
     pub weights: FileIdentity,
     pub assets: Vec<Option<FileIdentity>>,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{ModelConfig, RolloutPolicy, VersionPolicy};
+use crate::telemetry::Metrics;
 
 use super::canary::ActiveRollout;
 use super::plan::{self, Disk, Inputs, RetireReason};
@@ -121,7 +122,7 @@ impl Repository {
             disabled: st.disabled,
             disk,
             known: &known,
-            protect: None,
+            protect: st.rollout.as_ref().map(|r| r.stable),
         });
         st.versions.retain(|v, _| !step.forget.contains(v));
         if matches!(disk, Disk::Listed(_)) && !st.disabled {
@@ -165,7 +166,7 @@ impl Repository {
         });
         let mut st = lock(&slot.state);
         if let (Ok(_), Some(policy)) = (&result, config.rollout) {
-            start_rollout(&slot.name, &mut st, version, policy);
+            start_rollout(&slot.name, &mut st, version, policy, &self.metrics);
         }
         let record = st.versions.entry(version).or_default();
         record.loading = false;
@@ -189,7 +190,11 @@ impl Repository {
                 if let Some(old) = record.served.replace(served) {
                     self.retire(old.version);
                 }
-                record.failed = None;
+                // Its files loaded again: whatever rolled back an earlier file of this
+                // version is no reason to refuse these at the next restart.
+                if record.failed.take().is_some() {
+                    self.forget_rollback(&slot.name, version);
+                }
                 record.unloaded = None;
                 outcome.loaded.push(version);
             }
@@ -246,7 +251,13 @@ impl Repository {
 
 /// Starts a canary for `version` when it is newer than the version being served (or replaces
 /// the candidate of a rollout already running, keeping its stable version).
-fn start_rollout(model: &str, st: &mut SlotState, version: u64, policy: RolloutPolicy) {
+fn start_rollout(
+    model: &str,
+    st: &mut SlotState,
+    version: u64,
+    policy: RolloutPolicy,
+    metrics: &Arc<Metrics>,
+) {
     let stable = st.rollout.as_ref().map(|r| r.stable).or_else(|| {
         st.versions
             .iter()
@@ -261,11 +272,12 @@ fn start_rollout(model: &str, st: &mut SlotState, version: u64, policy: RolloutP
         model,
         version,
         stable,
-        percent = policy.canary_percent,
+        mode = policy.mode().as_str(),
+        percent = policy.canary_percent.max(policy.shadow_percent),
         promote_after_s = policy.promote_after.as_secs(),
-        "canary started"
+        "rollout started"
     );
-    st.rollout = Some(ActiveRollout::new(version, stable, policy));
+    st.rollout = Some(ActiveRollout::new(model, version, stable, policy, metrics));
 }
 
 /// The files besides the weights whose change makes a new version of the files: the

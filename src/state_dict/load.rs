@@ -84,8 +84,9 @@ impl LoadError {
 }
 
 /// Identifies one version of a file's contents: rename-replace changes the inode, an in-place
-/// write changes the size or the mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// write changes the size or the mtime. Serialised in the `state_dir` (src/repository/state.rs):
+/// it stays the same across restarts while the file is untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FileIdentity {
     pub dev: u64,
     pub ino: u64,

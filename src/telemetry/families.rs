@@ -213,13 +213,13 @@ impl RepositoryFamilies {
             rollouts: registered(
                 r,
                 "rollouts",
-                "Canary rollouts ended, by outcome (promoted, or rolled back by the bound it broke)",
+                "Rollouts ended, by outcome: promoted, operator_promote, or rolled back by the bound it broke (error_rate, latency, disagreement) or by an operator (operator_rollback)",
                 Family::default(),
             ),
             rollout_candidate: registered(
                 r,
                 "rollout_candidate_version",
-                "The version in a canary rollout (0: none)",
+                "The candidate version of a canary or shadow rollout (0: none)",
                 Family::default(),
             ),
         }

@@ -8,6 +8,7 @@
 //! ([`stats`]), so `/metrics` and the statistics extension count the same events.
 
 mod families;
+pub mod rollout;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,6 +65,8 @@ pub struct Metrics {
     panics: Family<ThreadLabel, Counter>,
     traffic: TrafficFamilies,
     repository: RepositoryFamilies,
+    /// Shadow comparisons and rollout states ([`rollout`]).
+    rollout: rollout::RolloutMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,11 +93,14 @@ impl Metrics {
         );
         let traffic = TrafficFamilies::new(&mut registry);
         let repository = RepositoryFamilies::new(&mut registry);
+        let rollout = rollout::RolloutMetrics::default();
+        rollout.register(&mut registry);
         Metrics {
             registry,
             panics,
             traffic,
             repository,
+            rollout,
         }
     }
 

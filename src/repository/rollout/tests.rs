@@ -5,6 +5,7 @@ use super::*;
 fn policy() -> RolloutPolicy {
     RolloutPolicy {
         canary_percent: 10.0,
+        shadow_percent: 0.0,
         promote_after: Duration::from_secs(300),
         max_error_rate: 0.01,
         max_p99_ratio: 2.0,
@@ -184,4 +185,101 @@ fn p99_is_the_nearest_rank() {
     let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
     assert_eq!(p99(&mut samples), ms(99));
     assert_eq!(p99(&mut [Duration::from_millis(7)]), ms(7));
+}
+
+fn comparison(
+    rows: usize,
+    max_abs: f64,
+    cosine: f64,
+    argmax: f64,
+) -> crate::repository::golden::OutputComparison {
+    crate::repository::golden::OutputComparison {
+        output: "output".to_string(),
+        shape: vec![rows, 3],
+        produced_shape: None,
+        max_abs_diff: max_abs,
+        min_cosine: cosine,
+        argmax_agreement: argmax,
+    }
+}
+
+#[test]
+fn a_tally_keeps_the_worst_figures_and_the_share_of_agreeing_rows() {
+    let mut tally = Tally::default();
+    assert_eq!(
+        tally.agreement(),
+        Agreement {
+            samples: 0,
+            max_abs_diff: 0.0,
+            min_cosine: 1.0,
+            argmax_agreement: 1.0
+        }
+    );
+    tally.add(&[comparison(4, 1e-6, 0.99999, 1.0)]);
+    tally.add(&[comparison(4, 1e-3, 0.9, 0.5), comparison(2, 0.0, 1.0, 1.0)]);
+    let a = tally.agreement();
+    assert_eq!(a.samples, 2);
+    assert_eq!(a.max_abs_diff, 1e-3);
+    assert_eq!(a.min_cosine, 0.9);
+    // 4 + 2 + 2 agreeing rows of 10.
+    assert!((a.argmax_agreement - 0.8).abs() < 1e-12, "{a:?}");
+    // A NaN (or a shape mismatch, which compares as NaN) sticks and breaks the bounds.
+    tally.add(&[comparison(1, f64::NAN, f64::NAN, 0.0)]);
+    tally.add(&[comparison(1, 0.0, 1.0, 1.0)]);
+    let a = tally.agreement();
+    assert!(a.max_abs_diff.is_nan() && a.min_cosine.is_nan());
+    let mut p = policy();
+    p.min_requests = 1;
+    let seen = Observation {
+        agreement: Some(a),
+        ..seen(1, Window::default(), Window::default())
+    };
+    assert!(matches!(
+        decide(&p, &GoldenTolerance::default(), &seen),
+        Decision::RollBack(RollbackReason::Disagreement { .. })
+    ));
+}
+
+#[test]
+fn a_shadow_is_promoted_on_compared_samples_not_on_requests() {
+    let mut p = policy();
+    p.min_requests = 5;
+    let agreement = |samples| Agreement {
+        samples,
+        max_abs_diff: 0.0,
+        min_cosine: 1.0,
+        argmax_agreement: 1.0,
+    };
+    let busy = window(1000, 0, None);
+    let o = Observation {
+        agreement: Some(agreement(4)),
+        ..seen(600, busy, busy)
+    };
+    assert_eq!(
+        decide(&p, &GoldenTolerance::default(), &o),
+        Decision::Continue
+    );
+    let o = Observation {
+        agreement: Some(agreement(5)),
+        ..o
+    };
+    assert_eq!(
+        decide(&p, &GoldenTolerance::default(), &o),
+        Decision::Promote
+    );
+    // Paused: it waits; an operator's rollback reason names the token id, not the token.
+    let o = Observation { paused: true, ..o };
+    assert_eq!(
+        decide(&p, &GoldenTolerance::default(), &o),
+        Decision::Continue
+    );
+    let by_hand = RollbackReason::Operator {
+        token_id: "1a2b3c4d".to_string(),
+        reason: "p99 spikes".to_string(),
+    };
+    assert_eq!(by_hand.label(), "operator_rollback");
+    assert_eq!(
+        by_hand.to_string(),
+        "rolled back by an operator (token 1a2b3c4d): p99 spikes"
+    );
 }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wick::bench::Target;
@@ -52,7 +52,11 @@ pub fn alone(test: &str, body: impl FnOnce()) {
 pub struct Process {
     pub child: Child,
     pub addr: String,
-    _repo: Repo,
+    /// The admin listener's address, when `admin_listen` is set.
+    admin: Option<String>,
+    /// Every line the process logged so far.
+    log: Arc<Mutex<Vec<String>>>,
+    repo: Repo,
 }
 
 impl Process {
@@ -65,8 +69,20 @@ impl Process {
 
     /// Serves `models` from `repo`.
     pub fn start_with(repo: Repo, extra_server: &str, models: &str) -> Process {
+        Process::start_logged(repo, extra_server, models, &[])
+    }
+
+    /// Serves `models` from `repo` with `env` set for the child (e.g. `WICK_ADMIN_TOKEN`),
+    /// keeping every line it logs.
+    pub fn start_logged(
+        repo: Repo,
+        extra_server: &str,
+        models: &str,
+        env: &[(&str, &str)],
+    ) -> Process {
         let config = repo.write_config(extra_server, models);
-        let mut child = wick()
+        let mut command = wick();
+        command
             .args([
                 "serve",
                 "--config",
@@ -75,28 +91,66 @@ impl Process {
                 "json",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The startup log line names the bound address (port 0 was asked for).
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        // The startup log line names the bound addresses (port 0 was asked for).
         let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
                     if let Some(listen) = value["listen"].as_str() {
-                        let _ = tx.send(listen.to_string());
+                        let admin = value["admin"]
+                            .as_str()
+                            .and_then(|a| a.strip_prefix("Some(")?.strip_suffix(')'))
+                            .map(str::to_string);
+                        let _ = tx.send((listen.to_string(), admin));
                     }
                 }
+                lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx
+        let (addr, admin) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("wick serve logged its address");
         Process {
             child,
             addr,
-            _repo: repo,
+            admin,
+            log,
+            repo,
+        }
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> String {
+        self.admin.clone().expect("admin_listen is set")
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// The first logged line `matches` accepts, waiting at most `limit` for it.
+    pub fn wait_for_log(&self, limit: Duration, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| matches(l))
+                .cloned();
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
