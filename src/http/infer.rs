@@ -84,13 +84,13 @@ async fn run(
 }
 
 /// Where a sampled request's copy goes: the shadow and its candidate.
-struct ShadowCopy {
+pub(super) struct ShadowCopy {
     tap: ShadowTap,
     candidate: Arc<LoadedVersion>,
 }
 
 /// The shadow copy of a request answered by `picked`, when a shadow runs and samples it.
-fn shadow_copy(
+pub(super) fn shadow_copy(
     slot: &ModelSlot,
     picked: &LoadedVersion,
     request_id: Option<&[u8]>,
@@ -139,14 +139,27 @@ async fn serve(
         .compute_output(version.version, encoding.elapsed());
     // After the answer is encoded, and without waiting: a full shadow queue drops the copy.
     if let (Some(shadow), Some(inputs)) = (shadow, copy) {
-        shadow.tap.offer(Sample {
-            slot: Arc::clone(slot),
-            candidate: shadow.candidate,
-            inputs,
-            stable: outputs.tensors,
-        });
+        shadow.offer(slot, inputs, outputs.tensors);
     }
     Ok(response)
+}
+
+impl ShadowCopy {
+    /// Hands the request's `inputs` and the stable version's `outputs` to the shadow, without
+    /// waiting (a full queue drops them).
+    pub(super) fn offer(
+        self,
+        slot: &Arc<ModelSlot>,
+        inputs: Vec<Option<HostTensor>>,
+        stable: Vec<HostTensor>,
+    ) {
+        self.tap.offer(Sample {
+            slot: Arc::clone(slot),
+            candidate: self.candidate,
+            inputs,
+            stable,
+        });
+    }
 }
 
 /// Refuses before reading and decoding a body when the model's queue is full: overload must be

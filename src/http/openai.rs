@@ -42,7 +42,7 @@ pub async fn embeddings(
         EmbeddingInput::Ids(ids) => Rows::Ids(vec![ids]),
         EmbeddingInput::IdLists(lists) => Rows::Ids(lists),
     };
-    let outputs = infer_rows(&state, &slot, &version, rows, started).await?;
+    let outputs = infer_rows(&state, &slot, &version, rows, started, &headers).await?;
     let (values, rows) = output(&version, &outputs, "embedding")?;
     let width = values.len() / rows.max(1);
     if let Some(d) = request.dimensions {

@@ -111,7 +111,7 @@ async fn embed_with(
         &headers,
     )?;
     let rows = Rows::Texts(request.inputs.into_vec());
-    let outputs = infer_rows(&state, &slot, &version, rows, started).await?;
+    let outputs = infer_rows(&state, &slot, &version, rows, started, &headers).await?;
     let (values, rows) = output(&version, &outputs, "embedding")?;
     let width = values.len() / rows.max(1);
     let mut values = values.to_vec();
@@ -209,7 +209,7 @@ async fn predict_with(
         &headers,
     )?;
     let rows = classification_rows(sequences)?;
-    let outputs = infer_rows(&state, &slot, &version, rows, started).await?;
+    let outputs = infer_rows(&state, &slot, &version, rows, started, &headers).await?;
     let scores = if request.raw_scores {
         "logits"
     } else {
@@ -316,7 +316,15 @@ async fn rerank_with(
         .iter()
         .map(|t| (request.query.clone(), t.clone()))
         .collect();
-    let outputs = infer_rows(&state, &slot, &version, Rows::Pairs(pairs), started).await?;
+    let outputs = infer_rows(
+        &state,
+        &slot,
+        &version,
+        Rows::Pairs(pairs),
+        started,
+        &headers,
+    )
+    .await?;
     let scores = if request.raw_scores {
         "logits"
     } else {

@@ -17,7 +17,7 @@ use crate::repository::ModelSlot;
 
 use super::body::{receive, Encoding};
 use super::error::ApiError;
-use super::infer::{refuse_when_full, submit, Admitted, Split};
+use super::infer::{refuse_when_full, shadow_copy, submit, Admitted, ShadowCopy, Split};
 use super::{request_id, AppState};
 
 /// Bodies up to this size are parsed on the request's task (as in [`super::infer`]).
@@ -163,15 +163,18 @@ pub(super) fn text_version(
 }
 
 /// Runs a text request through the model's engine, counted in its metrics and statistics like
-/// a `/v2` request (`started`: when the request arrived).
+/// a `/v2` request (`started`: when the request arrived); a shadow samples it like a `/v2`
+/// request naming no version, by its `x-request-id`.
 pub(super) async fn infer_rows(
     state: &AppState,
     slot: &Arc<ModelSlot>,
     version: &Arc<LoadedVersion>,
     rows: Rows,
     started: Instant,
+    headers: &HeaderMap,
 ) -> Result<Outputs, ApiError> {
-    let result = run(state, slot, version, rows).await;
+    let shadow = shadow_copy(slot, version, request_id(headers));
+    let result = run(state, slot, version, rows, shadow).await;
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
@@ -184,6 +187,7 @@ async fn run(
     slot: &Arc<ModelSlot>,
     version: &Arc<LoadedVersion>,
     rows: Rows,
+    shadow: Option<ShadowCopy>,
 ) -> Result<Outputs, ApiError> {
     let config = slot.engine.config();
     if rows.len() == 0 {
@@ -202,12 +206,14 @@ async fn run(
     let preparing = Instant::now();
     let split = Split::new(version, &config);
     let target = Arc::clone(version);
+    let keep = shadow.is_some();
     // Tokenising is slow work: off the async workers, as for `/v2` text requests.
-    let parts = state
+    let (parts, copy) = state
         .slow
         .run(move || {
             let inputs = rows.into_inputs(&target.signature)?;
-            split.prepare(&target, inputs)
+            let copy = keep.then(|| inputs.clone());
+            Ok::<_, ApiError>((split.prepare(&target, inputs)?, copy))
         })
         .await?;
     slot.metrics
@@ -217,7 +223,11 @@ async fn run(
         priority: None,
         incoming,
     };
-    submit(slot, version, parts, admitted).await
+    let outputs = submit(slot, version, parts, admitted).await?;
+    if let (Some(shadow), Some(inputs)) = (shadow, copy) {
+        shadow.offer(slot, inputs, outputs.tensors.clone());
+    }
+    Ok(outputs)
 }
 
 /// The `[rows, width]` values of output `name`, and the rows.

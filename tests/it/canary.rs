@@ -274,18 +274,31 @@ fn install_small_bert(repo: &Repo, version: u64) {
 
 #[tokio::test]
 async fn a_text_canary_is_judged_on_its_openai_and_tei_traffic() {
-    let models = "[[models]]\nname = \"text\"\narchitecture = \"bert\"\n\
-         config = { vocab_size = 132, hidden_size = 64, num_hidden_layers = 2, num_attention_heads = 4, \
-         intermediate_size = 128, max_position_embeddings = 64 }\n\
-         load = { strip_prefix = \"bert.\", ignore = [\"classifier.*\"] }\n\
-         rollout = { canary_percent = 50, promote_after_s = 1, max_p99_ratio = 1000.0, min_requests = 5 }\n";
+    promoted_on_text_traffic(
+        "canary_percent = 50, promote_after_s = 1, max_p99_ratio = 1000.0, min_requests = 5",
+        "canary",
+    )
+    .await;
+}
+
+/// Serves the small BERT as model `text` with `rollout`, publishes an equal version 2, and
+/// sends only OpenAI and TEI requests until version 2 is promoted: it can be only if those
+/// routes feed the rollout (`phase`: how the index reason of a running rollout starts).
+pub(crate) async fn promoted_on_text_traffic(rollout: &str, phase: &str) {
+    let models = format!(
+        "[[models]]\nname = \"text\"\narchitecture = \"bert\"\n\
+         config = {{ vocab_size = 132, hidden_size = 64, num_hidden_layers = 2, num_attention_heads = 4, \
+         intermediate_size = 128, max_position_embeddings = 64 }}\n\
+         load = {{ strip_prefix = \"bert.\", ignore = [\"classifier.*\"] }}\n\
+         rollout = {{ {rollout} }}\n"
+    );
     let repo = Repo::new();
     install_small_bert(&repo, 1);
-    let server = TestServer::start_admin(repo.config("", models)).await;
+    let server = TestServer::start_admin(repo.config("", &models)).await;
     install_small_bert(&repo, 2);
     let started = eventually(WAIT, || async {
         let (state, reason) = server.version_state("text", 2).await;
-        state == "READY" && reason.starts_with("canary")
+        state == "READY" && reason.starts_with(phase)
     })
     .await;
     assert!(started, "{:?}", server.index().await);

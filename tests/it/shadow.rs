@@ -3,7 +3,7 @@
 //! candidate whose outputs differ beyond the golden tolerances is rolled back and one that
 //! agrees is promoted. Also what outlives a rollout: a `state_dir` keeps a rolled-back version
 //! from being served after a restart (without one it goes through the gate again), and a config
-//! reload keeps the rollout running.
+//! reload keeps the rollout running; a text model's shadow samples its OpenAI and TEI requests too.
 
 use serde_json::Value;
 
@@ -413,4 +413,13 @@ async fn a_config_reload_keeps_the_rollout_state() {
     .await;
     assert!(promoted, "{:?}", server.index().await);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_text_shadow_samples_openai_and_tei_requests() {
+    crate::canary::promoted_on_text_traffic(
+        "shadow_percent = 100, promote_after_s = 1, min_requests = 5",
+        "shadow",
+    )
+    .await;
 }
