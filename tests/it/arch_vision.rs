@@ -147,3 +147,21 @@ async fn resnext_small_instance_matches_torchvision() {
 async fn basic_resnet_small_instance_matches_torchvision() {
     resnet_case("resnet_basic_tiny").await;
 }
+
+#[test]
+fn vit_presets_match_torchvision_manifests() {
+    for preset in ["vit_b_16", "vit_b_32", "vit_l_16"] {
+        assert_matches_manifest(preset);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vit_small_instance_matches_torchvision() {
+    let case = Case::load("vit_tiny");
+    let repo = Repo::new();
+    case.install(&repo, "vit");
+    let models = case.model_toml("vit", case.config(|_| ()));
+    let server = TestServer::start(repo.config("", &models)).await;
+    case.check_over_http(&server, "vit").await;
+    server.shutdown().await;
+}
