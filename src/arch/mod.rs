@@ -92,6 +92,7 @@ pub const REGISTRY: &[(&str, Make)] = &[
     ("linear", make::<mlp::LinearConfig>),
     ("mlp", make::<mlp::MlpConfig>),
     ("resnet", make::<vision::resnet::ResNetConfig>),
+    ("vit", make::<vision::vit::VitConfig>),
     ("bert", make::<text::TextConfig<text::bert::BertConfig>>),
     (
         "roberta",

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 const TOLERANCE: Tolerance = Tolerance::Relative(1e-4);
 
 /// splitmix64 over `seed + i·γ`, as in scripts/make_arch_fixtures.py.
-fn generated(name: &str, count: usize, exponent: i32) -> Vec<f32> {
+pub(crate) fn generated(name: &str, count: usize, exponent: i32) -> Vec<f32> {
     let mut seed: u64 = 0xCBF2_9CE4_8422_2325;
     for b in name.bytes() {
         seed ^= u64::from(b);

@@ -11,6 +11,7 @@ mod arch_bert;
 mod arch_resnet;
 mod arch_sequential;
 mod arch_text;
+mod arch_vision;
 mod batching;
 mod bench;
 mod binary;

@@ -37,6 +37,23 @@ pub struct ConvSpec {
     pub kernel: usize,
     pub stride: usize,
     pub pad: usize,
+    /// `nn.Conv2d`'s `groups`: input and output channels split into this many independent
+    /// convolutions (ResNeXt's 3x3 convolutions). 1 for a dense convolution.
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    /// A dense (`groups = 1`) convolution.
+    pub fn dense(cin: usize, cout: usize, kernel: usize, stride: usize, pad: usize) -> ConvSpec {
+        ConvSpec {
+            cin,
+            cout,
+            kernel,
+            stride,
+            pad,
+            groups: 1,
+        }
+    }
 }
 
 /// How a convolution is computed.
@@ -62,18 +79,29 @@ impl ConvBn {
     /// and folds them. Works on the recording backend's placeholders too (they are zeros).
     pub fn load(conv: VarBuilder, bn: VarBuilder, spec: ConvSpec) -> candle_core::Result<ConvBn> {
         let k = spec.kernel;
-        let w = conv.get((spec.cout, spec.cin, k, k), "weight")?;
+        let g = spec.groups;
+        if g == 0 || !spec.cin.is_multiple_of(g) || !spec.cout.is_multiple_of(g) {
+            bail!(
+                "{} input and {} output channels do not split into {g} groups",
+                spec.cin,
+                spec.cout
+            );
+        }
+        // torchvision stores a grouped weight as `[cout, cin / groups, k, k]`: output channel
+        // `co` of group `co / (cout / groups)` sees only that group's input channels.
+        let cin_g = spec.cin / g;
+        let w = conv.get((spec.cout, cin_g, k, k), "weight")?;
         let gamma = bn.get(spec.cout, "weight")?;
         let beta = bn.get(spec.cout, "bias")?;
         let mean = bn.get(spec.cout, "running_mean")?;
         let var = bn.get(spec.cout, "running_var")?;
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let weight = w
-            .reshape((spec.cout, spec.cin * k * k))?
+            .reshape((spec.cout, cin_g * k * k))?
             .broadcast_mul(&scale.reshape((spec.cout, 1))?)?
             .contiguous()?;
         let bias = (beta - mean.mul(&scale)?)?.to_vec1::<f32>()?;
-        let kernel = if (k, spec.stride, spec.pad) == (3, 1, 1) {
+        let kernel = if (k, spec.stride, spec.pad, g) == (3, 1, 1, 1) {
             Kernel::Winograd(Winograd3x3::new(&weight, spec.cin, spec.cout)?)
         } else {
             Kernel::Im2col(weight)
@@ -99,6 +127,7 @@ impl ConvBn {
             kernel: k,
             stride: s,
             pad,
+            groups,
         } = self.spec;
         if x.c != cin {
             bail!("convolution expects {cin} channels, got {}", x.c);
@@ -113,14 +142,62 @@ impl ConvBn {
                 bail!("residual shape does not match the convolution output");
             }
         }
-        let depth = cin * k * k;
+        let mut out = vec![0f32; cout * total];
+        if groups == 1 {
+            self.group(weight, x, &mut out, &self.bias, residual, relu)?;
+        } else {
+            // Each group is a dense convolution of its own channel planes: in `[C, N·H·W]`
+            // layout those are contiguous rows of the input, and its outputs are contiguous
+            // rows of `out`, so no copy or transpose joins the groups.
+            let (cin_g, cout_g) = (cin / groups, cout / groups);
+            for (gi, out_g) in out.chunks_mut(cout_g * total).enumerate() {
+                let planes = Planes {
+                    data: x.data.narrow(0, gi * cin_g, cin_g)?,
+                    c: cin_g,
+                    ..*x
+                };
+                let residual = match residual {
+                    Some(r) => Some(Planes {
+                        data: r.data.narrow(0, gi * cout_g, cout_g)?,
+                        c: cout_g,
+                        ..*r
+                    }),
+                    None => None,
+                };
+                let w_g = weight.narrow(0, gi * cout_g, cout_g)?;
+                let bias = &self.bias[gi * cout_g..(gi + 1) * cout_g];
+                self.group(&w_g, &planes, out_g, bias, residual.as_ref(), relu)?;
+            }
+        }
+        Planes::from_parts(out, cout, x.n, oh, ow)
+    }
+
+    /// One dense convolution (a whole convolution, or one group of a grouped one) of `x` with
+    /// `weight` `[cout, cin·k·k]` into `out` (`[cout, N·OH·OW]`), with the fused epilogue.
+    fn group(
+        &self,
+        weight: &Tensor,
+        x: &Planes,
+        out: &mut [f32],
+        bias: &[f32],
+        residual: Option<&Planes>,
+        relu: bool,
+    ) -> candle_core::Result<()> {
+        let ConvSpec {
+            kernel: k,
+            stride: s,
+            pad,
+            ..
+        } = self.spec;
+        let (oh, ow) = ((x.h + 2 * pad - k) / s + 1, (x.w + 2 * pad - k) / s + 1);
+        let total = x.n * oh * ow;
+        let depth = x.c * k * k;
         let pointwise = k == 1 && s == 1 && pad == 0;
         let chunk = if pointwise {
             total
         } else {
             (COLS_BUDGET / depth).clamp(1, total)
         };
-        let mut out = vec![0f32; cout * total];
         let mut start = 0;
         while start < total {
             let end = (start + chunk).min(total);
@@ -131,10 +208,10 @@ impl ConvBn {
             };
             let product = weight.matmul(&rhs)?;
             let residual = residual.map(|r| &r.data);
-            epilogue(&mut out, &product, &self.bias, residual, (start, end), relu)?;
+            epilogue(out, &product, bias, residual, (start, end), relu)?;
             start = end;
         }
-        Planes::from_parts(out, cout, x.n, oh, ow)
+        Ok(())
     }
 }
 
@@ -286,12 +363,16 @@ mod tests {
     #[test]
     fn conv_bn_matches_reference_ops() {
         let dev = Device::Cpu;
-        for (cin, cout, k, s, pad, h, w, n) in [
-            (3, 8, 7, 2, 3, 13, 10, 2),
-            (4, 6, 3, 1, 1, 9, 7, 3),
-            (4, 6, 3, 2, 1, 8, 9, 1),
-            (5, 7, 1, 1, 0, 6, 5, 2),
-            (5, 7, 1, 2, 0, 7, 6, 2),
+        for (cin, cout, k, s, pad, h, w, n, groups) in [
+            (3, 8, 7, 2, 3, 13, 10, 2, 1),
+            (4, 6, 3, 1, 1, 9, 7, 3, 1),
+            (4, 6, 3, 2, 1, 8, 9, 1, 1),
+            (5, 7, 1, 1, 0, 6, 5, 2, 1),
+            (5, 7, 1, 2, 0, 7, 6, 2, 1),
+            // Grouped (ResNeXt): 3x3 at strides 1 and 2, and a grouped 1x1.
+            (8, 12, 3, 1, 1, 7, 6, 2, 4),
+            (8, 8, 3, 2, 1, 9, 8, 3, 2),
+            (6, 9, 1, 1, 0, 5, 4, 2, 3),
         ] {
             let spec = ConvSpec {
                 cin,
@@ -299,12 +380,13 @@ mod tests {
                 kernel: k,
                 stride: s,
                 pad,
+                groups,
             };
             let mut ts = HashMap::new();
-            let wv = pseudo(cout * cin * k * k, 1);
+            let wv = pseudo(cout * cin / groups * k * k, 1);
             ts.insert(
                 "c.weight".to_string(),
-                Tensor::from_vec(wv, (cout, cin, k, k), &dev).unwrap(),
+                Tensor::from_vec(wv, (cout, cin / groups, k, k), &dev).unwrap(),
             );
             ts.insert(
                 "b.weight".to_string(),
@@ -331,6 +413,7 @@ mod tests {
             let cfg = candle_nn::Conv2dConfig {
                 padding: pad,
                 stride: s,
+                groups,
                 ..Default::default()
             };
             let reference_conv = candle_nn::Conv2d::new(ts["c.weight"].clone(), None, cfg);
@@ -367,7 +450,7 @@ mod tests {
                     for p in 0..oh * ow {
                         let a = got_v[(co * n + img) * oh * ow + p];
                         let b = want[(img * cout + co) * oh * ow + p];
-                        assert!((a - b).abs() < 1e-4, "k{k} s{s}: {a} vs {b}");
+                        assert!((a - b).abs() < 1e-4, "k{k} s{s} g{groups}: {a} vs {b}");
                     }
                 }
             }

@@ -199,13 +199,18 @@ impl EncoderSpec {
 
 /// `nn.Linear` applied to a contiguous `[rows, in]` matrix, with its epilogue fused.
 #[derive(Debug, Clone)]
-pub(super) struct Dense {
+pub(crate) struct Dense {
     weight: Tensor,
     bias: Vec<f32>,
 }
 
 impl Dense {
-    pub(super) fn load(vb: VarBuilder, input: usize, output: usize) -> candle_core::Result<Dense> {
+    /// A layer of `weight` `[out, in]` and `bias` `[out]`.
+    pub(crate) fn new(weight: Tensor, bias: Vec<f32>) -> Dense {
+        Dense { weight, bias }
+    }
+
+    pub(crate) fn load(vb: VarBuilder, input: usize, output: usize) -> candle_core::Result<Dense> {
         Ok(Dense {
             weight: vb.get((output, input), "weight")?,
             bias: vb.get(output, "bias")?.to_vec1::<f32>()?,
@@ -213,7 +218,7 @@ impl Dense {
     }
 
     /// `act(x·Wᵀ + b (+ residual))`.
-    pub(super) fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         residual: Option<&Tensor>,
@@ -417,24 +422,8 @@ impl Encoder {
         relative: Option<&[f32]>,
         (b, l): (usize, usize),
     ) -> candle_core::Result<Tensor> {
-        let h = self.spec.hidden_size;
-        let heads = self.spec.num_heads;
-        let d = h / heads;
-        // [B·L, 3H] -> [3, B, heads, L, d], one copy.
-        let qkv = layer
-            .qkv
-            .forward(x, None, Act::Identity)?
-            .reshape((b, l, 3, heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let probs = q.matmul(&k.t()?)?;
-        probs.inplace_op2(mask, &MaskedSoftmax { heads, relative })?;
-        let context = probs
-            .matmul(&v)?
-            .permute((0, 2, 1, 3))?
-            .contiguous()?
-            .reshape((b * l, h))?;
+        let qkv = layer.qkv.forward(x, None, Act::Identity)?;
+        let context = attention(&qkv, mask, self.spec.num_heads, relative, (b, l))?;
         let attended = layer.attention_norm.forward(&layer.attention_out.forward(
             &context,
             Some(x),
@@ -449,6 +438,34 @@ impl Encoder {
                 .forward(&inner, Some(&attended), Act::Identity)?,
         )
     }
+}
+
+/// Multi-head scaled dot-product attention of stacked queries (already scaled by `1/√d`), keys
+/// and values `[B·L, 3H]` over rows of `L` tokens, keys masked by the 0/1 `mask` `[B, L]`:
+/// the context `[B·L, H]` before the output projection. Shared by the text encoder and `vit`
+/// (src/arch/vision/vit.rs), whose `nn.MultiheadAttention` computes the same thing.
+pub(crate) fn attention(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    relative: Option<&[f32]>,
+    (b, l): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let h = qkv.dim(1)? / 3;
+    let d = h / heads;
+    // [B·L, 3H] -> [3, B, heads, L, d], one copy.
+    let qkv = qkv
+        .reshape((b, l, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let probs = q.matmul(&k.t()?)?;
+    probs.inplace_op2(mask, &MaskedSoftmax { heads, relative })?;
+    probs
+        .matmul(&v)?
+        .permute((0, 2, 1, 3))?
+        .contiguous()?
+        .reshape((b * l, h))
 }
 
 /// MPNet's bucket of a relative position `key - query` (transformers'

@@ -1,4 +1,5 @@
 //! Image classifiers in torchvision's layout, loading torchvision state dicts by their own key
-//! names ([`resnet`]).
+//! names ([`resnet`], [`vit`]).
 
 pub mod resnet;
+pub mod vit;

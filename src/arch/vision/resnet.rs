@@ -1,4 +1,5 @@
-//! `resnet`: torchvision's ResNet-18/34/50 (`BasicBlock` and `Bottleneck`, v1.5 strides), loading
+//! `resnet`: torchvision's ResNet-18/34/50/101/152, ResNeXt and Wide ResNet (`BasicBlock` and
+//! `Bottleneck` with grouped 3x3 convolutions, v1.5 strides), loading
 //! torchvision state dicts by their own key names, for image classification logits.
 //!
 //! Keys are torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{i}.conv{1,2,3}.weight`,
@@ -21,7 +22,9 @@ use crate::model::{
 };
 use crate::state_dict::Glob;
 
-/// `architecture = "resnet"`: `config = { preset = "resnet50", num_classes = 1000 }`.
+/// `architecture = "resnet"`: `config = { preset = "resnet50", num_classes = 1000 }`, plus
+/// torchvision's `ResNet` constructor arguments for other sizes of the preset's block type
+/// (`layers`, `groups`, `width_per_group`), as the small parity fixtures use.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
@@ -29,6 +32,15 @@ pub struct ResNetConfig {
     /// Width of `fc` (torchvision's default is ImageNet's 1000).
     #[serde(default = "imagenet_classes")]
     pub num_classes: usize,
+    /// Blocks per stage, overriding the preset's (torchvision's `layers`).
+    #[serde(default)]
+    pub layers: Option<[usize; 4]>,
+    /// Groups of every bottleneck 3x3 convolution, overriding the preset's.
+    #[serde(default)]
+    pub groups: Option<usize>,
+    /// Channels per group per 64 planes (torchvision's `width_per_group`), overriding the preset's.
+    #[serde(default)]
+    pub width_per_group: Option<usize>,
 }
 
 fn imagenet_classes() -> usize {
@@ -37,21 +49,91 @@ fn imagenet_classes() -> usize {
 
 /// The torchvision constructors this architecture reproduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Preset {
     Resnet18,
     Resnet34,
     Resnet50,
+    Resnet101,
+    Resnet152,
+    #[serde(rename = "resnext50_32x4d")]
+    Resnext50_32x4d,
+    #[serde(rename = "resnext101_32x8d")]
+    Resnext101_32x8d,
+    #[serde(rename = "wide_resnet50_2")]
+    WideResnet50_2,
+    #[serde(rename = "wide_resnet101_2")]
+    WideResnet101_2,
+}
+
+/// A preset with its overrides applied: torchvision's `ResNet(block, layers, groups=...,
+/// width_per_group=...)` arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    layers: [usize; 4],
+    bottleneck: bool,
+    groups: usize,
+    width_per_group: usize,
 }
 
 impl Preset {
-    /// Blocks per stage and whether they are bottlenecks (torchvision's `layers` and `block`).
-    fn layout(self) -> ([usize; 4], bool) {
-        match self {
-            Preset::Resnet18 => ([2, 2, 2, 2], false),
-            Preset::Resnet34 => ([3, 4, 6, 3], false),
-            Preset::Resnet50 => ([3, 4, 6, 3], true),
+    /// torchvision's constructor arguments of the preset (torchvision/models/resnet.py).
+    fn layout(self) -> Layout {
+        let (layers, bottleneck, groups, width_per_group) = match self {
+            Preset::Resnet18 => ([2, 2, 2, 2], false, 1, 64),
+            Preset::Resnet34 => ([3, 4, 6, 3], false, 1, 64),
+            Preset::Resnet50 => ([3, 4, 6, 3], true, 1, 64),
+            Preset::Resnet101 => ([3, 4, 23, 3], true, 1, 64),
+            Preset::Resnet152 => ([3, 8, 36, 3], true, 1, 64),
+            Preset::Resnext50_32x4d => ([3, 4, 6, 3], true, 32, 4),
+            Preset::Resnext101_32x8d => ([3, 4, 23, 3], true, 32, 8),
+            Preset::WideResnet50_2 => ([3, 4, 6, 3], true, 1, 128),
+            Preset::WideResnet101_2 => ([3, 4, 23, 3], true, 1, 128),
+        };
+        Layout {
+            layers,
+            bottleneck,
+            groups,
+            width_per_group,
         }
+    }
+}
+
+impl ResNetConfig {
+    /// The preset's layout with this config's overrides, checked as torchvision checks them.
+    fn layout(&self) -> Result<Layout, InvalidConfig> {
+        let mut layout = self.preset.layout();
+        if let Some(layers) = self.layers {
+            if layers.contains(&0) {
+                return Err(InvalidConfig::new(
+                    "layers",
+                    "every stage needs at least 1 block",
+                ));
+            }
+            layout.layers = layers;
+        }
+        if let Some(groups) = self.groups {
+            if groups == 0 {
+                return Err(InvalidConfig::new("groups", "must be at least 1"));
+            }
+            layout.groups = groups;
+        }
+        if let Some(width) = self.width_per_group {
+            if width == 0 {
+                return Err(InvalidConfig::new("width_per_group", "must be at least 1"));
+            }
+            layout.width_per_group = width;
+        }
+        // torchvision's BasicBlock refuses these too ("BasicBlock only supports groups=1 and
+        // base_width=64").
+        if !layout.bottleneck && (layout.groups != 1 || layout.width_per_group != 64) {
+            return Err(InvalidConfig::new(
+                "groups",
+                "basic-block presets (resnet18, resnet34) support only groups = 1 and \
+                 width_per_group = 64",
+            ));
+        }
+        Ok(layout)
     }
 }
 
@@ -70,6 +152,7 @@ impl ResNetArch {
         if cfg.num_classes == 0 {
             return Err(InvalidConfig::new("num_classes", "must be at least 1"));
         }
+        cfg.layout()?;
         Ok(ResNetArch {
             signature: Signature {
                 inputs: vec![IoSpec::new(
@@ -137,6 +220,47 @@ enum Block {
 }
 
 impl Block {
+    /// Block `vb` of torchvision's `_make_layer`: `inplanes` channels in, `planes · expansion`
+    /// out, `stride` on its first 3x3 convolution.
+    fn load(
+        vb: &VarBuilder,
+        layout: &Layout,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+    ) -> candle_core::Result<Block> {
+        let out = planes * if layout.bottleneck { 4 } else { 1 };
+        let downsample = if stride != 1 || inplanes != out {
+            let spec = ConvSpec::dense(inplanes, out, 1, stride, 0);
+            Some(conv_bn(vb, "downsample.0", "downsample.1", spec)?)
+        } else {
+            None
+        };
+        let spec =
+            |cin, cout, kernel, stride| ConvSpec::dense(cin, cout, kernel, stride, kernel / 2);
+        Ok(if layout.bottleneck {
+            // torchvision: width = int(planes * (base_width / 64.)) * groups.
+            let width = planes * layout.width_per_group / 64 * layout.groups;
+            let grouped = ConvSpec {
+                groups: layout.groups,
+                ..spec(width, width, 3, stride)
+            };
+            // torchvision v1.5: the stride sits on the 3x3 convolution.
+            Block::Bottleneck {
+                conv1: conv_bn(vb, "conv1", "bn1", spec(inplanes, width, 1, 1))?,
+                conv2: conv_bn(vb, "conv2", "bn2", grouped)?,
+                conv3: conv_bn(vb, "conv3", "bn3", spec(width, out, 1, 1))?,
+                downsample,
+            }
+        } else {
+            Block::Basic {
+                conv1: conv_bn(vb, "conv1", "bn1", spec(inplanes, planes, 3, stride))?,
+                conv2: conv_bn(vb, "conv2", "bn2", spec(planes, planes, 3, 1))?,
+                downsample,
+            }
+        })
+    }
+
     fn forward(&self, x: &Planes) -> candle_core::Result<Planes> {
         match self {
             Block::Basic {
@@ -184,65 +308,21 @@ fn conv_bn(vb: &VarBuilder, conv: &str, bn: &str, spec: ConvSpec) -> candle_core
 
 impl ResNet {
     pub fn load(vb: VarBuilder, cfg: &ResNetConfig) -> candle_core::Result<ResNet> {
-        let stem = conv_bn(
-            &vb,
-            "conv1",
-            "bn1",
-            ConvSpec {
-                cin: CHANNELS,
-                cout: 64,
-                kernel: 7,
-                stride: 2,
-                pad: 3,
-            },
-        )?;
-        let (counts, bottleneck) = cfg.preset.layout();
-        let expansion = if bottleneck { 4 } else { 1 };
+        let stem = conv_bn(&vb, "conv1", "bn1", ConvSpec::dense(CHANNELS, 64, 7, 2, 3))?;
+        let layout = cfg
+            .layout()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut inplanes = 64;
         let mut stages = Vec::with_capacity(4);
-        for (stage, &count) in counts.iter().enumerate() {
+        for (stage, &count) in layout.layers.iter().enumerate() {
             let planes = 64 << stage;
             let first_stride = if stage == 0 { 1 } else { 2 };
             let mut blocks = Vec::with_capacity(count);
             for i in 0..count {
                 let vb = vb.pp(format!("layer{}.{i}", stage + 1));
                 let stride = if i == 0 { first_stride } else { 1 };
-                let out = planes * expansion;
-                let downsample = if stride != 1 || inplanes != out {
-                    let spec = ConvSpec {
-                        cin: inplanes,
-                        cout: out,
-                        kernel: 1,
-                        stride,
-                        pad: 0,
-                    };
-                    Some(conv_bn(&vb, "downsample.0", "downsample.1", spec)?)
-                } else {
-                    None
-                };
-                let spec = |cin, cout, kernel, stride| ConvSpec {
-                    cin,
-                    cout,
-                    kernel,
-                    stride,
-                    pad: kernel / 2,
-                };
-                blocks.push(if bottleneck {
-                    // torchvision v1.5: the stride sits on the 3x3 convolution.
-                    Block::Bottleneck {
-                        conv1: conv_bn(&vb, "conv1", "bn1", spec(inplanes, planes, 1, 1))?,
-                        conv2: conv_bn(&vb, "conv2", "bn2", spec(planes, planes, 3, stride))?,
-                        conv3: conv_bn(&vb, "conv3", "bn3", spec(planes, out, 1, 1))?,
-                        downsample,
-                    }
-                } else {
-                    Block::Basic {
-                        conv1: conv_bn(&vb, "conv1", "bn1", spec(inplanes, planes, 3, stride))?,
-                        conv2: conv_bn(&vb, "conv2", "bn2", spec(planes, planes, 3, 1))?,
-                        downsample,
-                    }
-                });
-                inplanes = out;
+                blocks.push(Block::load(&vb, &layout, inplanes, planes, stride)?);
+                inplanes = planes * if layout.bottleneck { 4 } else { 1 };
             }
             stages.push(blocks);
         }
@@ -376,5 +456,21 @@ mod tests {
         let err =
             configure("resnet", &table("preset = \"resnet18\"\nnum_classes = 0")).unwrap_err();
         assert!(err.to_string().contains("num_classes"), "{err}");
+        // torchvision's BasicBlock has no groups or width.
+        let err = configure("resnet", &table("preset = \"resnet34\"\ngroups = 2")).unwrap_err();
+        assert!(err.to_string().contains("groups = 1"), "{err}");
+        let err = configure(
+            "resnet",
+            &table("preset = \"resnet50\"\nlayers = [1, 0, 1, 1]"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("layers"), "{err}");
+        // Overrides change the keys: one block per stage, 4 groups of 8 channels per 64 planes.
+        let names = param_names(
+            "resnet",
+            "preset = \"resnext50_32x4d\"\nlayers = [1, 1, 1, 1]\ngroups = 4\nwidth_per_group = 8",
+        );
+        assert!(names.contains(&"layer3.0.conv2.weight".to_string()));
+        assert!(!names.contains(&"layer3.1.conv2.weight".to_string()));
     }
 }
