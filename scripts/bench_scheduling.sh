@@ -6,12 +6,16 @@
 # Runs are interleaved ROUNDS times; medians and the spread (min-max) are printed with the CPU.
 #
 #   scripts/bench_scheduling.sh          # ROUNDS=5 SECONDS_PER_RUN=4
+#   WICK=path/wick NOOP_SERVER=path/noop_server scripts/bench_scheduling.sh   # binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-5}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-4}"
-cargo build --release --quiet --bin wick --example noop_server
-WICK=target/release/wick
+if [ -z "${WICK:-}" ]; then
+    cargo build --release --quiet --bin wick --example noop_server
+    WICK=target/release/wick
+    NOOP_SERVER=target/release/examples/noop_server
+fi
 OUT="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
@@ -33,7 +37,7 @@ wait_ready() {
 
 bench() { "$WICK" bench --model digits --duration "$SECONDS_PER_RUN" --json "$@"; }
 
-target/release/examples/noop_server 127.0.0.1:19000 >/dev/null 2>&1 &
+"$NOOP_SERVER" 127.0.0.1:19000 >/dev/null 2>&1 &
 NOOP=$!
 for round in $(seq "$ROUNDS"); do
     bench --url http://127.0.0.1:19000 --clients 32 >> "$OUT/floor.jsonl"
