@@ -12,17 +12,18 @@
 //!   their one registry table, with wick's own CPU kernels in [`arch::kernels`];
 //! - [`state_dict`]: checkpoints as data: header validation, strict comparison, the load report;
 //! - [`repository`]: the model repository on disk: the pure reconciliation plan and the layer
-//!   that applies it, version records, the watcher, the load pipeline, the golden-output gate
-//!   and canary rollouts;
+//!   that applies it, version records, the watcher, the load pipeline, the golden-output gate,
+//!   canary and shadow rollouts, operator actions and the rolled-back record of `state_dir`;
 //! - [`engine`]: per-model queue, batching policy, compute thread, deadlines, cancellation;
 //! - [`protocol`]: KServe v2 JSON and binary tensors ⇄ host tensors; Triton's config and
 //!   statistics, OpenAI's and TEI's shapes, as data;
 //! - [`http`]: routes (KServe v2, Triton, OpenAI, TEI), limits, the connection loop, error →
-//!   status mapping, the admin API;
+//!   status mapping, the admin API and its rollout controls;
 //! - [`config`]: `config.toml` + `WICK_*` overrides → a validated [`config::Config`] (the
 //!   `[server]` section, a `[[models]]` entry and the promotion settings each in a file of
 //!   their own);
-//! - [`telemetry`]: logging, metrics and Triton's per-version statistics;
+//! - [`telemetry`]: logging, metrics (rollout and shadow figures among them) and Triton's
+//!   per-version statistics;
 //! - [`app`]: wires a server together and serves until a signal; [`commands`] and [`bench`]:
 //!   the other CLI subcommands;
 //! - [`convert`]: `wick convert`, `.pth` checkpoints to safetensors offline (CLI only: the
