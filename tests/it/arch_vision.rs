@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::arch_resnet::generated;
 use crate::util::catalogue::Case;
 use crate::util::tensors::{f32_bytes, raw_tensors, read_json, write_safetensors, RawTensor};
-use crate::util::{fixture, Repo, TestServer};
+use crate::util::{assert_error, fixture, infer_request, Repo, TestServer};
 
 /// manifests/<preset>.json: torchvision's constructor, every state_dict key with its shape, and
 /// the head's shapes at `num_classes = 10`.
@@ -163,5 +163,14 @@ async fn vit_small_instance_matches_torchvision() {
     let models = case.model_toml("vit", case.config(|_| ()));
     let server = TestServer::start(repo.config("", &models)).await;
     case.check_over_http(&server, "vit").await;
+    // The position embeddings fix the image size: another size is refused at its shape.
+    let wrong = infer_request("input", "FP32", [1, 3, 64, 64], &vec![0.0f32; 3 * 64 * 64]);
+    let (status, body) = server.post_json("/v2/models/vit/infer", &wrong).await;
+    assert_error(
+        "a 64x64 image for a 32x32 vit",
+        (status, &body),
+        400,
+        "shape",
+    );
     server.shutdown().await;
 }
