@@ -164,7 +164,7 @@ async fn vit_small_instance_matches_torchvision() {
     let server = TestServer::start(repo.config("", &models)).await;
     case.check_over_http(&server, "vit").await;
     // The position embeddings fix the image size: another size is refused at its shape.
-    let wrong = infer_request("input", "FP32", [1, 3, 64, 64], &vec![0.0f32; 3 * 64 * 64]);
+    let wrong = infer_request("input", "FP32", [1, 3, 64, 64], vec![0.0f32; 3 * 64 * 64]);
     let (status, body) = server.post_json("/v2/models/vit/infer", &wrong).await;
     assert_error(
         "a 64x64 image for a 32x32 vit",
