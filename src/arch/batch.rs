@@ -10,23 +10,31 @@ pub fn forward_stacked(
     input_dims: &[usize],
     f: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
 ) -> candle_core::Result<Vec<Vec<HostTensor>>> {
-    let total_rows: usize = batch.iter().map(|p| p.rows).sum();
     let row_len: usize = input_dims.iter().product();
-    let mut flat = Vec::with_capacity(total_rows * row_len);
-    for prepared in batch {
-        match prepared.tensors.first() {
-            Some(Some(tensor)) if tensor.data.f32s().is_some() => {
-                flat.extend_from_slice(tensor.data.f32s().unwrap_or_default())
-            }
-            _ => candle_core::bail!("a prepared request lacks its F32 input"),
-        }
-    }
+    let (flat, total_rows) = stack_f32(batch, row_len)?;
     let mut shape = Vec::with_capacity(input_dims.len() + 1);
     shape.push(total_rows);
     shape.extend_from_slice(input_dims);
     let x = candle_core::Tensor::from_vec(flat, shape, &candle_core::Device::Cpu)?;
     let y = f(&x)?;
     split_rows(&y, batch.iter().map(|p| p.rows))
+}
+
+/// The first (F32) input of every request in `batch`, rows of `row_len` values, concatenated;
+/// and the total rows.
+pub fn stack_f32(batch: &[&Prepared], row_len: usize) -> candle_core::Result<(Vec<f32>, usize)> {
+    let total_rows: usize = batch.iter().map(|p| p.rows).sum();
+    let mut flat = Vec::with_capacity(total_rows * row_len);
+    for prepared in batch {
+        match prepared.tensors.first() {
+            Some(Some(tensor)) => match tensor.data.f32s() {
+                Some(values) => flat.extend_from_slice(values),
+                None => candle_core::bail!("a prepared request lacks its F32 input"),
+            },
+            _ => candle_core::bail!("a prepared request lacks its F32 input"),
+        }
+    }
+    Ok((flat, total_rows))
 }
 
 /// Splits a batched F32 output back into per-request tensors of `rows` rows each.

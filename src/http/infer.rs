@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::config::BatchingConfig;
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
-use crate::model::{ElemKind, HostTensor, Prepared};
+use crate::model::{common_request_rows, cut_request, ElemKind, HostTensor, Prepared};
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::shadow::{Sample, ShadowTap};
 use crate::repository::ModelSlot;
@@ -344,14 +344,11 @@ impl Split {
         version: &LoadedVersion,
         inputs: Vec<Option<HostTensor>>,
     ) -> Result<Vec<Prepared>, ApiError> {
-        let mut rows = inputs.iter().flatten().map(HostTensor::rows);
-        let Some(first) = rows.next() else {
-            return Ok(vec![version.model.prepare(inputs)?]);
-        };
         // Inputs that disagree on their rows are not split: the model refuses them whole.
-        if !rows.all(|r| r == first) || first <= self.max_batch_size {
-            return Ok(vec![version.model.prepare(inputs)?]);
-        }
+        let first = match common_request_rows(&inputs) {
+            Some(rows) if rows > self.max_batch_size => rows,
+            _ => return Ok(vec![version.model.prepare(inputs)?]),
+        };
         if first > self.max_request_rows {
             return Err(EngineError::TooManyRows {
                 model: self.model.clone(),
@@ -360,22 +357,9 @@ impl Split {
             }
             .into());
         }
-        let sizes: Vec<usize> = (0..first)
-            .step_by(self.max_batch_size)
-            .map(|start| self.max_batch_size.min(first - start))
-            .collect();
-        let mut columns: Vec<Vec<Option<HostTensor>>> = inputs
+        cut_request(inputs, first, self.max_batch_size)
             .into_iter()
-            .map(|input| match input {
-                Some(t) => t.split_rows(&sizes).into_iter().map(Some).collect(),
-                None => vec![None; sizes.len()],
-            })
-            .collect();
-        (0..sizes.len())
-            .map(|part| {
-                let inputs = columns.iter_mut().map(|c| c[part].take()).collect();
-                version.model.prepare(inputs).map_err(ApiError::from)
-            })
+            .map(|part| version.model.prepare(part).map_err(ApiError::from))
             .collect()
     }
 }

@@ -12,7 +12,7 @@ mod tensor;
 
 use std::collections::BTreeMap;
 
-pub use tensor::{HostData, HostTensor};
+pub use tensor::{common_request_rows, cut_request, HostData, HostTensor};
 
 /// Element types at the model's boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

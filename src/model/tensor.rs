@@ -178,6 +178,39 @@ impl HostTensor {
     }
 }
 
+/// The rows all of a request's inputs share; `None` when it has none or they disagree (the
+/// model then refuses it whole).
+pub fn common_request_rows(inputs: &[Option<HostTensor>]) -> Option<usize> {
+    let mut rows = inputs.iter().flatten().map(HostTensor::rows);
+    let first = rows.next()?;
+    rows.all(|r| r == first).then_some(first)
+}
+
+/// Cuts a request's inputs, each of `rows` rows, into consecutive parts of at most `max` rows
+/// (`max >= 1`): the parts of a request bigger than one batch. Absent optional inputs stay
+/// absent in every part.
+pub fn cut_request(
+    inputs: Vec<Option<HostTensor>>,
+    rows: usize,
+    max: usize,
+) -> Vec<Vec<Option<HostTensor>>> {
+    let max = max.max(1);
+    let sizes: Vec<usize> = (0..rows)
+        .step_by(max)
+        .map(|start| max.min(rows - start))
+        .collect();
+    let mut columns: Vec<Vec<Option<HostTensor>>> = inputs
+        .into_iter()
+        .map(|input| match input {
+            Some(t) => t.split_rows(&sizes).into_iter().map(Some).collect(),
+            None => vec![None; sizes.len()],
+        })
+        .collect();
+    (0..sizes.len())
+        .map(|part| columns.iter_mut().map(|c| c[part].take()).collect())
+        .collect()
+}
+
 /// The values [`HostTensor::split_rows`] cuts from.
 enum Source {
     F32(SharedF32),

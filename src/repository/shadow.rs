@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
-use crate::model::{ElemKind, HostTensor};
+use crate::model::{common_request_rows, cut_request, ElemKind, HostTensor};
 use crate::telemetry::rollout::ShadowFigures;
 use crate::telemetry::Metrics;
 
@@ -313,27 +313,12 @@ fn compare_outputs(
 /// does (the engine refuses bigger parts). Inputs that disagree on their rows stay whole: the
 /// model refuses them as it refused them for the stable version.
 fn split(inputs: Vec<Option<HostTensor>>, max_batch_size: usize) -> Vec<Vec<Option<HostTensor>>> {
-    let mut rows = inputs.iter().flatten().map(HostTensor::rows);
-    let Some(first) = rows.next() else {
-        return vec![inputs];
-    };
-    if !rows.all(|r| r == first) || first <= max_batch_size || max_batch_size == 0 {
-        return vec![inputs];
+    match common_request_rows(&inputs) {
+        Some(rows) if max_batch_size > 0 && rows > max_batch_size => {
+            cut_request(inputs, rows, max_batch_size)
+        }
+        _ => vec![inputs],
     }
-    let sizes: Vec<usize> = (0..first)
-        .step_by(max_batch_size)
-        .map(|start| max_batch_size.min(first - start))
-        .collect();
-    let mut columns: Vec<Vec<Option<HostTensor>>> = inputs
-        .into_iter()
-        .map(|input| match input {
-            Some(t) => t.split_rows(&sizes).into_iter().map(Some).collect(),
-            None => vec![None; sizes.len()],
-        })
-        .collect();
-    (0..sizes.len())
-        .map(|part| columns.iter_mut().map(|c| c[part].take()).collect())
-        .collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::arch::batch::split_rows;
+use crate::arch::batch::{split_rows, stack_f32};
 use crate::arch::kernels::fused::Act;
 use crate::arch::text::encoder::{attention, Dense};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
@@ -353,20 +353,8 @@ impl Model for VitModel {
 
     /// Every request has the one image size, so the whole batch is one forward pass.
     fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>> {
-        let mut values = Vec::new();
-        let mut n = 0;
-        for prepared in batch {
-            match prepared.tensors.first() {
-                Some(Some(HostTensor { shape, data })) => match data.f32s() {
-                    Some(v) => {
-                        values.extend_from_slice(v);
-                        n += shape.first().copied().unwrap_or(0);
-                    }
-                    None => candle_core::bail!("a prepared request lacks its F32 image input"),
-                },
-                _ => candle_core::bail!("a prepared request lacks its image input"),
-            }
-        }
+        let image = 3 * self.net.sizes.image_size * self.net.sizes.image_size;
+        let (values, n) = stack_f32(batch, image)?;
         let logits = self.net.forward(&values, n)?;
         split_rows(&logits, batch.iter().map(|p| p.rows))
     }
