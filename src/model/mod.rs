@@ -12,7 +12,7 @@ mod tensor;
 
 use std::collections::BTreeMap;
 
-pub use tensor::{common_request_rows, cut_request, HostData, HostTensor};
+pub use tensor::{common_request_rows, cut_request, HostData, HostTensor, Ints};
 
 /// Element types at the model's boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +35,17 @@ pub struct IoSpec {
     /// Decoders keep only that much (plus a character, so the model sees the element was
     /// longer), whatever the client sends.
     pub max_bytes: Option<usize>,
+    /// INT64 inputs that index a table: every value must lie in `0..bound`. Decoders refuse the
+    /// first value outside at its element, and keep the values in 4 bytes ([`HostData::Ids`]).
+    pub indices: Option<IndexBound>,
+}
+
+/// The size of the table an INT64 input indexes, and what the error says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexBound {
+    pub bound: u32,
+    /// The config field (or rule) the bound comes from, e.g. `vocab_size` or `0 or 1`.
+    pub what: &'static str,
 }
 
 impl IoSpec {
@@ -45,6 +56,7 @@ impl IoSpec {
             dims: dims.to_vec(),
             optional: false,
             max_bytes: None,
+            indices: None,
         }
     }
 
@@ -55,6 +67,15 @@ impl IoSpec {
 
     pub fn max_bytes(mut self, max_bytes: usize) -> IoSpec {
         self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Declares an INT64 input as indices into a table of `bound` rows (see [`IoSpec::indices`]).
+    pub fn indices(mut self, bound: usize, what: &'static str) -> IoSpec {
+        self.indices = Some(IndexBound {
+            bound: u32::try_from(bound).unwrap_or(u32::MAX),
+            what,
+        });
         self
     }
 

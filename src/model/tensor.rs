@@ -15,21 +15,76 @@ pub enum HostData {
     /// Consecutive rows of a larger F32 tensor shared with the other parts of a split request.
     F32Rows(SharedF32),
     I64(Vec<i64>),
+    /// INT64 values of an input that indexes a table (token ids, attention masks, embedding
+    /// rows; [`super::IoSpec::indices`]), checked against the table's size as they were decoded
+    /// and kept in 4 bytes each: a JSON `0,` is 2 bytes of body, and 8 bytes per value made token
+    /// ids the one input that could cost 4× its body (docs/security.md, "Memory per request").
+    Ids(Vec<u32>),
+    /// Consecutive rows of a larger [`HostData::Ids`] tensor shared with the other parts of a
+    /// split request.
+    IdsRows(Shared<u32>),
     Bytes(Vec<Vec<u8>>),
 }
 
-/// A window on an F32 buffer that several parts of one request share. Cutting a request into
+/// The values of an INT64 tensor, as [`HostData::ints`] lends them.
+#[derive(Debug, Clone, Copy)]
+pub enum Ints<'a> {
+    I64(&'a [i64]),
+    Ids(&'a [u32]),
+}
+
+impl<'a> Ints<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Ints::I64(v) => v.len(),
+            Ints::Ids(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = i64> + 'a {
+        let (wide, ids): (&[i64], &[u32]) = match *self {
+            Ints::I64(v) => (v, &[]),
+            Ints::Ids(v) => (&[], v),
+        };
+        wide.iter().copied().chain(ids.iter().map(|v| i64::from(*v)))
+    }
+}
+
+/// A window on a buffer that several parts of one request share. Cutting a request into
 /// batches ([`HostTensor::split_rows`]) copies nothing this way: the decoded values stay one
 /// allocation, freed when the last part is done. Copying the parts instead held the values
 /// twice at the peak (docs/security.md, "Memory per request").
 #[derive(Debug, Clone, PartialEq)]
-pub struct SharedF32 {
-    data: Arc<Vec<f32>>,
+pub struct Shared<T> {
+    data: Arc<Vec<T>>,
     range: Range<usize>,
 }
 
-impl SharedF32 {
-    pub fn as_slice(&self) -> &[f32] {
+/// Shared rows of F32 values.
+pub type SharedF32 = Shared<f32>;
+
+impl<T> Shared<T> {
+    fn whole(values: Vec<T>) -> Shared<T> {
+        Shared {
+            range: 0..values.len(),
+            data: Arc::new(values),
+        }
+    }
+
+    /// The rows `range` (relative to this window) of the same buffer.
+    fn window(&self, range: Range<usize>) -> Shared<T> {
+        let base = self.range.start;
+        Shared {
+            data: Arc::clone(&self.data),
+            range: base + range.start..base + range.end,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
         self.data.get(self.range.clone()).unwrap_or_default()
     }
 }
@@ -44,11 +99,42 @@ impl HostData {
         }
     }
 
+    /// The values of an INT64 tensor, in whichever width they are stored.
+    pub fn ints(&self) -> Option<Ints<'_>> {
+        match self {
+            HostData::I64(v) => Some(Ints::I64(v)),
+            HostData::Ids(_) | HostData::IdsRows(_) => self.ids().map(Ints::Ids),
+            _ => None,
+        }
+    }
+
+    /// The values of an INT64 tensor stored as table indices, owned or shared.
+    pub fn ids(&self) -> Option<&[u32]> {
+        match self {
+            HostData::Ids(v) => Some(v),
+            HostData::IdsRows(rows) => Some(rows.as_slice()),
+            _ => None,
+        }
+    }
+
+    /// An INT64 tensor's values as table indices: values outside `u32` (which callers have
+    /// refused before) become 0.
+    pub fn into_ids(self) -> HostData {
+        match self {
+            HostData::I64(v) => {
+                HostData::Ids(v.into_iter().map(|x| u32::try_from(x).unwrap_or(0)).collect())
+            }
+            other => other,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             HostData::F32(v) => v.len(),
             HostData::F32Rows(rows) => rows.range.len(),
             HostData::I64(v) => v.len(),
+            HostData::Ids(v) => v.len(),
+            HostData::IdsRows(rows) => rows.range.len(),
             HostData::Bytes(v) => v.len(),
         }
     }
@@ -69,7 +155,7 @@ impl HostData {
     pub fn kind(&self) -> ElemKind {
         match self {
             HostData::F32(_) | HostData::F32Rows(_) => ElemKind::F32,
-            HostData::I64(_) => ElemKind::I64,
+            HostData::I64(_) | HostData::Ids(_) | HostData::IdsRows(_) => ElemKind::I64,
             HostData::Bytes(_) => ElemKind::Bytes,
         }
     }
@@ -105,8 +191,8 @@ impl HostTensor {
     }
 
     /// Cuts the tensor into consecutive pieces of `sizes` rows (which must add up to its rows).
-    /// F32 values are shared, not copied ([`SharedF32`]); BYTES elements are moved; INT64 (token
-    /// ids, small) are copied.
+    /// F32 values and ids are shared, not copied ([`Shared`]); BYTES elements are moved; other
+    /// INT64 values are copied.
     pub fn split_rows(self, sizes: &[usize]) -> Vec<HostTensor> {
         let row_len = self.row_len();
         let shape_of = |rows: usize| {
@@ -117,12 +203,11 @@ impl HostTensor {
             shape
         };
         let mut source = match self.data {
-            HostData::F32(v) => Source::F32(SharedF32 {
-                range: 0..v.len(),
-                data: Arc::new(v),
-            }),
+            HostData::F32(v) => Source::F32(Shared::whole(v)),
             HostData::F32Rows(rows) => Source::F32(rows),
             HostData::I64(v) => Source::I64(v),
+            HostData::Ids(v) => Source::Ids(Shared::whole(v)),
+            HostData::IdsRows(rows) => Source::Ids(rows),
             HostData::Bytes(v) => Source::Bytes(v.into_iter()),
         };
         let mut out = Vec::with_capacity(sizes.len());
@@ -130,14 +215,9 @@ impl HostTensor {
         for &rows in sizes {
             let range = start * row_len..(start + rows) * row_len;
             let data = match &mut source {
-                Source::F32(shared) => {
-                    let base = shared.range.start;
-                    HostData::F32Rows(SharedF32 {
-                        data: Arc::clone(&shared.data),
-                        range: base + range.start..base + range.end,
-                    })
-                }
+                Source::F32(shared) => HostData::F32Rows(shared.window(range)),
                 Source::I64(v) => HostData::I64(v.get(range).unwrap_or_default().to_vec()),
+                Source::Ids(shared) => HostData::IdsRows(shared.window(range)),
                 Source::Bytes(elements) => {
                     HostData::Bytes(elements.by_ref().take(range.len()).collect())
                 }
@@ -160,13 +240,17 @@ impl HostTensor {
             if part.shape.get(1..) != joined.shape.get(1..) {
                 return None;
             }
-            if let HostData::F32Rows(rows) = &joined.data {
-                joined.data = HostData::F32(rows.as_slice().to_vec());
+            match &joined.data {
+                HostData::F32Rows(rows) => joined.data = HostData::F32(rows.as_slice().to_vec()),
+                HostData::IdsRows(rows) => joined.data = HostData::Ids(rows.as_slice().to_vec()),
+                _ => {}
             }
             match (&mut joined.data, part.data) {
                 (HostData::F32(a), HostData::F32(b)) => a.extend(b),
                 (HostData::F32(a), HostData::F32Rows(b)) => a.extend_from_slice(b.as_slice()),
                 (HostData::I64(a), HostData::I64(b)) => a.extend(b),
+                (HostData::Ids(a), HostData::Ids(b)) => a.extend(b),
+                (HostData::Ids(a), HostData::IdsRows(b)) => a.extend_from_slice(b.as_slice()),
                 (HostData::Bytes(a), HostData::Bytes(b)) => a.extend(b),
                 _ => return None,
             }
@@ -215,6 +299,7 @@ pub fn cut_request(
 enum Source {
     F32(SharedF32),
     I64(Vec<i64>),
+    Ids(Shared<u32>),
     Bytes(std::vec::IntoIter<Vec<u8>>),
 }
 
@@ -246,6 +331,15 @@ mod tests {
             HostTensor::concat_rows(text.clone().split_rows(&[1, 2])),
             Some(text)
         );
+        // Ids are shared like F32 values: a request cut into batches holds them once.
+        let ids = HostTensor {
+            shape: vec![3, 2],
+            data: HostData::Ids((0..6).collect()),
+        };
+        let parts = ids.clone().split_rows(&[2, 1]);
+        assert_eq!(parts[1].data.ids(), Some(&[4u32, 5][..]));
+        assert!(matches!(&parts[0].data, HostData::IdsRows(r) if Arc::strong_count(&r.data) == 2));
+        assert_eq!(HostTensor::concat_rows(parts), Some(ids));
         let mismatch = vec![
             HostTensor::zeros(ElemKind::F32, vec![1, 2]),
             HostTensor::zeros(ElemKind::F32, vec![1, 3]),

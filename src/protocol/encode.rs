@@ -136,13 +136,14 @@ fn write_values(out: &mut Vec<u8>, data: &HostData) {
                 }
             }
         }
-        HostData::I64(values) => {
+        HostData::I64(_) | HostData::Ids(_) | HostData::IdsRows(_) => {
+            let values = data.ints().map(|v| v.iter()).into_iter().flatten();
             let mut buf = itoa::Buffer::new();
-            for (i, v) in values.iter().enumerate() {
+            for (i, v) in values.enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(buf.format(*v).as_bytes());
+                out.extend_from_slice(buf.format(v).as_bytes());
             }
         }
         HostData::Bytes(values) => {
@@ -165,9 +166,9 @@ fn write_binary(out: &mut Vec<u8>, data: &HostData) {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
-        HostData::I64(values) => {
-            out.reserve(values.len() * 8);
-            for v in values {
+        HostData::I64(_) | HostData::Ids(_) | HostData::IdsRows(_) => {
+            out.reserve(data.len() * 8);
+            for v in data.ints().map(|v| v.iter()).into_iter().flatten() {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }

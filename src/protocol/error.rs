@@ -80,6 +80,14 @@ pub enum ProtocolError {
     TooManyElements { elements: u64, limit: u64 },
     #[error("the request's BYTES tensors hold more than {limit} strings")]
     TooManyStrings { limit: u64 },
+    #[error("input {input:?}: value {value} at index {index} is outside [0, {bound}) ({what})")]
+    OutOfRange {
+        input: String,
+        index: usize,
+        value: i128,
+        bound: u32,
+        what: &'static str,
+    },
     #[error("input {input:?}: value {value} at index {index} {reason}")]
     Value {
         input: String,

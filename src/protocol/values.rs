@@ -10,7 +10,7 @@
 //! are clipped to the input's `max_bytes` (plus one character, so the model still sees that the
 //! text was longer than its budget).
 
-use crate::model::{ElemKind, HostData};
+use crate::model::{ElemKind, HostData, IndexBound};
 
 use super::datatype::Datatype;
 use super::error::{clip, ProtocolError};
@@ -46,6 +46,8 @@ pub(super) struct Ctx {
     pub expected: u64,
     /// BYTES elements longer than this are clipped (text models bound their texts anyway).
     pub max_bytes: Option<usize>,
+    /// INT64 inputs that index a table: values are checked against it and stored as `u32`.
+    pub indices: Option<IndexBound>,
 }
 
 impl Ctx {
@@ -55,6 +57,27 @@ impl Ctx {
             index: index as usize,
             value: clip(&value.to_string()),
             reason,
+        }
+    }
+
+    /// `v` as an index into the input's table, or the error naming the table's size.
+    fn index(&self, index: u64, v: i128, table: IndexBound) -> Result<u32, ProtocolError> {
+        match u32::try_from(v) {
+            Ok(id) if id < table.bound => Ok(id),
+            _ => Err(ProtocolError::OutOfRange {
+                input: self.input.clone(),
+                index: index as usize,
+                value: v,
+                bound: table.bound,
+                what: table.what,
+            }),
+        }
+    }
+
+    fn kind_mismatch(&self, what: &str) -> ProtocolError {
+        ProtocolError::Data {
+            input: self.input.clone(),
+            reason: format!("data holds {what} but the datatype is {}", self.datatype),
         }
     }
 
@@ -82,6 +105,7 @@ impl Sink {
         let reserve = ctx.expected.min(reserve_hint) as usize;
         let data = match ctx.kind {
             ElemKind::F32 => HostData::F32(Vec::with_capacity(reserve)),
+            ElemKind::I64 if ctx.indices.is_some() => HostData::Ids(Vec::with_capacity(reserve)),
             ElemKind::I64 => HostData::I64(Vec::with_capacity(reserve)),
             ElemKind::Bytes => HostData::Bytes(Vec::with_capacity(reserve.min(1024))),
         };
@@ -111,8 +135,16 @@ impl Sink {
                         .map_err(|_| self.ctx.value_error(index, v, "does not fit in INT64"))?,
                 );
             }
+            HostData::Ids(out) => {
+                let v = json_integer(&self.ctx, index, n)?;
+                let table = self
+                    .ctx
+                    .indices
+                    .ok_or_else(|| self.ctx.kind_mismatch("numbers"))?;
+                out.push(self.ctx.index(index, v, table)?);
+            }
             // The decoder fills owned buffers only; shared rows come from splitting later.
-            HostData::Bytes(_) | HostData::F32Rows(_) => return Err(self.kind_mismatch("numbers")),
+            HostData::Bytes(_) | HostData::F32Rows(_) | HostData::IdsRows(_) => return Err(self.kind_mismatch("numbers")),
         }
         Ok(())
     }
@@ -133,13 +165,7 @@ impl Sink {
     }
 
     fn kind_mismatch(&self, what: &str) -> ProtocolError {
-        ProtocolError::Data {
-            input: self.ctx.input.clone(),
-            reason: format!(
-                "data holds {what} but the datatype is {}",
-                self.ctx.datatype
-            ),
-        }
+        self.ctx.kind_mismatch(what)
     }
 
     /// Whole little-endian elements of a fixed-size datatype (`bytes.len()` is a multiple of
@@ -165,7 +191,16 @@ impl Sink {
                 }
                 Ok(())
             }
-            HostData::Bytes(_) | HostData::F32Rows(_) => {
+            HostData::Ids(out) => {
+                let table = ctx
+                    .indices
+                    .ok_or_else(|| ctx.kind_mismatch("fixed-size binary values"))?;
+                for (i, v) in binary_integers(ctx.datatype, bytes).enumerate() {
+                    out.push(ctx.index(first + i as u64, v, table)?);
+                }
+                Ok(())
+            }
+            HostData::Bytes(_) | HostData::F32Rows(_) | HostData::IdsRows(_) => {
                 Err(self.kind_mismatch("fixed-size binary values"))
             }
         }
@@ -353,7 +388,43 @@ mod tests {
             shape: vec![expected],
             expected,
             max_bytes: Some(4),
+            indices: None,
         }
+    }
+
+    #[test]
+    fn indices_are_checked_as_they_arrive_and_kept_in_four_bytes() {
+        let table = IndexBound {
+            bound: 10,
+            what: "vocab_size",
+        };
+        let ids = |datatype| Ctx {
+            indices: Some(table),
+            ..ctx(datatype, ElemKind::I64, 4)
+        };
+        let mut sink = Sink::new(ids(Datatype::Int64), 4);
+        sink.number(Num::U(0)).unwrap();
+        sink.number(Num::U(9)).unwrap();
+        let err = sink.number(Num::U(10)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "input \"x\": value 10 at index 2 is outside [0, 10) (vocab_size)"
+        );
+        assert!(matches!(
+            sink.number(Num::I(-1)),
+            Err(ProtocolError::OutOfRange { index: 3, .. })
+        ));
+        // Binary INT32 ids: the same check, element by element.
+        let mut sink = Sink::new(ids(Datatype::Int32), 4);
+        let le: Vec<u8> = [3i32, 4, 5, 6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        sink.binary(&le).unwrap();
+        assert_eq!(sink.finish().unwrap(), HostData::Ids(vec![3, 4, 5, 6]));
+        let mut sink = Sink::new(ids(Datatype::Int64), 4);
+        let le: Vec<u8> = [1i64, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(matches!(
+            sink.binary(&le),
+            Err(ProtocolError::OutOfRange { index: 1, value: 1_099_511_627_776, .. })
+        ));
     }
 
     #[test]

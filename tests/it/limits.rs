@@ -150,6 +150,17 @@ fn cases() -> Vec<Case> {
         s.push_str("0]}]}");
         s
     };
+    let ids = {
+        // As many token ids as the element cap admits, written as `0,`: each id is 2 bytes of
+        // body and is decoded into 4 (it was 8, 4× the body). The rows are longer than the
+        // model's positions, so it is refused once decoded.
+        let mut s = String::from(
+            r#"{"inputs":[{"name":"input_ids","shape":[2048,8192],"datatype":"INT64","data":["#,
+        );
+        s.push_str(&"0,".repeat(2048 * 8192 - 1));
+        s.push_str("0]}]}");
+        s
+    };
     vec![
         json_case(
             "a full tensor of zeros in JSON",
@@ -163,6 +174,7 @@ fn cases() -> Vec<Case> {
         json_case("many outputs", digits, outputs),
         json_case("a 60 MiB text", text, long_text),
         flood,
+        json_case("token ids in JSON", text, ids),
     ]
 }
 

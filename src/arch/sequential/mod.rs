@@ -39,6 +39,9 @@ use crate::model::{
 };
 use crate::state_dict::Glob;
 
+/// What the ids of a token input index, as errors name it.
+const EMBEDDING_ROWS: &str = "num_embeddings of the first layer";
+
 /// `architecture = "sequential"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,11 +215,11 @@ impl SequentialArch {
         };
         let dims = |s: &[usize]| s.iter().map(|d| *d as i64).collect::<Vec<_>>();
         let signature = Signature {
-            inputs: vec![IoSpec::new(
-                &cfg.input.name,
-                in_kind,
-                &dims(&cfg.input.shape),
-            )],
+            inputs: vec![match tokens {
+                Some(bound) => IoSpec::new(&cfg.input.name, in_kind, &dims(&cfg.input.shape))
+                    .indices(bound as usize, EMBEDDING_ROWS),
+                None => IoSpec::new(&cfg.input.name, in_kind, &dims(&cfg.input.shape)),
+            }],
             outputs: vec![IoSpec::new(&output_name, ElemKind::F32, &dims(out_shape))],
         };
         Ok(SequentialArch {
@@ -295,24 +298,26 @@ struct SequentialModel {
 }
 
 impl Model for SequentialModel {
-    fn prepare(&self, inputs: Vec<Option<HostTensor>>) -> Result<Prepared, InputError> {
+    fn prepare(&self, mut inputs: Vec<Option<HostTensor>>) -> Result<Prepared, InputError> {
         let rows = common_rows(&self.signature, &inputs)?;
-        if let (Some(bound), Some(Some(t))) = (self.tokens, inputs.first()) {
-            if let HostData::I64(ids) = &t.data {
-                if let Some((index, value)) = ids
-                    .iter()
+        if let (Some(bound), Some(Some(t))) = (self.tokens, inputs.first_mut()) {
+            // Decoders check ids against the table as they read them; a tensor made another
+            // way (a golden file, a warm-up) is checked here, then kept in 4 bytes.
+            let outside = t.data.ints().and_then(|ids| {
+                ids.iter()
                     .enumerate()
-                    .find(|(_, v)| !(0..bound).contains(*v))
-                {
-                    return Err(InputError::OutOfRange {
-                        input: self.signature.inputs[0].name.clone(),
-                        index,
-                        value: *value,
-                        bound,
-                        what: "num_embeddings of the first layer",
-                    });
-                }
+                    .find(|(_, v)| !(0..bound).contains(v))
+            });
+            if let Some((index, value)) = outside {
+                return Err(InputError::OutOfRange {
+                    input: self.signature.inputs[0].name.clone(),
+                    index,
+                    value,
+                    bound,
+                    what: EMBEDDING_ROWS,
+                });
             }
+            t.data = std::mem::replace(&mut t.data, HostData::Ids(Vec::new())).into_ids();
         }
         Ok(Prepared {
             rows,
@@ -326,15 +331,10 @@ impl Model for SequentialModel {
         let mut floats = Vec::new();
         let mut ids = Vec::new();
         for prepared in batch {
-            match prepared.tensors.first() {
-                Some(Some(HostTensor {
-                    data: HostData::F32(v),
-                    ..
-                })) => floats.extend_from_slice(v),
-                Some(Some(HostTensor {
-                    data: HostData::I64(v),
-                    ..
-                })) => ids.extend_from_slice(v),
+            let data = prepared.tensors.first().and_then(|t| t.as_ref()).map(|t| &t.data);
+            match (data.and_then(HostData::f32s), data.and_then(HostData::ids)) {
+                (Some(v), _) => floats.extend_from_slice(v),
+                (_, Some(v)) => ids.extend_from_slice(v),
                 _ => candle_core::bail!("a prepared request lacks its input"),
             }
         }

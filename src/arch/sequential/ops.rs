@@ -217,17 +217,18 @@ impl Step {
     }
 
     /// Token ids `[N, ...]` through the Embedding this step holds (ids checked on admission).
-    pub fn embed(&self, ids: &[i64], n: usize) -> candle_core::Result<Batch> {
+    pub fn embed(&self, ids: &[u32], n: usize) -> candle_core::Result<Batch> {
         let Op::Embedding { table, dim } = &self.op else {
             bail!("token ids reach a layer that is not an Embedding");
         };
-        let count = (table.len() / dim) as i64;
+        let count = table.len() / dim;
         let mut data = Vec::with_capacity(ids.len() * dim);
         for &id in ids {
-            if !(0..count).contains(&id) {
+            let id = id as usize;
+            if id >= count {
                 bail!("token id {id} is outside the embedding table");
             }
-            let start = id as usize * dim;
+            let start = id * dim;
             data.extend_from_slice(&table[start..start + dim]);
         }
         Ok(Batch { n, data })

@@ -168,11 +168,19 @@ impl TextArch {
         if classify {
             inputs.push(text("text_pair"));
         }
-        for name in ["input_ids", "attention_mask"] {
-            inputs.push(IoSpec::new(name, ElemKind::I64, &[-1]).optional());
-        }
+        let ids = |name, bound, what| {
+            IoSpec::new(name, ElemKind::I64, &[-1])
+                .optional()
+                .indices(bound, what)
+        };
+        inputs.push(ids("input_ids", spec.vocab_size, "vocab_size"));
+        inputs.push(ids("attention_mask", 2, "0 or 1"));
         if spec.type_vocab_size > 0 {
-            inputs.push(IoSpec::new("token_type_ids", ElemKind::I64, &[-1]).optional());
+            inputs.push(ids(
+                "token_type_ids",
+                spec.type_vocab_size,
+                "type_vocab_size",
+            ));
         }
         let outputs = if classify {
             let n = labels.len() as i64;

@@ -5,7 +5,7 @@
 //! of a group is capped by [`ATTENTION_BUDGET`].
 
 use super::encoder::TokenBatch;
-use super::model::{i64_values, IDS, MASK, TYPES};
+use super::model::{id_values, IDS, MASK, TYPES};
 use crate::model::Prepared;
 
 /// A group's padded token count may exceed its real token count by at most this factor.
@@ -18,9 +18,9 @@ const ATTENTION_BUDGET: usize = 32 << 20;
 pub struct Row<'a> {
     pub request: usize,
     pub row: usize,
-    ids: &'a [i64],
-    mask: &'a [i64],
-    types: &'a [i64],
+    ids: &'a [u32],
+    mask: &'a [u32],
+    types: &'a [u32],
 }
 
 pub fn collect_rows<'a>(batch: &[&'a Prepared]) -> candle_core::Result<Vec<Row<'a>>> {
@@ -32,7 +32,7 @@ pub fn collect_rows<'a>(batch: &[&'a Prepared]) -> candle_core::Result<Vec<Row<'
         };
         let (ids, mask, types) = (tensor(IDS)?, tensor(MASK)?, tensor(TYPES)?);
         let len = ids.shape[1];
-        let (ids, mask, types) = (i64_values(ids), i64_values(mask), i64_values(types));
+        let (ids, mask, types) = (id_values(ids), id_values(mask), id_values(types));
         let size = prepared.rows * len;
         if ids.len() != size || mask.len() != size || types.len() != size {
             candle_core::bail!("a prepared text request's token tensors disagree in size");
@@ -96,8 +96,8 @@ pub fn pad_group(rows: &[Row], group: &[usize], pad_id: u32) -> TokenBatch {
         let row = &rows[i];
         for (j, ((id, m), ty)) in row.ids.iter().zip(row.mask).zip(row.types).enumerate() {
             // Values were range-checked in `prepare` (tokenizer ids fit vocab_size by construction).
-            ids[k * len + j] = u32::try_from(*id).unwrap_or(0);
-            types[k * len + j] = u32::try_from(*ty).unwrap_or(0);
+            ids[k * len + j] = *id;
+            types[k * len + j] = *ty;
             mask[k * len + j] = *m as f32;
         }
     }
@@ -114,7 +114,7 @@ pub fn pad_group(rows: &[Row], group: &[usize], pad_id: u32) -> TokenBatch {
 mod tests {
     use super::*;
 
-    fn row(ids: &[i64]) -> Row<'_> {
+    fn row(ids: &[u32]) -> Row<'_> {
         Row {
             request: 0,
             row: 0,
@@ -126,15 +126,15 @@ mod tests {
 
     #[test]
     fn groups_bound_padding_waste() {
-        let long = vec![1i64; 100];
-        let mid = vec![1i64; 90];
-        let short = vec![1i64; 10];
+        let long = vec![1u32; 100];
+        let mid = vec![1u32; 90];
+        let short = vec![1u32; 10];
         let rows = vec![row(&short), row(&long), row(&mid), row(&short), row(&long)];
         let groups = plan_groups(&rows, 12, 0);
         // The two 100s and the 90 share a group (waste 3.4%); the 10s are grouped apart.
         assert_eq!(groups, vec![vec![1, 4, 2], vec![0, 3]]);
         // Attention budget: huge sequences are never batched beyond it.
-        let huge = vec![1i64; 512];
+        let huge = vec![1u32; 512];
         let rows: Vec<Row> = (0..20).map(|_| row(&huge)).collect();
         let groups = plan_groups(&rows, 12, 0);
         assert!(groups
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn groups_are_padded_with_the_padding_token() {
-        let (a, b) = ([5i64, 6, 7], [8i64]);
+        let (a, b) = ([5u32, 6, 7], [8u32]);
         let rows = vec![row(&a), row(&b)];
         let batch = pad_group(&rows, &[0, 1], 1);
         assert_eq!(batch.ids, vec![5, 6, 7, 8, 1, 1]);

@@ -52,11 +52,9 @@ pub(super) const IDS: usize = 0;
 pub(super) const MASK: usize = 1;
 pub(super) const TYPES: usize = 2;
 
-pub(super) fn i64_values(t: &HostTensor) -> &[i64] {
-    match &t.data {
-        HostData::I64(v) => v,
-        _ => &[],
-    }
+/// The ids of a prepared token tensor (`prepare` stores every one as [`HostData::Ids`]).
+pub(super) fn id_values(t: &HostTensor) -> &[u32] {
+    t.data.ids().unwrap_or_default()
 }
 
 pub struct TextModel {
@@ -178,24 +176,31 @@ impl TextModel {
                     other_shape: ids.shape.clone(),
                 });
             }
-            if let Some((index, value)) = i64_values(t)
-                .iter()
+            // Decoders check ids against the same bounds; a tensor built another way (the
+            // OpenAI route's token lists) is checked here.
+            if let Some((index, value)) = t
+                .data
+                .ints()
+                .into_iter()
+                .flat_map(|v| v.iter())
                 .enumerate()
-                .find(|(_, v)| !(0..bound).contains(*v))
+                .find(|(_, v)| !(0..bound).contains(v))
             {
                 return Err(InputError::OutOfRange {
                     input: name.to_string(),
                     index,
-                    value: *value,
+                    value,
                     bound,
                     what,
                 });
             }
         }
         if let Some(mask) = &inputs[self.slots.mask] {
-            if let Some(row) = i64_values(mask)
-                .chunks(len)
-                .position(|r| r.iter().all(|v| *v == 0))
+            let attended: Vec<bool> = mask.data.ints().map_or(Vec::new(), |m| {
+                let flags: Vec<i64> = m.iter().collect();
+                flags.chunks(len).map(|r| r.iter().any(|v| *v != 0)).collect()
+            });
+            if let Some(row) = attended.iter().position(|any| !any)
             {
                 return Err(InputError::NothingAttended { row });
             }
@@ -214,20 +219,27 @@ impl TextModel {
             ));
         }
         self.check_ids(inputs)?;
-        let ids = inputs[self.slots.ids].take();
+        let ids = inputs[self.slots.ids].take().map(as_ids);
         let shape = ids.as_ref().map(|t| t.shape.clone()).unwrap_or_default();
-        let mask = inputs[self.slots.mask].take().or_else(|| {
-            Some(HostTensor {
-                shape: shape.clone(),
-                data: HostData::I64(vec![1; shape.iter().product()]),
-            })
-        });
+        let filled = |value: u32| HostTensor {
+            shape: shape.clone(),
+            data: HostData::Ids(vec![value; shape.iter().product()]),
+        };
+        let mask = inputs[self.slots.mask].take().map_or_else(|| filled(1), as_ids);
         let types = self
             .slots
             .types
             .and_then(|s| inputs[s].take())
-            .or_else(|| Some(HostTensor::zeros(ElemKind::I64, shape.clone())));
-        Ok(vec![ids, mask, types])
+            .map_or_else(|| filled(0), as_ids);
+        Ok(vec![ids, Some(mask), Some(types)])
+    }
+}
+
+/// A checked INT64 tensor in the 4-byte form the encoder reads.
+fn as_ids(t: HostTensor) -> HostTensor {
+    HostTensor {
+        shape: t.shape,
+        data: t.data.into_ids(),
     }
 }
 
@@ -255,21 +267,21 @@ fn pad_rows(ids: &[Vec<u32>], types: &[Vec<u32>]) -> Vec<Option<HostTensor>> {
     let rows = ids.len();
     let len = ids.iter().map(Vec::len).max().unwrap_or(0);
     let (mut i, mut m, mut t) = (
-        vec![0i64; rows * len],
-        vec![0i64; rows * len],
-        vec![0i64; rows * len],
+        vec![0u32; rows * len],
+        vec![0u32; rows * len],
+        vec![0u32; rows * len],
     );
     for (r, (row_ids, row_types)) in ids.iter().zip(types).enumerate() {
         for (k, (id, ty)) in row_ids.iter().zip(row_types).enumerate() {
-            i[r * len + k] = i64::from(*id);
+            i[r * len + k] = *id;
             m[r * len + k] = 1;
-            t[r * len + k] = i64::from(*ty);
+            t[r * len + k] = *ty;
         }
     }
     let tensor = |values| {
         Some(HostTensor {
             shape: vec![rows, len],
-            data: HostData::I64(values),
+            data: HostData::Ids(values),
         })
     };
     vec![tensor(i), tensor(m), tensor(t)]
@@ -304,7 +316,10 @@ impl Model for TextModel {
             .as_ref()
             .map(|m| {
                 let len = m.shape[1].max(1);
-                i64_values(m).chunks(len).map(|r| r.iter().sum()).collect()
+                id_values(m)
+                    .chunks(len)
+                    .map(|r| r.iter().map(|v| i64::from(*v)).sum())
+                    .collect()
             })
             .unwrap_or_default();
         notes.insert("tokens".into(), serde_json::json!(counts));

@@ -433,6 +433,7 @@ impl InputSeed<'_, '_, '_> {
                 shape: shape.to_vec(),
                 expected: count,
                 max_bytes: spec.max_bytes,
+                indices: spec.indices,
             },
             self.cx.reserve_hint,
         ))
