@@ -311,10 +311,20 @@ pub fn serve_until_signalled_with(
     log_format: LogFormat,
     registry: Arc<Registry>,
 ) -> anyhow::Result<()> {
-    telemetry::init_logging(log_format);
+    let env = |name: &str| std::env::var(name).ok();
+    let config = Config::load_with(config_path, &env, registry);
+    let trace = config.as_ref().ok().and_then(|c| c.server.trace.as_ref());
+    // Dropped when serving ends, which flushes the spans still buffered.
+    let _exporter = match telemetry::init(log_format, trace) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            telemetry::init_logging(log_format);
+            tracing::error!("cannot start the span exporter: {e}");
+            anyhow::bail!("cannot start the span exporter: {e}");
+        }
+    };
     let result = (|| {
-        let env = |name: &str| std::env::var(name).ok();
-        let config = Config::load_with(config_path, &env, registry)?;
+        let config = config?;
         let budget = ThreadBudget::resolve(config.server.compute_threads);
         // candle and rayon size their thread pools from these variables the first time they
         // compute; set them while this process is still single-threaded (no runtime yet).

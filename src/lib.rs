@@ -23,7 +23,7 @@
 //!   `[server]` section, a `[[models]]` entry and the promotion settings each in a file of
 //!   their own);
 //! - [`telemetry`]: logging, metrics (rollout and shadow figures among them) and Triton's
-//!   per-version statistics;
+//!   per-version statistics, request spans (W3C traceparent in, OTLP out);
 //! - [`app`]: wires a server together and serves until a signal; [`commands`] and [`bench`]:
 //!   the other CLI subcommands;
 //! - [`convert`]: `wick convert`, `.pth` checkpoints to safetensors offline (CLI only: the

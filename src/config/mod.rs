@@ -83,6 +83,8 @@ pub struct ServerConfig {
     /// A writable directory where rolled-back versions are remembered across restarts
     /// (src/repository/state.rs); `None`: a restart forgets them.
     pub state_dir: Option<PathBuf>,
+    /// Where request spans are exported (`otlp_endpoint`); `None`: tracing is off.
+    pub trace: Option<crate::telemetry::trace::TraceConfig>,
 }
 
 /// Protective limits of the HTTP front end.
@@ -253,6 +255,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
     ("WICK_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
     ("WICK_DRAIN_DELAY_MS", "server.drain_delay_ms"),
+    (
+        "WICK_OTLP_ENDPOINT",
+        "server.otlp_endpoint (\"off\" disables)",
+    ),
 ];
 
 impl Config {

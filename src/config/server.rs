@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, HttpLimits, ServerConfig};
+use crate::telemetry::trace::{self, TraceConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +47,10 @@ pub(super) struct RawServer {
     allow_external_symlinks: bool,
     #[serde(default)]
     state_dir: Option<PathBuf>,
+    #[serde(default)]
+    otlp_endpoint: Option<String>,
+    #[serde(default = "default_trace_sample_ratio")]
+    trace_sample_ratio: f64,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -77,6 +82,9 @@ fn default_shutdown_grace_ms() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_trace_sample_ratio() -> f64 {
+    1.0
+}
 
 /// The `[server]` section with the environment overrides applied, validated.
 pub(super) fn resolve_server(
@@ -98,6 +106,7 @@ pub(super) fn resolve_server(
     let limits = resolve_limits(&raw, env, invalid)?;
     let shutdown_grace_ms = env.number("WICK_SHUTDOWN_GRACE_MS", raw.shutdown_grace_ms)?;
     let drain_delay_ms = env.number("WICK_DRAIN_DELAY_MS", raw.drain_delay_ms)?;
+    let trace = resolve_trace(&raw, env, invalid)?;
     Ok(ServerConfig {
         listen,
         admin_listen,
@@ -111,7 +120,33 @@ pub(super) fn resolve_server(
         allow_external_symlinks: raw.allow_external_symlinks,
         // Relative to the config file, like the repository.
         state_dir: raw.state_dir.map(|d| base.join(d)),
+        trace,
     })
+}
+
+/// Request tracing: on when an OTLP collector is named (`WICK_OTLP_ENDPOINT` wins; `off`
+/// disables).
+fn resolve_trace(
+    raw: &RawServer,
+    env: Overrides,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<Option<TraceConfig>, ConfigError> {
+    let endpoint = match env.get("WICK_OTLP_ENDPOINT").or(raw.otlp_endpoint.clone()) {
+        Some(text) if text == "off" => return Ok(None),
+        Some(text) => {
+            trace::traces_url(&text).map_err(|m| invalid(format!("server.otlp_endpoint: {m}")))?
+        }
+        None => return Ok(None),
+    };
+    if !(0.0..=1.0).contains(&raw.trace_sample_ratio) {
+        return Err(invalid(
+            "server.trace_sample_ratio: must be between 0 and 1".to_string(),
+        ));
+    }
+    Ok(Some(TraceConfig {
+        endpoint,
+        sample_ratio: raw.trace_sample_ratio,
+    }))
 }
 
 /// The `WICK_*` lookup; a variable that is set wins over the file.

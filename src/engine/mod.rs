@@ -192,6 +192,10 @@ pub struct Job {
     arrived_idle: bool,
     /// What the request costs a forward pass (`Model::cost`).
     tokens: usize,
+    /// The request's span (src/telemetry/trace.rs; disabled unless spans are exported) and
+    /// its `queue` stage, which ends when the request's batch starts.
+    span: tracing::Span,
+    queue: tracing::Span,
 }
 
 impl Job {
@@ -213,7 +217,28 @@ impl Job {
             ticket: Ticket::default(),
             arrived_idle: false,
             tokens,
+            span: tracing::Span::none(),
+            queue: tracing::Span::none(),
         }
+    }
+
+    /// Traces the request's time in the queue and in its batch under `span`.
+    pub fn with_span(mut self, span: tracing::Span) -> Job {
+        self.queue = crate::stage_span!(&span, "queue");
+        self.span = span;
+        self
+    }
+
+    /// Ends the request's `queue` stage and opens its `compute` stage, in a batch of
+    /// `requests` requests and `rows` rows.
+    fn start_compute(&mut self, requests: usize, rows: usize) -> tracing::Span {
+        self.queue = tracing::Span::none();
+        crate::stage_span!(
+            &self.span,
+            "compute",
+            batch_requests = requests,
+            batch_rows = rows
+        )
     }
 
     pub fn with_priority(mut self, priority: Option<u64>) -> Job {

@@ -131,7 +131,7 @@ fn prune(inner: &Inner, jobs: &mut std::collections::VecDeque<Job>, now: Instant
     inner.metrics.set_queue_depth(jobs.len());
 }
 
-fn execute(inner: &Inner, batch: Vec<Job>, limits: &ForwardLimits) {
+fn execute(inner: &Inner, mut batch: Vec<Job>, limits: &ForwardLimits) {
     let started = Instant::now();
     // Batches never mix versions: the first request's version is every request's.
     let stats = inner.metrics.version_stats(batch[0].version.version);
@@ -142,8 +142,14 @@ fn execute(inner: &Inner, batch: Vec<Job>, limits: &ForwardLimits) {
     }
     let rows: usize = batch.iter().map(|j| j.prepared.rows).sum();
     let tokens: usize = batch.iter().map(|j| j.tokens).sum();
+    let requests = batch.len();
+    let traced: Vec<tracing::Span> = batch
+        .iter_mut()
+        .map(|job| job.start_compute(requests, rows))
+        .collect();
     let prepared: Vec<&Prepared> = batch.iter().map(|j| &j.prepared).collect();
     let result = forward(inner, &batch[0], &prepared, limits);
+    drop(traced);
     inner
         .metrics
         .batch(&stats, rows, batch.len(), started.elapsed());

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{header, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::config::BatchingConfig;
 use crate::engine::{EngineError, Job, LoadedVersion, Outputs};
@@ -16,6 +17,7 @@ use crate::model::{common_request_rows, cut_request, ElemKind, HostTensor, Prepa
 use crate::protocol::{self, encode_response, Decoded, ResponseMeta, HEADER_CONTENT_LENGTH};
 use crate::repository::shadow::{Sample, ShadowTap};
 use crate::repository::ModelSlot;
+use crate::telemetry::trace;
 
 use super::body::{accepted_coding, compress, receive, Coding, Encoding, Received};
 use super::error::ApiError;
@@ -62,20 +64,26 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let slot = state.slot(&model)?;
+    let span = trace::request_span(&headers, "/v2/infer", &model);
     let picked = state.route_version(&slot, version.as_deref(), request_id(&headers));
     let picked = match picked {
         Ok(picked) => picked,
         Err(e) => {
+            trace::record_outcome(&span, false);
             state.finish_request(&slot, None, e.outcome(), started.elapsed());
             return Err(e);
         }
     };
+    trace::record_version(&span, picked.version, &picked.sha256);
     // A shadow copies a share of the requests naming no version to its candidate.
     let shadow = version
         .is_none()
         .then(|| shadow_copy(&slot, &picked, request_id(&headers)))
         .flatten();
-    let result = serve(&state, &slot, &picked, &headers, body, shadow).await;
+    let result = serve(&state, &slot, &picked, &headers, body, shadow)
+        .instrument(span.clone())
+        .await;
+    trace::record_outcome(&span, result.is_ok());
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
@@ -119,11 +127,17 @@ async fn serve(
     // From here until it is queued the request is on its way: the batching policy may wait
     // for it rather than run a batch without it.
     let incoming = slot.engine.incoming();
-    let body = receive(body, headers, &state.limits.body, &state.inflight).await?;
+    let span = tracing::Span::current();
+    let decode_span = crate::stage_span!(&span, "decode");
+    let body = receive(body, headers, &state.limits.body, &state.inflight)
+        .instrument(decode_span.clone())
+        .await?;
     let config = slot.engine.config();
     let decoding = Instant::now();
     let keep = shadow.is_some();
-    let (decoded, parts, copy) = decode(state, version, body, header_len, &config, keep).await?;
+    let (decoded, parts, copy) = decode(state, version, body, header_len, &config, keep)
+        .instrument(decode_span)
+        .await?;
     slot.metrics
         .compute_input(version.version, decoding.elapsed());
     let timeout = decoded.timeout.or(config.default_timeout);
@@ -134,7 +148,8 @@ async fn serve(
     };
     let outputs = submit(slot, version, parts, admitted).await?;
     let encoding = Instant::now();
-    let response = respond(version, &decoded, &outputs, accepted_coding(headers))?;
+    let response = crate::stage_span!(&span, "encode")
+        .in_scope(|| respond(version, &decoded, &outputs, accepted_coding(headers)))?;
     slot.metrics
         .compute_output(version.version, encoding.elapsed());
     // After the answer is encoded, and without waiting: a full shadow queue drops the copy.
@@ -202,7 +217,10 @@ pub(super) async fn submit(
     let mut incoming = Some(incoming);
     for prepared in parts {
         let (tx, rx) = oneshot::channel();
-        let job = Job::new(Arc::clone(version), prepared, tx, timeout).with_priority(priority);
+        // Every front end awaits this inside its request's span.
+        let job = Job::new(Arc::clone(version), prepared, tx, timeout)
+            .with_priority(priority)
+            .with_span(tracing::Span::current());
         let (ticket, deadline) = (job.ticket(), job.deadline);
         if let Err(e) = slot.engine.submit(job, incoming.take()) {
             slot.metrics.rejected(match e {

@@ -14,7 +14,7 @@ use crate::protocol::openai::{
 };
 
 use super::error::{ApiError, OpenAiError};
-use super::text::{infer_rows, output, read_json, text_version, token_count, Rows};
+use super::text::{infer_rows, output, read_json, text_version, token_count, Arrival, Rows};
 use super::AppState;
 
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
@@ -42,7 +42,18 @@ pub async fn embeddings(
         EmbeddingInput::Ids(ids) => Rows::Ids(vec![ids]),
         EmbeddingInput::IdLists(lists) => Rows::Ids(lists),
     };
-    let outputs = infer_rows(&state, &slot, &version, rows, started, &headers).await?;
+    let outputs = infer_rows(
+        &state,
+        &slot,
+        &version,
+        rows,
+        Arrival {
+            started,
+            headers: &headers,
+            route: "/v1/embeddings",
+        },
+    )
+    .await?;
     let (values, rows) = output(&version, &outputs, "embedding")?;
     let width = values.len() / rows.max(1);
     if let Some(d) = request.dimensions {

@@ -20,7 +20,7 @@ use crate::protocol::tei::{
 use crate::repository::ModelSlot;
 
 use super::error::{ApiError, TeiError};
-use super::text::{infer_rows, output, read_json, text_version, Rows};
+use super::text::{infer_rows, output, read_json, text_version, Arrival, Rows};
 use super::{request_id, AppState};
 
 const EMBEDDING: &str = "embedding";
@@ -111,7 +111,18 @@ async fn embed_with(
         &headers,
     )?;
     let rows = Rows::Texts(request.inputs.into_vec());
-    let outputs = infer_rows(&state, &slot, &version, rows, started, &headers).await?;
+    let outputs = infer_rows(
+        &state,
+        &slot,
+        &version,
+        rows,
+        Arrival {
+            started,
+            headers: &headers,
+            route: "/embed",
+        },
+    )
+    .await?;
     let (values, rows) = output(&version, &outputs, "embedding")?;
     let width = values.len() / rows.max(1);
     let mut values = values.to_vec();
@@ -209,7 +220,18 @@ async fn predict_with(
         &headers,
     )?;
     let rows = classification_rows(sequences)?;
-    let outputs = infer_rows(&state, &slot, &version, rows, started, &headers).await?;
+    let outputs = infer_rows(
+        &state,
+        &slot,
+        &version,
+        rows,
+        Arrival {
+            started,
+            headers: &headers,
+            route: "/predict",
+        },
+    )
+    .await?;
     let scores = if request.raw_scores {
         "logits"
     } else {
@@ -321,8 +343,11 @@ async fn rerank_with(
         &slot,
         &version,
         Rows::Pairs(pairs),
-        started,
-        &headers,
+        Arrival {
+            started,
+            headers: &headers,
+            route: "/rerank",
+        },
     )
     .await?;
     let scores = if request.raw_scores {

@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::engine::{EngineError, LoadedVersion, Outputs};
 use crate::model::{HostData, HostTensor, Signature};
 use crate::repository::ModelSlot;
+use crate::telemetry::trace;
+use tracing::Instrument;
 
 use super::body::{receive, Encoding};
 use super::error::ApiError;
@@ -162,6 +164,13 @@ pub(super) fn text_version(
     Ok((slot, version))
 }
 
+/// How a text request arrived: when, with which headers, on which route (for its span).
+pub(super) struct Arrival<'a> {
+    pub started: Instant,
+    pub headers: &'a HeaderMap,
+    pub route: &'static str,
+}
+
 /// Runs a text request through the model's engine, counted in its metrics and statistics like
 /// a `/v2` request (`started`: when the request arrived); a shadow samples it like a `/v2`
 /// request naming no version, by its `x-request-id`.
@@ -170,11 +179,20 @@ pub(super) async fn infer_rows(
     slot: &Arc<ModelSlot>,
     version: &Arc<LoadedVersion>,
     rows: Rows,
-    started: Instant,
-    headers: &HeaderMap,
+    arrival: Arrival<'_>,
 ) -> Result<Outputs, ApiError> {
+    let Arrival {
+        started,
+        headers,
+        route,
+    } = arrival;
     let shadow = shadow_copy(slot, version, request_id(headers));
-    let result = run(state, slot, version, rows, shadow).await;
+    let span = trace::request_span(headers, route, &slot.name);
+    trace::record_version(&span, version.version, &version.sha256);
+    let result = run(state, slot, version, rows, shadow)
+        .instrument(span.clone())
+        .await;
+    trace::record_outcome(&span, result.is_ok());
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
@@ -215,6 +233,7 @@ async fn run(
             let copy = keep.then(|| inputs.clone());
             Ok::<_, ApiError>((split.prepare(&target, inputs)?, copy))
         })
+        .instrument(crate::stage_span!(&tracing::Span::current(), "decode"))
         .await?;
     slot.metrics
         .compute_input(version.version, preparing.elapsed());

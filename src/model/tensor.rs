@@ -50,7 +50,9 @@ impl<'a> Ints<'a> {
             Ints::I64(v) => (v, &[]),
             Ints::Ids(v) => (&[], v),
         };
-        wide.iter().copied().chain(ids.iter().map(|v| i64::from(*v)))
+        wide.iter()
+            .copied()
+            .chain(ids.iter().map(|v| i64::from(*v)))
     }
 }
 
@@ -121,9 +123,11 @@ impl HostData {
     /// refused before) become 0.
     pub fn into_ids(self) -> HostData {
         match self {
-            HostData::I64(v) => {
-                HostData::Ids(v.into_iter().map(|x| u32::try_from(x).unwrap_or(0)).collect())
-            }
+            HostData::I64(v) => HostData::Ids(
+                v.into_iter()
+                    .map(|x| u32::try_from(x).unwrap_or(0))
+                    .collect(),
+            ),
             other => other,
         }
     }

@@ -144,7 +144,9 @@ impl Sink {
                 out.push(self.ctx.index(index, v, table)?);
             }
             // The decoder fills owned buffers only; shared rows come from splitting later.
-            HostData::Bytes(_) | HostData::F32Rows(_) | HostData::IdsRows(_) => return Err(self.kind_mismatch("numbers")),
+            HostData::Bytes(_) | HostData::F32Rows(_) | HostData::IdsRows(_) => {
+                return Err(self.kind_mismatch("numbers"))
+            }
         }
         Ok(())
     }
@@ -416,14 +418,24 @@ mod tests {
         ));
         // Binary INT32 ids: the same check, element by element.
         let mut sink = Sink::new(ids(Datatype::Int32), 4);
-        let le: Vec<u8> = [3i32, 4, 5, 6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let le: Vec<u8> = [3i32, 4, 5, 6]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         sink.binary(&le).unwrap();
         assert_eq!(sink.finish().unwrap(), HostData::Ids(vec![3, 4, 5, 6]));
         let mut sink = Sink::new(ids(Datatype::Int64), 4);
-        let le: Vec<u8> = [1i64, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let le: Vec<u8> = [1i64, 1 << 40]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert!(matches!(
             sink.binary(&le),
-            Err(ProtocolError::OutOfRange { index: 1, value: 1_099_511_627_776, .. })
+            Err(ProtocolError::OutOfRange {
+                index: 1,
+                value: 1_099_511_627_776,
+                ..
+            })
         ));
     }
 

@@ -315,7 +315,9 @@ fn as_f64(data: &HostData) -> Option<Vec<f64>> {
         HostData::F32(_) | HostData::F32Rows(_) => {
             Some(data.f32s()?.iter().map(|x| *x as f64).collect())
         }
-        HostData::I64(_) | HostData::Ids(_) | HostData::IdsRows(_) => Some(data.ints()?.iter().map(|x| x as f64).collect()),
+        HostData::I64(_) | HostData::Ids(_) | HostData::IdsRows(_) => {
+            Some(data.ints()?.iter().map(|x| x as f64).collect())
+        }
         HostData::Bytes(_) => None,
     }
 }

@@ -10,6 +10,7 @@
 mod families;
 pub mod rollout;
 pub mod stats;
+pub mod trace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -45,18 +46,48 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Installs the global tracing subscriber: log lines on stderr, filtered by `RUST_LOG` (default
+/// `info`), and with `trace` the exporter of request spans ([`trace`]), whose guard flushes
+/// them when dropped.
+pub fn init(
+    format: LogFormat,
+    trace: Option<&trace::TraceConfig>,
+) -> Result<Option<trace::Exporter>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests) is harmless: the first subscriber stays.
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    // Request spans are the exporter's: log lines never carry them.
+    if let Ok(off) = format!("{}=off", trace::TARGET).parse() {
+        filter = filter.add_directive(off);
+    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => logs.with_filter(filter).boxed(),
     };
+    let (spans, exporter) = match trace {
+        Some(config) => {
+            let (layer, exporter) = trace::layer(config)?;
+            let only_spans = tracing_subscriber::filter::Targets::new()
+                .with_target(trace::TARGET, tracing::Level::INFO);
+            (Some(layer.with_filter(only_spans)), Some(exporter))
+        }
+        None => (None, None),
+    };
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
+    Ok(exporter)
+}
+
+/// Installs log output only (the commands other than `serve`).
+pub fn init_logging(format: LogFormat) {
+    let _ = init(format, None);
 }
 
 /// The process-wide metrics registry.

@@ -35,5 +35,6 @@ mod router;
 mod shadow;
 mod strict_loading;
 mod tei;
+mod trace_export;
 mod tritonclient;
 mod util;

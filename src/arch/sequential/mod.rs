@@ -331,7 +331,11 @@ impl Model for SequentialModel {
         let mut floats = Vec::new();
         let mut ids = Vec::new();
         for prepared in batch {
-            let data = prepared.tensors.first().and_then(|t| t.as_ref()).map(|t| &t.data);
+            let data = prepared
+                .tensors
+                .first()
+                .and_then(|t| t.as_ref())
+                .map(|t| &t.data);
             match (data.and_then(HostData::f32s), data.and_then(HostData::ids)) {
                 (Some(v), _) => floats.extend_from_slice(v),
                 (_, Some(v)) => ids.extend_from_slice(v),

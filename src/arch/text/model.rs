@@ -198,10 +198,12 @@ impl TextModel {
         if let Some(mask) = &inputs[self.slots.mask] {
             let attended: Vec<bool> = mask.data.ints().map_or(Vec::new(), |m| {
                 let flags: Vec<i64> = m.iter().collect();
-                flags.chunks(len).map(|r| r.iter().any(|v| *v != 0)).collect()
+                flags
+                    .chunks(len)
+                    .map(|r| r.iter().any(|v| *v != 0))
+                    .collect()
             });
-            if let Some(row) = attended.iter().position(|any| !any)
-            {
+            if let Some(row) = attended.iter().position(|any| !any) {
                 return Err(InputError::NothingAttended { row });
             }
         }
@@ -225,7 +227,9 @@ impl TextModel {
             shape: shape.clone(),
             data: HostData::Ids(vec![value; shape.iter().product()]),
         };
-        let mask = inputs[self.slots.mask].take().map_or_else(|| filled(1), as_ids);
+        let mask = inputs[self.slots.mask]
+            .take()
+            .map_or_else(|| filled(1), as_ids);
         let types = self
             .slots
             .types
