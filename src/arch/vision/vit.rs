@@ -212,7 +212,7 @@ impl Layer {
         )?;
         Ok(Layer {
             ln_1: candle_nn::layer_norm(h, LN_EPS, vb.pp("ln_1"))?,
-            qkv: Dense::new(w.contiguous()?, b.to_vec1::<f32>()?),
+            qkv: Dense::new(&w, b.to_vec1::<f32>()?)?,
             out_proj: Dense::load(attn.pp("out_proj"), h, h)?,
             ln_2: candle_nn::layer_norm(h, LN_EPS, vb.pp("ln_2"))?,
             mlp_0: Dense::load(vb.pp("mlp.0"), h, s.mlp_dim)?,
@@ -260,7 +260,7 @@ impl Vit {
         let weight = conv
             .get((h, CHANNELS, p, p), "weight")?
             .reshape((h, CHANNELS * p * p))?;
-        let patch = Dense::new(weight, conv.get(h, "bias")?.to_vec1::<f32>()?);
+        let patch = Dense::new(&weight, conv.get(h, "bias")?.to_vec1::<f32>()?)?;
         let class_token = vb.get((1, 1, h), "class_token")?.reshape((1, h))?;
         let enc = vb.pp("encoder");
         let pos_embedding = enc
