@@ -12,7 +12,7 @@ pub mod body;
 pub mod connections;
 pub mod error;
 mod health;
-mod infer;
+pub(crate) mod infer;
 mod observe;
 mod openai;
 pub mod pool;
@@ -20,7 +20,7 @@ mod rollout;
 mod server;
 mod tei;
 mod text;
-mod triton;
+pub(crate) mod triton;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
