@@ -24,7 +24,7 @@ use crate::protocol::decode::{
 use crate::protocol::{raw_bytes, Datatype, Decoded};
 use crate::repository::ModelSlot;
 
-use super::convert;
+use super::messages;
 use super::pb::{
     model_infer_response::InferOutputTensor, InferTensorContents, ModelInferRequest,
     ModelInferResponse,
@@ -171,7 +171,7 @@ fn view(message: &ModelInferRequest) -> Result<MessageRequest<'_>, ApiError> {
             name: &input.name,
             datatype: &input.datatype,
             shape: &input.shape,
-            parameters: convert::parameters(&input.parameters),
+            parameters: messages::parameters(&input.parameters),
             values,
         });
     }
@@ -179,12 +179,12 @@ fn view(message: &ModelInferRequest) -> Result<MessageRequest<'_>, ApiError> {
         message
             .outputs
             .iter()
-            .map(|o| (o.name.as_str(), convert::parameters(&o.parameters)))
+            .map(|o| (o.name.as_str(), messages::parameters(&o.parameters)))
             .collect()
     });
     Ok(MessageRequest {
         id: (!message.id.is_empty()).then(|| message.id.clone()),
-        parameters: convert::parameters(&message.parameters),
+        parameters: messages::parameters(&message.parameters),
         inputs,
         outputs,
     })
@@ -195,10 +195,10 @@ fn respond(version: &LoadedVersion, decoded: &Decoded, outputs: &Outputs) -> Mod
     let mut parameters = std::collections::HashMap::new();
     parameters.insert(
         "weights_sha256".to_string(),
-        convert::parameter(&serde_json::Value::String(version.sha256.clone())),
+        messages::parameter(&serde_json::Value::String(version.sha256.clone())),
     );
     for (key, value) in &outputs.notes {
-        parameters.insert(key.clone(), convert::parameter(value));
+        parameters.insert(key.clone(), messages::parameter(value));
     }
     let mut tensors = Vec::with_capacity(decoded.outputs.len());
     let mut raw = Vec::with_capacity(decoded.outputs.len());

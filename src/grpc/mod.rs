@@ -10,11 +10,13 @@
 //! RPC goes through the same state, lookups, decode checks, admission, batcher and metrics as
 //! HTTP ([`crate::http::infer`]); errors map to gRPC codes in one place, beside the HTTP statuses
 //! ([`crate::http::error`]). Messages larger than `max_body_bytes` are refused by tonic from the
-//! length prefix, before their bytes are buffered.
+//! length prefix, before their bytes are buffered, and a message must arrive within
+//! `body_deadline_ms` ([`deadline`]).
 
 mod admin;
-mod convert;
+mod deadline;
 mod infer;
+mod messages;
 mod service;
 
 /// The code generated from proto/inference.proto.
@@ -48,13 +50,26 @@ pub const SERVICE_PATH: &str = "/inference.GRPCInferenceService/{*rpc}";
 /// UNIMPLEMENTED, as gRPC clients expect).
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.body.max_bytes;
+    let body_deadline = state.limits.body.deadline;
     let service =
         GrpcInferenceServiceServer::new(Inference { state }).max_decoding_message_size(limit);
-    Router::new().fallback_service(service)
+    let router = Router::new()
+        .fallback_service(service)
+        .layer(axum::middleware::map_request(move |request| async move {
+            deadline::bound(request, body_deadline)
+        }));
+    // Request ids (`x-request-id` metadata, echoed) and the request log, as on HTTP.
+    crate::http::observe::layer(router)
 }
 
-/// The admin side as a service to mount at [`SERVICE_PATH`] on the admin listener.
-pub fn admin_service(state: AppState) -> GrpcInferenceServiceServer<Admin> {
+/// The admin side's routes, to merge into the admin listener's router (inside its token check).
+pub fn admin_routes<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
     let limit = state.limits.body.max_bytes;
-    GrpcInferenceServiceServer::new(Admin { state }).max_decoding_message_size(limit)
+    let body_deadline = state.limits.body.deadline;
+    let service = GrpcInferenceServiceServer::new(Admin { state }).max_decoding_message_size(limit);
+    Router::new()
+        .route_service(SERVICE_PATH, service)
+        .layer(axum::middleware::map_request(move |request| async move {
+            deadline::bound(request, body_deadline)
+        }))
 }

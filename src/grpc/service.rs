@@ -8,7 +8,7 @@ use crate::http::triton::{describe, version_stats};
 use crate::http::ApiError;
 use crate::protocol::metadata::{model_metadata, server_metadata};
 
-use super::convert;
+use super::messages;
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::*;
 use super::Inference;
@@ -81,7 +81,7 @@ impl GrpcInferenceService for Inference {
             None => slot.config().architecture.signature().clone(),
         };
         let m = model_metadata(&request.name, &versions, &signature, Default::default());
-        Ok(Response::new(convert::metadata(m)))
+        Ok(Response::new(messages::metadata(m)))
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
@@ -96,7 +96,7 @@ impl GrpcInferenceService for Inference {
         let config =
             describe(&self.state, &request.name, named(&request.version)).map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
-            config: Some(convert::config(config)),
+            config: Some(messages::config(config)),
         }))
     }
 
@@ -120,7 +120,7 @@ impl GrpcInferenceService for Inference {
             stats = version_stats(&slot, only);
         }
         Ok(Response::new(ModelStatisticsResponse {
-            model_stats: stats.into_iter().map(convert::statistics).collect(),
+            model_stats: stats.into_iter().map(messages::statistics).collect(),
         }))
     }
 }

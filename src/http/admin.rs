@@ -53,10 +53,7 @@ pub fn router(app: AppState, token: &str) -> Router {
         )
         // The repository RPCs over gRPC (HTTP/2, `content-type: application/grpc`), behind
         // the same token check.
-        .route_service(
-            crate::grpc::SERVICE_PATH,
-            crate::grpc::admin_service(app_state.clone()),
-        )
+        .merge(crate::grpc::admin_routes(app_state))
         .fallback(|uri: http::Uri| async move {
             ApiError::NoRoute(uri.path().chars().take(200).collect())
         })

@@ -13,7 +13,7 @@ pub mod connections;
 pub mod error;
 mod health;
 pub(crate) mod infer;
-mod observe;
+pub(crate) mod observe;
 mod openai;
 pub mod pool;
 mod rollout;

@@ -207,3 +207,74 @@ async fn an_h2c_upgrade_request_is_answered_over_http1() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     server.shutdown().await;
 }
+
+/// A gRPC message trickled slower than `body_deadline_ms` is cut there (the stream and the
+/// buffer tonic reserved for it are released), as a slow HTTP body is.
+#[tokio::test]
+async fn a_trickled_grpc_message_is_cut_at_the_body_deadline() {
+    let repo = Repo::demo();
+    let extra = format!("{GRPC}\nbody_deadline_ms = 300");
+    let server = TestServer::start(repo.config(&extra, DIGITS)).await;
+    let stream = tokio::net::TcpStream::connect(server.server().grpc_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let body = Trickle(rx);
+    let request = http::Request::post("http://localhost/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let pending = tokio::spawn(sender.send_request(request));
+    // A message declaring 100 bytes, 10 of them sent, then silence.
+    tx.send(Bytes::from_static(&[0, 0, 0, 0, 100]))
+        .await
+        .unwrap();
+    tx.send(Bytes::from(vec![0u8; 10])).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the RPC ends at the body deadline")
+        .unwrap()
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .ok()
+        .and_then(|c| c.trailers().cloned());
+    let status = parts
+        .headers
+        .get("grpc-status")
+        .or(trailers.as_ref().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        matches!(status.as_deref(), Some(code) if code != "0"),
+        "{status:?} {parts:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    drop(tx);
+    server.shutdown().await;
+}
+
+/// A request body sent chunk by chunk as the test hands them over.
+struct Trickle(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Trickle {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}

@@ -88,8 +88,12 @@ assert (result.as_numpy("output") == http_result.as_numpy("output")).all()
 request = service_pb2.ModelInferRequest(model_name="digits")
 tensor = request.inputs.add(name="input", datatype="FP32", shape=[2, 64])
 tensor.contents.fp32_contents.extend(x[:2].ravel().tolist())
-answer = stub.ModelInfer(request)
+answer, call = stub.ModelInfer.with_call(request, metadata=[("x-request-id", "rid-7")])
 typed = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(2, 10)
+# The request id is echoed, and the sha256 travels as metadata too, as HTTP's headers.
+metadata = dict(call.initial_metadata())
+assert metadata["x-request-id"] == "rid-7", metadata
+assert metadata["x-wick-weights-sha256"] == sha, metadata
 assert (typed == result.as_numpy("output")).all()
 # A typed list whose length disagrees with the shape.
 request.inputs[0].contents.fp32_contents.append(1.0)
