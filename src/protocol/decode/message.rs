@@ -285,3 +285,113 @@ fn le<T, const N: usize>(out: &mut Vec<u8>, values: &[T], bytes: impl Fn(&T) -> 
     }
     values.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ElemKind, IoSpec};
+    use crate::protocol::params::ParamValue;
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![
+                IoSpec::new("x", ElemKind::F32, &[2]),
+                IoSpec::new("text", ElemKind::Bytes, &[])
+                    .optional()
+                    .max_bytes(8),
+            ],
+            outputs: vec![IoSpec::new("y", ElemKind::F32, &[1])],
+        }
+    }
+
+    fn one(name: &str, datatype: &str, shape: &[i64], values: MessageValues) -> Outcome {
+        let request = MessageRequest {
+            id: Some("r".into()),
+            parameters: [("timeout".to_string(), ParamValue::Uint(5))].into(),
+            inputs: vec![MessageInput {
+                name,
+                datatype,
+                shape,
+                parameters: Parameters::new(),
+                values,
+            }],
+            outputs: None,
+        };
+        decode_message(request, &signature(), &DecodeLimits::default())
+    }
+
+    type Outcome = Result<Decoded, ProtocolError>;
+
+    #[test]
+    fn typed_and_raw_values_decode_alike() {
+        let typed = Contents {
+            ints: &[1, -2, 3, 4],
+            ..Contents::default()
+        };
+        let a = one("x", "INT8", &[2, 2], MessageValues::Typed(typed)).unwrap();
+        let raw = [1u8, 0xfe, 3, 4];
+        let b = one("x", "INT8", &[2, 2], MessageValues::Raw(&raw)).unwrap();
+        assert_eq!(a.inputs, b.inputs);
+        assert_eq!(
+            a.inputs[0].as_ref().unwrap().data,
+            HostData::F32(vec![1., -2., 3., 4.])
+        );
+        assert_eq!(a.timeout, Some(std::time::Duration::from_micros(5)));
+        assert_eq!(a.id.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn refusals() {
+        let typed = |ints: &'static [i32]| {
+            MessageValues::Typed(Contents {
+                ints,
+                ..Contents::default()
+            })
+        };
+        // Out of INT8's range, a count that disagrees with the shape, a negative dimension,
+        // FP16 as typed values, raw bytes of the wrong size, an unknown input.
+        let value = one("x", "INT8", &[1, 2], typed(&[1, 300])).unwrap_err();
+        assert!(matches!(value, ProtocolError::Value { .. }), "{value}");
+        let count = one("x", "INT32", &[1, 2], typed(&[1, 2, 3])).unwrap_err();
+        assert!(
+            matches!(count, ProtocolError::ElementCount { .. }),
+            "{count}"
+        );
+        assert!(one("x", "INT32", &[-1, 2], typed(&[1, 2])).is_err());
+        let half = one(
+            "x",
+            "FP16",
+            &[1, 2],
+            MessageValues::Typed(Contents::default()),
+        );
+        assert!(half.unwrap_err().to_string().contains("raw_input_contents"));
+        let size = one("x", "FP32", &[1, 2], MessageValues::Raw(&[0; 7])).unwrap_err();
+        assert!(matches!(size, ProtocolError::BinarySize { .. }), "{size}");
+        let unknown = one("nope", "FP32", &[1, 2], MessageValues::Raw(&[0; 8])).unwrap_err();
+        assert!(
+            matches!(unknown, ProtocolError::UnknownInput { .. }),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn bytes_are_clipped_typed_and_raw() {
+        let long = vec![b"a very long text".to_vec()];
+        let typed = Contents {
+            bytes: &long,
+            ..Contents::default()
+        };
+        let a = one("text", "BYTES", &[1], MessageValues::Typed(typed)).unwrap();
+        let mut raw = 16u32.to_le_bytes().to_vec();
+        raw.extend_from_slice(b"a very long text");
+        let b = one("text", "BYTES", &[1], MessageValues::Raw(&raw)).unwrap();
+        assert_eq!(a.inputs, b.inputs);
+        let HostData::Bytes(texts) = &a.inputs[1].as_ref().unwrap().data else {
+            panic!("not bytes");
+        };
+        assert!(texts[0].len() < 16, "clipped to max_bytes plus a character");
+        // A length prefix past the end.
+        let short = [9u8, 0, 0, 0, b'a'];
+        assert!(one("text", "BYTES", &[1], MessageValues::Raw(&short)).is_err());
+    }
+}
