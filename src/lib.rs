@@ -18,7 +18,9 @@
 //! - [`protocol`]: KServe v2 JSON and binary tensors ⇄ host tensors; Triton's config and
 //!   statistics, OpenAI's and TEI's shapes, as data;
 //! - [`http`]: routes (KServe v2, Triton, OpenAI, TEI), limits, the connection loop, error →
-//!   status mapping, the admin API and its rollout controls;
+//!   status mapping (and gRPC codes), the admin API and its rollout controls;
+//! - [`grpc`]: KServe v2 / Triton's `GRPCInferenceService` (proto/inference.proto) on its own
+//!   listener, and its repository RPCs on the admin listener; reuses [`http`]'s request path;
 //! - [`config`]: `config.toml` + `WICK_*` overrides → a validated [`config::Config`] (the
 //!   `[server]` section, a `[[models]]` entry and the promotion settings each in a file of
 //!   their own);
@@ -29,7 +31,7 @@
 //! - [`convert`]: `wick convert`, `.pth` checkpoints to safetensors offline (CLI only: the
 //!   serving path never reads a pickle).
 //!
-//! Dependency direction: `http → engine/repository → state_dict/arch → model`. The reasoning
+//! Dependency direction: `grpc → http → engine/repository → state_dict/arch → model`. The reasoning
 //! behind the choices lives in the repository's `docs/`.
 
 pub mod app;
@@ -39,6 +41,7 @@ pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod engine;
+pub mod grpc;
 pub mod http;
 pub mod model;
 pub mod protocol;

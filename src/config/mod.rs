@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Repository API listener; `None` disables the API.
     pub admin_listen: Option<SocketAddr>,
+    /// gRPC (KServe v2 / Triton `GRPCInferenceService`) listener; `None` disables gRPC.
+    pub grpc_listen: Option<SocketAddr>,
     pub repository: PathBuf,
     pub poll_interval: Duration,
     /// Threads for the math (candle's pools); `0` in the file means "the container's CPU limit".
@@ -245,6 +247,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "WICK_ADMIN_LISTEN",
         "server.admin_listen (\"off\" disables)",
     ),
+    ("WICK_GRPC_LISTEN", "server.grpc_listen (\"off\" disables)"),
     ("WICK_REPOSITORY", "server.repository"),
     ("WICK_POLL_INTERVAL_MS", "server.poll_interval_ms"),
     ("WICK_COMPUTE_THREADS", "server.compute_threads"),

@@ -16,6 +16,8 @@ use crate::telemetry::trace::{self, TraceConfig};
 pub(super) struct RawServer {
     listen: String,
     admin_listen: Option<String>,
+    #[serde(default)]
+    grpc_listen: Option<String>,
     repository: PathBuf,
     #[serde(default = "default_poll_interval_ms")]
     poll_interval_ms: u64,
@@ -95,6 +97,11 @@ pub(super) fn resolve_server(
 ) -> Result<ServerConfig, ConfigError> {
     let env = Overrides(env);
     let (listen, admin_listen) = resolve_listeners(&raw, env, invalid)?;
+    let grpc_listen = optional_listener(
+        env.get("WICK_GRPC_LISTEN").or(raw.grpc_listen.clone()),
+        "grpc_listen",
+        invalid,
+    )?;
     let repository = resolve_repository(&raw, base, env);
     let poll_interval_ms = env.number("WICK_POLL_INTERVAL_MS", raw.poll_interval_ms)?;
     if poll_interval_ms == 0 {
@@ -110,6 +117,7 @@ pub(super) fn resolve_server(
     Ok(ServerConfig {
         listen,
         admin_listen,
+        grpc_listen,
         repository,
         poll_interval: Duration::from_millis(poll_interval_ms),
         compute_threads,
@@ -179,14 +187,27 @@ fn resolve_listeners(
 ) -> Result<(SocketAddr, Option<SocketAddr>), ConfigError> {
     let listen_text = env.get("WICK_LISTEN").unwrap_or_else(|| raw.listen.clone());
     let listen = parse_addr(&listen_text).map_err(|m| invalid(format!("server.listen: {m}")))?;
-    let admin_listen = match env.get("WICK_ADMIN_LISTEN").or(raw.admin_listen.clone()) {
-        None => None,
-        Some(text) if text == "off" || text.is_empty() => None,
-        Some(text) => {
-            Some(parse_addr(&text).map_err(|m| invalid(format!("server.admin_listen: {m}")))?)
-        }
-    };
+    let admin_listen = optional_listener(
+        env.get("WICK_ADMIN_LISTEN").or(raw.admin_listen.clone()),
+        "admin_listen",
+        invalid,
+    )?;
     Ok((listen, admin_listen))
+}
+
+/// An optional listener's address (`"off"` or empty: none); `key` names it in errors.
+fn optional_listener(
+    text: Option<String>,
+    key: &str,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match text {
+        None => Ok(None),
+        Some(text) if text == "off" || text.is_empty() => Ok(None),
+        Some(text) => parse_addr(&text)
+            .map(Some)
+            .map_err(|m| invalid(format!("server.{key}: {m}"))),
+    }
 }
 
 /// The repository folder; a relative path is taken from the config file's folder (`base`).

@@ -87,9 +87,17 @@ fn env_overrides_the_server_section() {
         "WICK_LISTEN" => Some("0.0.0.0:9000".to_string()),
         "WICK_REPOSITORY" => Some("/models".to_string()),
         "WICK_ADMIN_LISTEN" => Some("127.0.0.1:9001".to_string()),
+        "WICK_GRPC_LISTEN" => Some("127.0.0.1:9002".to_string()),
         _ => None,
     };
     let config = Config::parse(GOOD, Path::new("t"), Path::new("/base"), &env).unwrap();
+    assert_eq!(config.server.grpc_listen.unwrap().port(), 9002);
+    // gRPC is off unless set; "off" turns a configured one off.
+    assert_eq!(parse(GOOD).unwrap().server.grpc_listen, None);
+    let off = |k: &str| (k == "WICK_GRPC_LISTEN").then(|| "off".to_string());
+    let text = GOOD.replace("[server]", "[server]\ngrpc_listen = \"127.0.0.1:9003\"");
+    let config_off = Config::parse(&text, Path::new("t"), Path::new("/b"), &off).unwrap();
+    assert_eq!(config_off.server.grpc_listen, None);
     assert_eq!(config.server.listen.port(), 9000);
     assert_eq!(config.server.repository, PathBuf::from("/models"));
     assert_eq!(config.server.admin_listen.unwrap().port(), 9001);

@@ -38,6 +38,7 @@ pub(super) struct AdminState {
 /// configured token is ignored as it is for the presented one: a token read from a file (a
 /// Kubernetes secret) usually ends with a newline.
 pub fn router(app: AppState, token: &str) -> Router {
+    let app_state = app.clone();
     let state = AdminState {
         app,
         token_digest: Arc::new(Sha256::digest(token.trim().as_bytes()).into()),
@@ -50,6 +51,9 @@ pub fn router(app: AppState, token: &str) -> Router {
             "/v2/repository/models/{model}/rollout/{action}",
             post(super::rollout::rollout),
         )
+        // The repository RPCs over gRPC (HTTP/2, `content-type: application/grpc`), behind
+        // the same token check.
+        .merge(crate::grpc::admin_routes(app_state))
         .fallback(|uri: http::Uri| async move {
             ApiError::NoRoute(uri.path().chars().take(200).collect())
         })
@@ -60,6 +64,10 @@ pub fn router(app: AppState, token: &str) -> Router {
 }
 
 async fn authorize(State(state): State<AdminState>, mut request: Request, next: Next) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -74,6 +82,8 @@ async fn authorize(State(state): State<AdminState>, mut request: Request, next: 
                 .insert(super::rollout::TokenId::of_digest(&digest));
             next.run(request).await
         }
+        // gRPC clients read the status from the grpc-status header, not the HTTP status.
+        _ if grpc => ApiError::Unauthorized.grpc_status().into_http(),
         _ => {
             let mut response = ApiError::Unauthorized.into_response();
             response.headers_mut().insert(
@@ -138,7 +148,7 @@ async fn index(
 }
 
 /// The optional `version` parameter (a wick extension: load or unload one version).
-fn version_param(params: &Parameters) -> Result<Option<u64>, ApiError> {
+pub(crate) fn version_param(params: &Parameters) -> Result<Option<u64>, ApiError> {
     for key in params.keys() {
         if key == "config" || key.starts_with("file:") {
             return Err(crate::protocol::ProtocolError::Unsupported(
@@ -161,7 +171,7 @@ fn version_param(params: &Parameters) -> Result<Option<u64>, ApiError> {
 
 /// What the repository API's load and unload routes ask of the repository.
 #[derive(Debug, Clone, Copy)]
-enum Action {
+pub(crate) enum Action {
     Load,
     Unload,
 }
@@ -192,9 +202,20 @@ async fn act(
     action: Action,
 ) -> Result<Response, ApiError> {
     let request: ActionRequest = json_body(&state.app, &headers, body).await?;
-    let version = version_param(&request.parameters)?;
-    state.app.slot(&model)?;
-    let repository: Arc<Repository> = Arc::clone(&state.app.repository);
+    apply(&state.app, model, &request.parameters, action).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Loads or unloads `model` as `parameters` say (HTTP's and gRPC's repository RPCs).
+pub(crate) async fn apply(
+    app: &AppState,
+    model: String,
+    parameters: &Parameters,
+    action: Action,
+) -> Result<(), ApiError> {
+    let version = version_param(parameters)?;
+    app.slot(&model)?;
+    let repository: Arc<Repository> = Arc::clone(&app.repository);
     // Loading reads and checks files and runs a warm-up pass, and unloading may load the
     // version the policy picks instead: never on a tokio worker.
     tokio::task::spawn_blocking(move || match action {
@@ -203,7 +224,7 @@ async fn act(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("{action:?} task failed: {e}")))??;
-    Ok(StatusCode::OK.into_response())
+    Ok(())
 }
 
 #[cfg(test)]

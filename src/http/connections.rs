@@ -11,13 +11,17 @@
 //!   only when every slot serves a request is the new one refused;
 //! - optionally, one address may hold at most `max_connections_per_peer` connections.
 //!
+//! An HTTP/2 connection multiplexes requests and exchanges frames (pings, settings, window
+//! updates) between them, so once its first request has arrived its bytes no longer start a
+//! "request head" deadline; it is still evicted at the cap when it is the idlest.
+//!
 //! The sweeper that enforces the head deadlines runs a few times a second over the trackers;
 //! the hot path of a request only updates a few atomics.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -38,6 +42,8 @@ pub struct Tracker {
     served: AtomicU64,
     /// Last read or write, ms since `epoch`.
     last_active_ms: AtomicU64,
+    /// HTTP/2: bytes between requests are frames, not the start of a request head.
+    multiplexed: AtomicBool,
     /// When the first byte of a request head arrived while nothing was in flight (ms since
     /// `epoch`, plus one; 0 = no head being read).
     head_started_ms: AtomicU64,
@@ -53,10 +59,11 @@ impl Tracker {
         self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Bytes arrived: a request head has started if nothing is in flight.
+    /// Bytes arrived: a request head has started if nothing is in flight (HTTP/1).
     fn read(&self) {
         self.touch();
-        if self.in_flight.load(Ordering::Acquire) == 0 {
+        if self.in_flight.load(Ordering::Acquire) == 0 && !self.multiplexed.load(Ordering::Acquire)
+        {
             let _ = self.head_started_ms.compare_exchange(
                 0,
                 self.now_ms() + 1,
@@ -64,6 +71,11 @@ impl Tracker {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// The connection speaks HTTP/2 (known from its first request).
+    pub fn multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Release);
     }
 
     /// A request head is complete: the request is being served.
@@ -175,6 +187,7 @@ impl Connections {
             served: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(now),
             head_started_ms: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
             kill: Notify::new(),
         });
         open.insert(tracker.id, Arc::clone(&tracker));
@@ -333,6 +346,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(c.sweep(), 1);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn http2_frames_between_requests_start_no_head_deadline() {
+        let c = Connections::new(limits(10, 0));
+        let h2 = c.admit(A).unwrap();
+        h2.multiplexed();
+        h2.request_started();
+        h2.request_finished();
+        // A ping answered while idle is a frame, not a request head: the connection stays.
+        h2.read();
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(c.sweep(), 0);
+        assert!(!futures_ready(h2.killed()));
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Every error an HTTP client can see, and the one place that maps them to status codes.
+//! Every error an HTTP or gRPC client can see, and the one place that maps them to HTTP status
+//! codes ([`ApiError::status`]) and gRPC codes ([`ApiError::grpc_code`]).
 //!
 //! The mapping follows Triton's (`HttpCodeFromError`): client mistakes are 400, unknown models or
-//! versions 404, a full queue 429 with `Retry-After`, not-ready 503, our own bugs 500. Bodies are
+//! versions 404, a full queue 429 with `Retry-After`, not-ready 503, our own bugs 500. gRPC gets
+//! the codes Triton's gRPC front end uses: INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL,
+//! with RESOURCE_EXHAUSTED for a full queue and DEADLINE_EXCEEDED for a request's timeout. Bodies are
 //! always `{"error": "..."}` so tritonclient raises a readable exception. 5xx details travel as
 //! a response extension to the logging middleware (so the log line carries the request id) and
 //! are never sent to the client; messages never carry filesystem paths.
@@ -109,6 +112,39 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The gRPC code of this error, beside its HTTP status (README, "gRPC").
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ApiError::Engine(
+                EngineError::QueueFull { .. } | EngineError::QueueTokensFull { .. },
+            )
+            | ApiError::BodyTooLarge { .. } => Code::ResourceExhausted,
+            ApiError::Engine(EngineError::Timeout { .. }) | ApiError::BodyTimeout { .. } => {
+                Code::DeadlineExceeded
+            }
+            ApiError::Rollout(RolloutError::NoRollout(_)) => Code::FailedPrecondition,
+            ApiError::MethodNotAllowed => Code::Unimplemented,
+            ApiError::Unauthorized => Code::Unauthenticated,
+            other => match other.status() {
+                StatusCode::NOT_FOUND => Code::NotFound,
+                StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+                s if s.is_server_error() => Code::Internal,
+                _ => Code::InvalidArgument,
+            },
+        }
+    }
+
+    /// This error as a gRPC status: the same clipped message as an HTTP body; a server-side
+    /// detail is logged, never sent.
+    pub fn grpc_status(&self) -> tonic::Status {
+        let (message, detail) = self.public();
+        if let Some(FailureDetail(detail)) = detail {
+            tracing::error!(detail, "gRPC request failed");
+        }
+        tonic::Status::new(self.grpc_code(), message)
     }
 
     /// The request-metrics outcome label of this error.

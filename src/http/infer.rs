@@ -25,11 +25,11 @@ use super::{request_id, AppState};
 
 /// Bodies up to this size are decoded on the request's task: parsing them costs tens of
 /// microseconds, less than a hop to the pool. Larger (and compressed) bodies go to the pool.
-const INLINE_DECODE_BYTES: usize = 64 << 10;
+pub(crate) const INLINE_DECODE_BYTES: usize = 64 << 10;
 
 /// Requests for models with text inputs are always prepared on the pool: tokenising costs far
 /// more per byte than parsing numbers, and `prepare` tokenises.
-fn prepares_text(version: &LoadedVersion) -> bool {
+pub(crate) fn prepares_text(version: &LoadedVersion) -> bool {
     version
         .signature
         .inputs
@@ -92,13 +92,13 @@ async fn run(
 }
 
 /// Where a sampled request's copy goes: the shadow and its candidate.
-pub(super) struct ShadowCopy {
+pub(crate) struct ShadowCopy {
     tap: ShadowTap,
     candidate: Arc<LoadedVersion>,
 }
 
 /// The shadow copy of a request answered by `picked`, when a shadow runs and samples it.
-pub(super) fn shadow_copy(
+pub(crate) fn shadow_copy(
     slot: &ModelSlot,
     picked: &LoadedVersion,
     request_id: Option<&[u8]>,
@@ -162,7 +162,7 @@ async fn serve(
 impl ShadowCopy {
     /// Hands the request's `inputs` and the stable version's `outputs` to the shadow, without
     /// waiting (a full queue drops them).
-    pub(super) fn offer(
+    pub(crate) fn offer(
         self,
         slot: &Arc<ModelSlot>,
         inputs: Vec<Option<HostTensor>>,
@@ -179,7 +179,7 @@ impl ShadowCopy {
 
 /// Refuses before reading and decoding a body when the model's queue is full: overload must be
 /// cheap to answer.
-pub(super) fn refuse_when_full(slot: &ModelSlot) -> Result<(), ApiError> {
+pub(crate) fn refuse_when_full(slot: &ModelSlot) -> Result<(), ApiError> {
     if slot.engine.is_full() {
         slot.metrics.rejected("queue_full");
         return Err(EngineError::QueueFull {
@@ -192,7 +192,7 @@ pub(super) fn refuse_when_full(slot: &ModelSlot) -> Result<(), ApiError> {
 }
 
 /// How a decoded request goes to the queue.
-pub(super) struct Admitted {
+pub(crate) struct Admitted {
     pub timeout: Option<std::time::Duration>,
     pub priority: Option<u64>,
     /// The announcement made before the body was read ([`crate::engine::Engine::incoming`]).
@@ -200,9 +200,9 @@ pub(super) struct Admitted {
 }
 
 /// Queues a request's prepared parts and waits for their outputs, joined back in order. Every
-/// front end (KServe v2, OpenAI, TEI) goes through here, so they share admission, batching,
+/// front end (KServe v2 over HTTP and gRPC, OpenAI, TEI) goes through here, so they share admission, batching,
 /// deadlines and metrics.
-pub(super) async fn submit(
+pub(crate) async fn submit(
     slot: &ModelSlot,
     version: &Arc<LoadedVersion>,
     parts: Vec<Prepared>,
@@ -268,7 +268,7 @@ async fn wait(
 }
 
 /// A decoded request, its prepared parts, and (when asked for a shadow) a copy of its inputs.
-type DecodedParts = (Decoded, Vec<Prepared>, Option<Vec<Option<HostTensor>>>);
+pub(crate) type DecodedParts = (Decoded, Vec<Prepared>, Option<Vec<Option<HostTensor>>>);
 
 /// Decodes and prepares a request. Small plain bodies are decoded in place; large or
 /// compressed ones, and every request of a text model, on the slow-work pool, reading the
@@ -339,14 +339,14 @@ async fn decode(
 }
 
 /// How a request's rows are cut into batches.
-pub(super) struct Split {
+pub(crate) struct Split {
     max_batch_size: usize,
     max_request_rows: usize,
     model: String,
 }
 
 impl Split {
-    pub(super) fn new(version: &LoadedVersion, batching: &BatchingConfig) -> Split {
+    pub(crate) fn new(version: &LoadedVersion, batching: &BatchingConfig) -> Split {
         Split {
             max_batch_size: batching.max_batch_size,
             max_request_rows: batching.max_request_rows,
@@ -357,7 +357,7 @@ impl Split {
     /// Prepares a request, cut into parts of at most `max_batch_size` rows when it has more
     /// (each part batches on its own; the answers are joined back in order). More rows than
     /// `max_request_rows` are refused before any row is tokenised or computed.
-    pub(super) fn prepare(
+    pub(crate) fn prepare(
         &self,
         version: &LoadedVersion,
         inputs: Vec<Option<HostTensor>>,

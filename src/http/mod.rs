@@ -12,15 +12,15 @@ pub mod body;
 pub mod connections;
 pub mod error;
 mod health;
-mod infer;
-mod observe;
+pub(crate) mod infer;
+pub(crate) mod observe;
 mod openai;
 pub mod pool;
 mod rollout;
 mod server;
 mod tei;
 mod text;
-mod triton;
+pub(crate) mod triton;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,5 +1,13 @@
-//! The connection loop: hyper's HTTP/1 server with request-head deadlines, a fair connection
-//! cap and a bounded graceful shutdown.
+//! The connection loop: hyper's HTTP/1.1 and HTTP/2 server with request-head deadlines, a fair
+//! connection cap and a bounded graceful shutdown.
+//!
+//! Each connection speaks HTTP/1.1, or HTTP/2 when its first bytes are the HTTP/2 preface
+//! (cleartext "prior knowledge", as gRPC clients and `curl --http2-prior-knowledge` connect).
+//! The HTTP/1.1 `Upgrade: h2c` dance is not offered (hyper does not implement it, and RFC 9113
+//! deprecates it): such a request is answered over HTTP/1.1, which the client accepts. HTTP/2
+//! connections get the same connection cap and first-request deadline; per stream, hyper caps
+//! concurrent streams and the header list size, and the same body deadline applies to every
+//! request (src/http/body.rs).
 //!
 //! `axum::serve` builds hyper without a timer, which silently disables the header-read timeout
 //! (docs/security.md F5): a client sending half a request line would hold a connection forever.
@@ -20,7 +28,8 @@ use axum::body::Body;
 use axum::Router;
 use bytes::Bytes;
 use http_body::Frame;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -41,6 +50,13 @@ pub struct ServeOptions {
     pub grace: Duration,
 }
 
+/// HTTP/2 limits: concurrent streams per connection, the size of a request's header list, and
+/// how often an idle connection is pinged (and how long the pong may take) to find dead peers.
+const H2_MAX_STREAMS: u32 = 256;
+const H2_MAX_HEADER_LIST: u32 = 64 << 10;
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How often overdue request heads are looked for.
 const SWEEP: Duration = Duration::from_millis(200);
 
@@ -57,12 +73,7 @@ pub async fn serve(
         header_read_timeout: options.header_read_timeout,
     });
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.keep_alive_idle)
-        .keep_alive(true)
-        .max_headers(128);
+    let builder = connection_builder(&options);
     let sweeper = tokio::spawn({
         let connections = Arc::clone(&connections);
         async move {
@@ -96,7 +107,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(tracked_service(app.clone(), Arc::clone(&tracker)));
                 let io = TokioIo::new(Tracked::new(stream, Arc::clone(&tracker)));
-                let connection = graceful.watch(builder.serve_connection(io, service));
+                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
                 let connections = Arc::clone(&connections);
                 tokio::spawn(async move {
                     tokio::select! {
@@ -123,6 +134,26 @@ pub async fn serve(
     }
 }
 
+/// HTTP/1.1 (header timeout = keep-alive idle, at most 128 headers) and HTTP/2 (prior
+/// knowledge) with their limits.
+fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.keep_alive_idle)
+        .keep_alive(true)
+        .max_headers(128);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
 /// The router behind a connection, telling the connection's tracker when a request starts and
 /// when its response has been sent (a connection is never evicted in between).
 fn tracked_service(
@@ -137,6 +168,9 @@ fn tracked_service(
     tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let app = app.clone();
         let tracker = Arc::clone(&tracker);
+        if request.version() == http::Version::HTTP_2 {
+            tracker.multiplexed();
+        }
         tracker.request_started();
         async move {
             let response = app.oneshot(request).await?;

@@ -16,23 +16,24 @@ pub async fn config(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Json<ModelConfig>, ApiError> {
-    describe(&state, &model, None)
+    describe(&state, &model, None).map(Json)
 }
 
 pub async fn config_version(
     State(state): State<AppState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<ModelConfig>, ApiError> {
-    describe(&state, &model, Some(&version))
+    describe(&state, &model, Some(&version)).map(Json)
 }
 
 /// The configuration of a model as served: the named version's signature and resolved settings
-/// (else the newest ready version's; else the configured architecture's signature).
-fn describe(
+/// (else the newest ready version's; else the configured architecture's signature). gRPC's
+/// ModelConfig answers the same.
+pub(crate) fn describe(
     state: &AppState,
     model: &str,
     version: Option<&str>,
-) -> Result<Json<ModelConfig>, ApiError> {
+) -> Result<ModelConfig, ApiError> {
     let slot = state.slot(model)?;
     let config = slot.config();
     let described = match version {
@@ -43,14 +44,14 @@ fn describe(
         Some(v) => (v.signature.clone(), v.model.parameters()),
         None => (config.architecture.signature().clone(), Default::default()),
     };
-    Ok(Json(model_config(&ConfigParts {
+    Ok(model_config(&ConfigParts {
         name: model,
         architecture: config.architecture.name(),
         signature: &signature,
         version_policy: &config.version_policy,
         batching: &slot.engine.config(),
         resolved: &resolved,
-    })))
+    }))
 }
 
 pub async fn stats_all(State(state): State<AppState>) -> Json<StatisticsResponse> {
@@ -82,8 +83,9 @@ pub async fn stats_version(
     }))
 }
 
-/// The statistics of one served version, or of every served version, highest first.
-fn version_stats(
+/// The statistics of one served version, or of every served version, highest first (gRPC's
+/// ModelStatistics reads the same).
+pub(crate) fn version_stats(
     slot: &ModelSlot,
     only: Option<u64>,
 ) -> Vec<crate::protocol::triton::ModelStatistics> {

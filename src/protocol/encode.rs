@@ -157,6 +157,14 @@ fn write_values(out: &mut Vec<u8>, data: &HostData) {
     }
 }
 
+/// A tensor's values as the binary extension (and gRPC's `raw_output_contents`) carry them:
+/// little-endian elements; BYTES elements each after a 4-byte little-endian length.
+pub fn raw_bytes(data: &HostData) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_binary(&mut out, data);
+    out
+}
+
 fn write_binary(out: &mut Vec<u8>, data: &HostData) {
     match data {
         HostData::F32(_) | HostData::F32Rows(_) => {

@@ -18,7 +18,7 @@ mod values;
 
 pub use datatype::Datatype;
 pub use decode::{decode, decode_reader, DecodeLimits, Decoded, OutputChoice};
-pub use encode::{encode_response, Encoded, ResponseMeta};
+pub use encode::{encode_response, raw_bytes, Encoded, ResponseMeta};
 pub use error::{clip, ProtocolError};
 pub use values::clipped;
 

@@ -18,6 +18,7 @@ mod binary;
 mod canary;
 mod convert;
 mod custom_architecture;
+mod grpc;
 mod hostile_input;
 mod hot_reload;
 mod limits;

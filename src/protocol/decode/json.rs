@@ -259,9 +259,9 @@ impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
     }
 }
 
-struct InputSeed<'c, 'a, 't> {
-    cx: &'c mut Context<'a>,
-    taken: &'t mut Vec<bool>,
+pub(super) struct InputSeed<'c, 'a, 't> {
+    pub cx: &'c mut Context<'a>,
+    pub taken: &'t mut Vec<bool>,
 }
 
 impl<'de> DeserializeSeed<'de> for InputSeed<'_, '_, '_> {
@@ -376,7 +376,7 @@ impl InputSeed<'_, '_, '_> {
     }
 
     /// Checks an input's declaration and makes the sink its values go to.
-    fn sink(
+    pub(super) fn sink(
         &mut self,
         index: usize,
         shape: &[u64],

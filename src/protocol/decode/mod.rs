@@ -13,6 +13,7 @@
 mod clip_strings;
 mod data;
 mod json;
+mod message;
 mod outputs;
 
 use std::io::{BufReader, Read};
@@ -30,6 +31,7 @@ use super::values::{clipped, Sink};
 use clip_strings::ClipStrings;
 pub(crate) use json::Slot;
 use json::{Context, InputData, Parsed, RequestSeed};
+pub use message::{decode_message, Contents, MessageInput, MessageRequest, MessageValues};
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy)]
