@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::engine::{LoadedVersion, Outputs};
 use crate::http::infer::{
@@ -23,6 +24,7 @@ use crate::protocol::decode::{
 };
 use crate::protocol::{raw_bytes, Datatype, Decoded};
 use crate::repository::ModelSlot;
+use crate::telemetry::trace;
 
 use super::messages;
 use super::pb::{
@@ -39,24 +41,31 @@ pub async fn model_infer(
         .metadata()
         .get(REQUEST_ID)
         .map(|v| v.as_bytes().to_vec());
-    let message = request.into_inner();
+    // gRPC metadata are HTTP/2 headers: a `traceparent` parents the request's span as on HTTP.
+    let (metadata, _, message) = request.into_parts();
     let slot = state
         .slot(&message.model_name)
         .map_err(|e| e.grpc_status())?;
+    let span = trace::request_span(&metadata.into_headers(), "grpc/ModelInfer", &slot.name);
     let version = (!message.model_version.is_empty()).then(|| message.model_version.clone());
     let picked = match state.route_version(&slot, version.as_deref(), request_id.as_deref()) {
         Ok(picked) => picked,
         Err(e) => {
+            trace::record_outcome(&span, false);
             state.finish_request(&slot, None, e.outcome(), started.elapsed());
             return Err(e.grpc_status());
         }
     };
+    trace::record_version(&span, picked.version, &picked.sha256);
     // A shadow copies a share of the requests naming no version to its candidate.
     let shadow = version
         .is_none()
         .then(|| shadow_copy(&slot, &picked, request_id.as_deref()))
         .flatten();
-    let result = serve(state, &slot, &picked, message, shadow).await;
+    let result = serve(state, &slot, &picked, message, shadow)
+        .instrument(span.clone())
+        .await;
+    trace::record_outcome(&span, result.is_ok());
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
@@ -97,10 +106,12 @@ async fn serve(
             Ok((decoded, parts, copy))
         }
     };
+    let span = tracing::Span::current();
+    let decode_span = crate::stage_span!(&span, "decode");
     let (decoded, parts, copy) = if inline {
-        work()?
+        decode_span.in_scope(work)?
     } else {
-        state.slow.run(work).await?
+        state.slow.run(work).instrument(decode_span).await?
     };
     slot.metrics
         .compute_input(version.version, decoding.elapsed());
@@ -112,7 +123,8 @@ async fn serve(
     };
     let outputs = submit(slot, version, parts, admitted).await?;
     let encoding = Instant::now();
-    let response = respond(version, &decoded, &outputs);
+    let response =
+        crate::stage_span!(&span, "encode").in_scope(|| respond(version, &decoded, &outputs));
     slot.metrics
         .compute_output(version.version, encoding.elapsed());
     if let (Some(shadow), Some(inputs)) = (shadow, copy) {
