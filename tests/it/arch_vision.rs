@@ -250,6 +250,15 @@ async fn mobilenet_v3_large_instance_matches_torchvision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mobilenet_v3_reduced_tail_and_dilated_match_torchvision() {
+    // Half-width last stage, dilation 2 in place of its stride 2.
+    stored_case("mobilenet_v3_dilated_tiny")
+        .await
+        .shutdown()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn efficientnet_small_instance_matches_torchvision() {
     stored_case("efficientnet_tiny").await.shutdown().await;
 }
