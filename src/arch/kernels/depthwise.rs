@@ -13,6 +13,7 @@
 use candle_core::bail;
 use rayon::prelude::*;
 
+use super::conv::ConvSpec;
 use super::fused::{hardswish, sigmoid, Act};
 use super::planes::{with_slice, Planes};
 
@@ -24,6 +25,19 @@ pub struct DepthwiseSpec {
     pub stride: usize,
     pub pad: usize,
     pub dilation: usize,
+}
+
+impl From<&ConvSpec> for DepthwiseSpec {
+    /// The geometry of a depthwise `ConvSpec` (`groups == cin == cout`).
+    fn from(s: &ConvSpec) -> DepthwiseSpec {
+        DepthwiseSpec {
+            channels: s.cin,
+            kernel: s.kernel,
+            stride: s.stride,
+            pad: s.pad,
+            dilation: s.dilation,
+        }
+    }
 }
 
 impl DepthwiseSpec {

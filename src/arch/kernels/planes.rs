@@ -257,4 +257,16 @@ mod tests {
         let wrong = Tensor::zeros((c, n), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(planes.scale_channels(&wrong).is_err());
     }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity() {
+        let v: Vec<f32> = (0..16).map(|i| -(i as f32)).collect();
+        let p = Planes::from_nchw(&v, 1, 1, 4, 4)
+            .unwrap()
+            .max_pool_3x3_s2()
+            .unwrap();
+        assert_eq!((p.h, p.w), (2, 2));
+        let got = p.data.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, vec![0.0, -1.0, -4.0, -5.0]);
+    }
 }

@@ -1,8 +1,8 @@
-//! What the convolutional image classifiers (`convnext`, `mobilenet_v3`, `efficientnet`) share
+//! What the convolutional image classifiers (`resnet`, `convnext`, `mobilenet_v3`, `efficientnet`) share
 //! around their networks: the `input` `[N, 3, H, W]` → `logits` `[N, num_classes]` signature,
 //! the warm-up image, and a [`Model`] that batches consecutive requests of one image size into
 //! one forward pass on channel-major planes ([`Planes`]). Requests of another size start the next
-//! batch, as `resnet` does (a convolution runs one geometry per matmul).
+//! batch (a convolution runs one geometry per matmul).
 
 use candle_core::Tensor;
 
@@ -126,9 +126,9 @@ pub fn make_divisible(v: f64, divisor: usize) -> usize {
     rounded
 }
 
-/// `nn.Linear` weights `[out, in]` as a `1×1` convolution's (`[out, in, 1, 1]` in torchvision's
-/// squeeze-excitation), loaded under `vb` and returned as `[out, in]`.
-pub fn conv1x1_weight(
+/// A `1×1` convolution with bias on pooled `[N, C]` features (torchvision's squeeze-excitation
+/// `fc1`/`fc2`, weights `[out, in, 1, 1]`) as the `nn.Linear` it amounts to.
+pub fn linear_from_conv1x1(
     vb: &candle_nn::VarBuilder,
     out: usize,
     inp: usize,

@@ -14,7 +14,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::fused::Act;
 use crate::arch::kernels::planes::Planes;
-use crate::arch::vision::image::conv1x1_weight;
+use crate::arch::vision::image::linear_from_conv1x1;
 
 /// The gate of a squeeze-and-excitation: MobileNetV3's `Hardsigmoid`, EfficientNet's `Sigmoid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +40,8 @@ impl SqueezeExcite {
         (act, gate): (Act, Gate),
     ) -> candle_core::Result<SqueezeExcite> {
         Ok(SqueezeExcite {
-            fc1: conv1x1_weight(&vb.pp("fc1"), squeeze, channels)?,
-            fc2: conv1x1_weight(&vb.pp("fc2"), channels, squeeze)?,
+            fc1: linear_from_conv1x1(&vb.pp("fc1"), squeeze, channels)?,
+            fc2: linear_from_conv1x1(&vb.pp("fc2"), channels, squeeze)?,
             act,
             gate,
         })
