@@ -141,10 +141,19 @@ impl PaddedLayout {
             let row = &mut buf[(y + p) * self.row_len()..(y + p + 1) * self.row_len()];
             if s == 1 {
                 row[p..p + w].copy_from_slice(line);
-            } else {
-                for (xi, v) in line.iter().enumerate() {
-                    let col = xi + p;
-                    row[(col % s) * self.phase + col / s] = *v;
+                continue;
+            }
+            // Phase by phase, so no division per value: phase `q` starts at the first input
+            // column `xi0` with `(xi0 + p) % s == q`, then takes every `s`-th.
+            for q in 0..s {
+                let xi0 = (q + s - p % s) % s;
+                if xi0 >= w {
+                    continue;
+                }
+                let start = q * self.phase + (xi0 + p) / s;
+                let dst = &mut row[start..(q + 1) * self.phase];
+                for (d, v) in dst.iter_mut().zip(line[xi0..].iter().step_by(s)) {
+                    *d = *v;
                 }
             }
         }
