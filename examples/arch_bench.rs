@@ -1,9 +1,10 @@
-//! Compute-only throughput of the `resnet` and `bert` architectures, for the README's
+//! Compute-only throughput of the vision and text architectures, for the README's
 //! side-by-side comparison with PyTorch eager (scripts/bench_arch_torch.py runs the same shapes).
 //!
 //! ```text
 //! cargo build --release --example arch_bench
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench resnet18 1 8
+//! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench mobilenet_v3_large 1 8
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench minilm 1 8
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench minilm-singles 8
 //! RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 target/release/examples/arch_bench roberta 1 8 --tokens 128
@@ -11,8 +12,9 @@
 //! `roberta`, `distilbert` and `mpnet` run random weights at the sizes
 //! scripts/bench_arch_torch.py gives them (roberta-base, distilbert-base, mpnet-base) on rows of
 //! `--tokens` token ids (default 128, as minilm), embedded with mean pooling and normalisation.
-//! resnet18 runs at 224×224 with deterministic pseudo-random weights (speed does not depend on
-//! the values); minilm runs the real weights from models/minilm/1 (scripts/fetch_minilm.sh) on
+//! Vision presets (resnet18, resnet50, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0,
+//! convnext_tiny, ...: any preset of `resnet`, `mobilenet_v3`, `efficientnet` or `convnext`) run at
+//! 224×224 with deterministic pseudo-random weights (speed does not depend on the values); minilm runs the real weights from models/minilm/1 (scripts/fetch_minilm.sh) on
 //! rows of 128 token ids. `minilm-singles N` runs N rows one request at a time, to compare with a
 //! batch of N. Each case: 3 warm-up runs, then the median of `--runs` (default 15, 7 for batches
 //! above 1) forward passes through the same `Model::prepare` + `Model::forward` the server calls.
@@ -42,18 +44,37 @@ fn pseudo(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn resnet18() -> anyhow::Result<(Box<dyn Model>, usize)> {
-    let arch = configure("resnet", &"preset = \"resnet18\"".parse()?)?;
+/// The family serving a torchvision preset name.
+fn vision_family(preset: &str) -> Option<&'static str> {
+    [
+        "resnet",
+        "resnext",
+        "wide_resnet",
+        "mobilenet_v3",
+        "efficientnet",
+        "convnext",
+    ]
+    .into_iter()
+    .find(|prefix| preset.starts_with(prefix))
+    .map(|prefix| match prefix {
+        "resnext" | "wide_resnet" => "resnet",
+        other => other,
+    })
+}
+
+/// A torchvision preset with pseudo-random weights: fan-in scaled, with positive BatchNorm
+/// variances and scales so activations stay finite.
+fn vision(family: &str, preset: &str) -> anyhow::Result<(Box<dyn Model>, usize)> {
+    let arch = configure(family, &format!("preset = \"{preset}\"").parse()?)?;
     let expected = arch.expected().map_err(anyhow::Error::msg)?;
     let mut tensors = HashMap::new();
     for (i, p) in expected.params.iter().enumerate() {
         let n: usize = p.shape.iter().product();
         let fan_in = p.shape.iter().skip(1).product::<usize>().max(1) as f32;
         let mut v = pseudo(n, i as u64 + 1, 1.0 / fan_in.sqrt());
-        if p.name.ends_with("running_var")
-            || p.name.ends_with("bn1.weight")
-            || p.name.ends_with("bn2.weight")
-        {
+        let positive =
+            p.name.ends_with("running_var") || (p.shape.len() == 1 && p.name.ends_with(".weight"));
+        if positive {
             v.iter_mut().for_each(|x| *x = x.abs() + 0.5);
         }
         tensors.insert(
@@ -194,8 +215,9 @@ fn main() -> anyhow::Result<()> {
     }
     let threads = candle_core::utils::get_num_threads();
     match which.as_str() {
-        "resnet18" => {
-            let (model, row) = resnet18()?;
+        preset if vision_family(preset).is_some() => {
+            let family = vision_family(preset).context("a vision preset")?;
+            let (model, row) = vision(family, preset)?;
             for b in batches {
                 let input = HostTensor {
                     shape: vec![b, 3, 224, 224],
@@ -209,7 +231,7 @@ fn main() -> anyhow::Result<()> {
                     Ok(())
                 })?;
                 println!(
-                    "wick resnet18 224x224 batch {b}: {:.1} ms, {:.1} images/s (threads {threads})",
+                    "wick {preset} 224x224 batch {b}: {:.1} ms, {:.1} images/s (threads {threads})",
                     t * 1e3,
                     b as f64 / t
                 );
@@ -253,7 +275,7 @@ fn main() -> anyhow::Result<()> {
                 println!("wick {which} seq {tokens} batch {b}: {:.1} ms, {:.1} sequences/s (threads {threads})", t * 1e3, b as f64 / t);
             }
         }
-        other => bail!("unknown case {other:?}: resnet18, minilm, minilm-singles, roberta, distilbert or mpnet"),
+        other => bail!("unknown case {other:?}: a vision preset (resnet18, convnext_tiny, ...), minilm, minilm-singles, roberta, distilbert or mpnet"),
     }
     Ok(())
 }

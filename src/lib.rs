@@ -8,8 +8,9 @@
 //! # Layout
 //! - [`model`]: the contract every architecture implements and everything above uses
 //!   (`Model`, `Prepared`, `Signature`, host tensors, input errors); depends on nothing of wick's;
-//! - [`arch`]: code-defined architecture families (`mlp`, `sequential`, `vision`, `text`) and
-//!   their one registry table, with wick's own CPU kernels in [`arch::kernels`];
+//! - [`arch`]: code-defined architecture families (`mlp`, `sequential`, `vision`: resnet, vit,
+//!   convnext, mobilenet_v3, efficientnet; `text`) and their one registry table, with wick's own
+//!   CPU kernels in [`arch::kernels`] (convolutions, Winograd, depthwise, fused pieces);
 //! - [`state_dict`]: checkpoints as data: header validation, strict comparison, the load report;
 //! - [`repository`]: the model repository on disk: the pure reconciliation plan and the layer
 //!   that applies it, version records, the watcher, the load pipeline, the golden-output gate,

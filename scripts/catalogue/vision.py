@@ -210,6 +210,12 @@ STORED_CASES = {
                  [(1, 32, 32), (3, 32, 32)],
                  "VisionTransformer 32x32 images, 8x8 patches (16 + class token), 2 layers, 4 heads of 12; "
                  "the input size is fixed by image_size"),
+    # Last, so the seeds (200 + position) of the cases above stay as they were.
+    "mobilenet_v3_dilated_tiny": ("mobilenet_v3", {"preset": "mobilenet_v3_large", "num_classes": 10, "width_mult": 0.25,
+                                                   "reduced_tail": True, "dilated": True},
+                                  [(1, 32, 32), (3, 20, 28)],
+                                  "mobilenet_v3_large at width_mult 0.25 with reduced_tail (last stage at half width) "
+                                  "and dilated (dilation 2 instead of stride 2 in the last stage)"),
 }
 
 

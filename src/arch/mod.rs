@@ -93,6 +93,15 @@ pub const REGISTRY: &[(&str, Make)] = &[
     ("mlp", make::<mlp::MlpConfig>),
     ("resnet", make::<vision::resnet::ResNetConfig>),
     ("vit", make::<vision::vit::VitConfig>),
+    ("convnext", make::<vision::convnext::ConvNextConfig>),
+    (
+        "mobilenet_v3",
+        make::<vision::mobilenet_v3::MobileNetV3Config>,
+    ),
+    (
+        "efficientnet",
+        make::<vision::efficientnet::EfficientNetConfig>,
+    ),
     ("bert", make::<text::TextConfig<text::bert::BertConfig>>),
     (
         "roberta",

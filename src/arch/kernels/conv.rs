@@ -17,6 +17,8 @@ use candle_core::{bail, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::depthwise::{activate, depthwise, DepthwiseSpec};
+use super::fused::{hardswish, sigmoid, Act};
 use super::planes::{with_slice, Planes};
 use super::winograd::Winograd3x3;
 
@@ -40,6 +42,9 @@ pub struct ConvSpec {
     /// `nn.Conv2d`'s `groups`: input and output channels split into this many independent
     /// convolutions (ResNeXt's 3x3 convolutions). 1 for a dense convolution.
     pub groups: usize,
+    /// `nn.Conv2d`'s `dilation`; only depthwise convolutions (`groups == cin == cout`) take
+    /// other values than 1 (MobileNetV3's `dilated` tail).
+    pub dilation: usize,
 }
 
 impl ConvSpec {
@@ -52,7 +57,26 @@ impl ConvSpec {
             stride,
             pad,
             groups: 1,
+            dilation: 1,
         }
+    }
+
+    /// A depthwise convolution (`groups == cin == cout`) of `channels` channels with
+    /// torchvision's padding `(kernel - 1) / 2 · dilation`.
+    pub fn depthwise(channels: usize, kernel: usize, stride: usize, dilation: usize) -> ConvSpec {
+        ConvSpec {
+            cin: channels,
+            cout: channels,
+            kernel,
+            stride,
+            pad: (kernel - 1) / 2 * dilation,
+            groups: channels,
+            dilation,
+        }
+    }
+
+    fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.cin && self.groups == self.cout
     }
 }
 
@@ -63,6 +87,8 @@ enum Kernel {
     Im2col(Tensor),
     /// 3×3, stride 1, padding 1: Winograd F(2×2, 3×3) (see [`super::winograd`]).
     Winograd(Winograd3x3),
+    /// `groups == cin == cout`: the direct kernel of [`super::depthwise`], weights `[c, k·k]`.
+    Depthwise(Vec<f32>),
 }
 
 /// A convolution with its BatchNorm folded in: `y = W'·x + b'` where
@@ -78,15 +104,19 @@ impl ConvBn {
     /// Loads `conv.weight` and `bn.{weight,bias,running_mean,running_var}` by torchvision's names
     /// and folds them. Works on the recording backend's placeholders too (they are zeros).
     pub fn load(conv: VarBuilder, bn: VarBuilder, spec: ConvSpec) -> candle_core::Result<ConvBn> {
+        Self::load_eps(conv, bn, spec, BN_EPS)
+    }
+
+    /// [`ConvBn::load`] with another BatchNorm epsilon (MobileNetV3's is 1e-3).
+    pub fn load_eps(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        spec: ConvSpec,
+        eps: f64,
+    ) -> candle_core::Result<ConvBn> {
+        check_groups(&spec)?;
         let k = spec.kernel;
         let g = spec.groups;
-        if g == 0 || !spec.cin.is_multiple_of(g) || !spec.cout.is_multiple_of(g) {
-            bail!(
-                "{} input and {} output channels do not split into {g} groups",
-                spec.cin,
-                spec.cout
-            );
-        }
         // torchvision stores a grouped weight as `[cout, cin / groups, k, k]`: output channel
         // `co` of group `co / (cout / groups)` sees only that group's input channels.
         let cin_g = spec.cin / g;
@@ -95,13 +125,40 @@ impl ConvBn {
         let beta = bn.get(spec.cout, "bias")?;
         let mean = bn.get(spec.cout, "running_mean")?;
         let var = bn.get(spec.cout, "running_var")?;
-        let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
+        let scale = gamma.div(&(var + eps)?.sqrt()?)?;
         let weight = w
             .reshape((spec.cout, cin_g * k * k))?
             .broadcast_mul(&scale.reshape((spec.cout, 1))?)?
             .contiguous()?;
         let bias = (beta - mean.mul(&scale)?)?.to_vec1::<f32>()?;
-        let kernel = if (k, spec.stride, spec.pad, g) == (3, 1, 1, 1) {
+        ConvBn::from_folded(weight, bias, spec)
+    }
+
+    /// Loads a plain `nn.Conv2d(bias=True)` (`conv.weight`, `conv.bias`): ConvNeXt's stem,
+    /// downsampling and depthwise convolutions.
+    pub fn with_bias(conv: VarBuilder, spec: ConvSpec) -> candle_core::Result<ConvBn> {
+        check_groups(&spec)?;
+        let (k, cin_g) = (spec.kernel, spec.cin / spec.groups);
+        let w = conv.get((spec.cout, cin_g, k, k), "weight")?;
+        let bias = conv.get(spec.cout, "bias")?.to_vec1::<f32>()?;
+        ConvBn::from_folded(w.reshape((spec.cout, cin_g * k * k))?, bias, spec)
+    }
+
+    /// A convolution from weights already in the kernel's form: `weight` `[cout, cin/groups·k·k]`
+    /// with every affine map after it folded in, and its `bias`.
+    pub fn from_folded(
+        weight: Tensor,
+        bias: Vec<f32>,
+        spec: ConvSpec,
+    ) -> candle_core::Result<ConvBn> {
+        check_groups(&spec)?;
+        if spec.dilation != 1 && !spec.is_depthwise() {
+            bail!("only depthwise convolutions take a dilation");
+        }
+        let weight = weight.contiguous()?;
+        let kernel = if spec.is_depthwise() {
+            Kernel::Depthwise(weight.flatten_all()?.to_vec1::<f32>()?)
+        } else if (spec.kernel, spec.stride, spec.pad, spec.groups) == (3, 1, 1, 1) {
             Kernel::Winograd(Winograd3x3::new(&weight, spec.cin, spec.cout)?)
         } else {
             Kernel::Im2col(weight)
@@ -117,8 +174,26 @@ impl ConvBn {
         residual: Option<&Planes>,
         relu: bool,
     ) -> candle_core::Result<Planes> {
+        let act = if relu { Act::Relu } else { Act::Identity };
+        self.forward_act(x, residual, act)
+    }
+
+    /// [`ConvBn::forward`] with any activation (MobileNetV3's hardswish, EfficientNet's SiLU,
+    /// ConvNeXt's GELU). A depthwise convolution takes no residual.
+    pub fn forward_act(
+        &self,
+        x: &Planes,
+        residual: Option<&Planes>,
+        act: Act,
+    ) -> candle_core::Result<Planes> {
         let weight = match &self.kernel {
-            Kernel::Winograd(w) => return w.forward(x, &self.bias, residual, relu),
+            Kernel::Winograd(w) => return self.winograd(w, x, residual, act),
+            Kernel::Depthwise(w) => {
+                if residual.is_some() {
+                    bail!("a depthwise convolution takes no residual");
+                }
+                return depthwise(x, w, &self.bias, &DepthwiseSpec::from(&self.spec), act);
+            }
             Kernel::Im2col(weight) => weight,
         };
         let ConvSpec {
@@ -128,6 +203,7 @@ impl ConvBn {
             stride: s,
             pad,
             groups,
+            ..
         } = self.spec;
         if x.c != cin {
             bail!("convolution expects {cin} channels, got {}", x.c);
@@ -144,7 +220,7 @@ impl ConvBn {
         }
         let mut out = vec![0f32; cout * total];
         if groups == 1 {
-            self.group(weight, x, &mut out, &self.bias, residual, relu)?;
+            self.group(weight, x, &mut out, (&self.bias, residual), act)?;
         } else {
             // Each group is a dense convolution of its own channel planes: in `[C, N·H·W]`
             // layout those are contiguous rows of the input, and its outputs are contiguous
@@ -166,10 +242,29 @@ impl ConvBn {
                 };
                 let w_g = weight.narrow(0, gi * cout_g, cout_g)?;
                 let bias = &self.bias[gi * cout_g..(gi + 1) * cout_g];
-                self.group(&w_g, &planes, out_g, bias, residual.as_ref(), relu)?;
+                self.group(&w_g, &planes, out_g, (bias, residual.as_ref()), act)?;
             }
         }
         Planes::from_parts(out, cout, x.n, oh, ow)
+    }
+
+    /// The Winograd route; its epilogue fuses only ReLU, so other activations take one more pass.
+    fn winograd(
+        &self,
+        w: &Winograd3x3,
+        x: &Planes,
+        residual: Option<&Planes>,
+        act: Act,
+    ) -> candle_core::Result<Planes> {
+        if matches!(act, Act::Relu | Act::Identity) {
+            return w.forward(x, &self.bias, residual, act == Act::Relu);
+        }
+        let y = w.forward(x, &self.bias, residual, false)?;
+        let mut values = y.data.flatten_all()?.to_vec1::<f32>()?;
+        values
+            .par_chunks_mut(1 << 14)
+            .for_each(|c| activate(c, act));
+        Planes::from_parts(values, y.c, y.n, y.h, y.w)
     }
 
     /// One dense convolution (a whole convolution, or one group of a grouped one) of `x` with
@@ -179,9 +274,8 @@ impl ConvBn {
         weight: &Tensor,
         x: &Planes,
         out: &mut [f32],
-        bias: &[f32],
-        residual: Option<&Planes>,
-        relu: bool,
+        (bias, residual): (&[f32], Option<&Planes>),
+        act: Act,
     ) -> candle_core::Result<()> {
         let ConvSpec {
             kernel: k,
@@ -208,40 +302,67 @@ impl ConvBn {
             };
             let product = weight.matmul(&rhs)?;
             let residual = residual.map(|r| &r.data);
-            epilogue(out, &product, bias, residual, (start, end), relu)?;
+            epilogue(out, &product, (bias, residual), (start, end), act)?;
             start = end;
         }
         Ok(())
     }
 }
 
-/// Writes `relu?(product + bias (+ residual))` into columns `start..end` of every output row.
+/// Writes `act(product + bias (+ residual))` into columns `start..end` of every output row.
 fn epilogue(
     out: &mut [f32],
     product: &Tensor,
-    bias: &[f32],
-    residual: Option<&Tensor>,
-    (start, end): (usize, usize),
-    relu: bool,
+    (bias, residual): (&[f32], Option<&Tensor>),
+    cols: (usize, usize),
+    act: Act,
 ) -> candle_core::Result<()> {
-    // ReLU as a select that keeps NaN (as torch.relu does) and vectorises, unlike `f32::max`.
-    let relu_fn = |v: f32| if v < 0.0 { 0.0 } else { v };
-    with_slice(product, |p| match (residual, relu) {
-        (Some(r), true) => with_slice(r, |r| {
-            fill_rows(out, p, bias, Some(r), (start, end), relu_fn)
-        }),
-        (Some(r), false) => {
-            with_slice(r, |r| fill_rows(out, p, bias, Some(r), (start, end), |v| v))
-        }
-        (None, true) => {
-            fill_rows(out, p, bias, None, (start, end), relu_fn);
-            Ok(())
-        }
-        (None, false) => {
-            fill_rows(out, p, bias, None, (start, end), |v| v);
+    with_slice(product, |p| match residual {
+        Some(r) => with_slice(r, |r| fill_act(out, p, bias, Some(r), cols, act)),
+        None => {
+            fill_act(out, p, bias, None, cols, act);
             Ok(())
         }
     })?
+}
+
+/// [`fill_rows`] with `act` resolved once, so each activation gets its own vector loop.
+fn fill_act(
+    out: &mut [f32],
+    p: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    cols: (usize, usize),
+    act: Act,
+) {
+    match act {
+        Act::Identity => fill_rows(out, p, bias, residual, cols, |v| v),
+        // ReLU as a select that keeps NaN (as torch.relu does) and vectorises, unlike `f32::max`.
+        Act::Relu => fill_rows(
+            out,
+            p,
+            bias,
+            residual,
+            cols,
+            |v| if v < 0.0 { 0.0 } else { v },
+        ),
+        Act::Hardswish => fill_rows(out, p, bias, residual, cols, hardswish),
+        Act::Silu => fill_rows(out, p, bias, residual, cols, |v| v * sigmoid(v)),
+        other => fill_rows(out, p, bias, residual, cols, |v| other.apply(v)),
+    }
+}
+
+/// Refuses channel counts that do not split into the spec's groups.
+fn check_groups(spec: &ConvSpec) -> candle_core::Result<()> {
+    let g = spec.groups;
+    if g == 0 || !spec.cin.is_multiple_of(g) || !spec.cout.is_multiple_of(g) || spec.kernel == 0 {
+        bail!(
+            "{} input and {} output channels do not split into {g} groups",
+            spec.cin,
+            spec.cout
+        );
+    }
+    Ok(())
 }
 
 /// The epilogue's loop, generic over the activation so each variant is a tight vector loop.
@@ -381,6 +502,7 @@ mod tests {
                 stride: s,
                 pad,
                 groups,
+                dilation: 1,
             };
             let mut ts = HashMap::new();
             let wv = pseudo(cout * cin / groups * k * k, 1);
@@ -469,17 +591,5 @@ mod tests {
         let mut dst = [0.0; 3];
         tap_row(&mut dst, &line, 1, 2, 1);
         assert_eq!(dst, [4.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn max_pool_pads_with_minus_infinity() {
-        let v: Vec<f32> = (0..16).map(|i| -(i as f32)).collect();
-        let p = Planes::from_nchw(&v, 1, 1, 4, 4)
-            .unwrap()
-            .max_pool_3x3_s2()
-            .unwrap();
-        assert_eq!((p.h, p.w), (2, 2));
-        let got = p.data.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(got, vec![0.0, -1.0, -4.0, -5.0]);
     }
 }

@@ -72,6 +72,8 @@ pub enum Act {
     Relu,
     Silu,
     Tanh,
+    /// `x·relu6(x + 3)/6` (`nn.Hardswish`, MobileNetV3).
+    Hardswish,
 }
 
 impl Act {
@@ -87,7 +89,27 @@ impl Act {
             Act::Relu => v.max(0.0),
             Act::Silu => v / (1.0 + (-v).exp()),
             Act::Tanh => v.tanh(),
+            Act::Hardswish => hardswish(v),
         }
+    }
+}
+
+/// `nn.Hardswish`: `x · min(max(x + 3, 0), 6) / 6`, in PyTorch's order of operations.
+#[inline(always)]
+pub fn hardswish(v: f32) -> f32 {
+    v * (v + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+/// `sigmoid(x)` from [`exp_nonpositive`] of `-|x|`: branch-free, so loops over it vectorise
+/// (libm's scalar `exp` does not).
+#[inline(always)]
+pub fn sigmoid(v: f32) -> f32 {
+    let e = exp_nonpositive(-v.abs());
+    let r = 1.0 / (1.0 + e);
+    if v >= 0.0 {
+        r
+    } else {
+        e * r
     }
 }
 
@@ -182,6 +204,7 @@ impl BiasAct<'_> {
                 map_row(row, bias, res(i), |v| Act::Silu.apply(v))
             }),
             Act::Tanh => for_rows(x, width, |i, row| map_row(row, bias, res(i), f32::tanh)),
+            Act::Hardswish => for_rows(x, width, |i, row| map_row(row, bias, res(i), hardswish)),
         }
         Ok(())
     }

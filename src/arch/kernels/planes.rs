@@ -88,6 +88,81 @@ impl Planes {
         Tensor::from_vec(means, (n, c), &candle_core::Device::Cpu)
     }
 
+    /// LayerNorm over the channels of every position (torchvision's `LayerNorm2d`, ConvNeXt's
+    /// permute + `nn.LayerNorm` + permute), then `· weight[c] + bias[c]` if `affine` is given.
+    /// In channel-major layout a position's channels are a column, so the statistics are
+    /// accumulated row by row over all positions at once (vectorised), with no transpose.
+    pub fn layer_norm_channels(
+        &self,
+        affine: Option<(&[f32], &[f32])>,
+        eps: f32,
+    ) -> candle_core::Result<Planes> {
+        let (c, p) = (self.c, self.n * self.h * self.w);
+        if affine.is_some_and(|(g, b)| g.len() != c || b.len() != c) {
+            bail!("a LayerNorm of another width than {c} channels");
+        }
+        let mut out = vec![0f32; c * p];
+        with_slice(&self.data, |x| {
+            // Statistics per position, in parallel over blocks of positions.
+            const BLOCK: usize = 1024;
+            let mut mean = vec![0f32; p];
+            let mut rstd = vec![0f32; p];
+            mean.par_chunks_mut(BLOCK)
+                .zip(rstd.par_chunks_mut(BLOCK))
+                .enumerate()
+                .for_each(|(b, (mean, rstd))| {
+                    let start = b * BLOCK;
+                    let len = mean.len();
+                    for row in x.chunks_exact(p) {
+                        for (m, v) in mean.iter_mut().zip(&row[start..start + len]) {
+                            *m += v;
+                        }
+                    }
+                    mean.iter_mut().for_each(|m| *m /= c as f32);
+                    for row in x.chunks_exact(p) {
+                        for ((r, m), v) in rstd.iter_mut().zip(&*mean).zip(&row[start..start + len])
+                        {
+                            *r += (v - m) * (v - m);
+                        }
+                    }
+                    rstd.iter_mut()
+                        .for_each(|r| *r = 1.0 / (*r / c as f32 + eps).sqrt());
+                });
+            out.par_chunks_mut(p).enumerate().for_each(|(ci, dst)| {
+                let (g, b) = affine.map_or((1.0, 0.0), |(g, b)| (g[ci], b[ci]));
+                let row = &x[ci * p..(ci + 1) * p];
+                for (((d, v), m), r) in dst.iter_mut().zip(row).zip(&mean).zip(&rstd) {
+                    *d = (v - m) * r * g + b;
+                }
+            });
+        })?;
+        Planes::from_parts(out, c, self.n, self.h, self.w)
+    }
+
+    /// Multiplies plane `(c, image)` by `scale[image, c]` (`[N, C]`, squeeze-and-excitation's
+    /// gate).
+    pub fn scale_channels(&self, scale: &Tensor) -> candle_core::Result<Planes> {
+        let (c, n, hw) = (self.c, self.n, self.h * self.w);
+        if scale.dims() != [n, c] {
+            bail!(
+                "a channel scale of shape {:?} for {n} images of {c} channels",
+                scale.dims()
+            );
+        }
+        let mut out = vec![0f32; c * n * hw];
+        with_slice(&self.data, |x| {
+            with_slice(scale, |s| {
+                out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+                    let f = s[(plane % n) * c + plane / n];
+                    for (d, v) in dst.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                        *d = v * f;
+                    }
+                });
+            })
+        })??;
+        Planes::from_parts(out, c, n, self.h, self.w)
+    }
+
     /// `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)` (padding never wins the max).
     pub fn max_pool_3x3_s2(&self) -> candle_core::Result<Planes> {
         let (n, h, w) = (self.n, self.h, self.w);
@@ -118,5 +193,80 @@ impl Planes {
                 });
         })?;
         Planes::from_parts(out, self.c, n, oh, ow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::testing::{max_abs_diff, pseudo};
+    use candle_core::{Device, Module};
+
+    /// LayerNorm over channels equals torchvision's LayerNorm2d: permute to NHWC, `layer_norm`
+    /// over the last dimension, permute back (checked across several position blocks).
+    #[test]
+    fn layer_norm_channels_matches_permuted_layer_norm() {
+        let dev = Device::Cpu;
+        let (n, c, h, w) = (3, 5, 23, 31);
+        let xv: Vec<f32> = pseudo(n * c * h * w, 1)
+            .iter()
+            .map(|v| v * 3.0 + 0.5)
+            .collect();
+        let (g, b) = (pseudo(c, 2), pseudo(c, 3));
+        let x = Tensor::from_vec(xv.clone(), (n, c, h, w), &dev).unwrap();
+        let ln = candle_nn::LayerNorm::new(
+            Tensor::from_vec(g.clone(), c, &dev).unwrap(),
+            Tensor::from_vec(b.clone(), c, &dev).unwrap(),
+            1e-6,
+        );
+        let want = ln
+            .forward(&x.permute((0, 2, 3, 1)).unwrap())
+            .unwrap()
+            .permute((3, 0, 1, 2))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((c, n * h * w))
+            .unwrap();
+        let planes = Planes::from_nchw(&xv, n, c, h, w).unwrap();
+        let got = planes.layer_norm_channels(Some((&g, &b)), 1e-6).unwrap();
+        let diff = max_abs_diff(&got.data, &want);
+        assert!(diff < 1e-5, "{diff}");
+        assert!(planes
+            .layer_norm_channels(Some((&g[1..], &b)), 1e-6)
+            .is_err());
+    }
+
+    #[test]
+    fn scale_channels_scales_each_image_and_channel() {
+        let (n, c, h, w) = (2, 3, 2, 2);
+        let xv: Vec<f32> = (0..n * c * h * w).map(|i| i as f32).collect();
+        let planes = Planes::from_nchw(&xv, n, c, h, w).unwrap();
+        let s: Vec<f32> = (0..n * c).map(|i| (i + 1) as f32).collect();
+        let scale = Tensor::from_vec(s.clone(), (n, c), &Device::Cpu).unwrap();
+        let got = planes.scale_channels(&scale).unwrap();
+        let got = got.data.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for img in 0..n {
+            for ci in 0..c {
+                for p in 0..h * w {
+                    let want = xv[(img * c + ci) * h * w + p] * s[img * c + ci];
+                    assert_eq!(got[(ci * n + img) * h * w + p], want);
+                }
+            }
+        }
+        let wrong = Tensor::zeros((c, n), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(planes.scale_channels(&wrong).is_err());
+    }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity() {
+        let v: Vec<f32> = (0..16).map(|i| -(i as f32)).collect();
+        let p = Planes::from_nchw(&v, 1, 1, 4, 4)
+            .unwrap()
+            .max_pool_3x3_s2()
+            .unwrap();
+        assert_eq!((p.h, p.w), (2, 2));
+        let got = p.data.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, vec![0.0, -1.0, -4.0, -5.0]);
     }
 }

@@ -13,13 +13,11 @@ use candle_core::Tensor;
 use candle_nn::{Linear, Module, VarBuilder};
 use serde::Deserialize;
 
-use crate::arch::batch::split_rows;
 use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::planes::Planes;
+use crate::arch::vision::image::{self, Classifier, ImageModel, CHANNELS};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
-use crate::model::{
-    common_rows, Assets, ElemKind, HostTensor, InputError, IoSpec, Model, Prepared, Signature,
-};
+use crate::model::{Assets, HostTensor, Model, Signature};
 use crate::state_dict::Glob;
 
 /// `architecture = "resnet"`: `config = { preset = "resnet50", num_classes = 1000 }`, plus
@@ -137,9 +135,6 @@ impl ResNetConfig {
     }
 }
 
-/// Channels of the image input.
-const CHANNELS: usize = 3;
-
 /// The configured `resnet` architecture.
 #[derive(Debug, Clone)]
 pub struct ResNetArch {
@@ -154,18 +149,7 @@ impl ResNetArch {
         }
         cfg.layout()?;
         Ok(ResNetArch {
-            signature: Signature {
-                inputs: vec![IoSpec::new(
-                    "input",
-                    ElemKind::F32,
-                    &[CHANNELS as i64, -1, -1],
-                )],
-                outputs: vec![IoSpec::new(
-                    "logits",
-                    ElemKind::F32,
-                    &[cfg.num_classes as i64],
-                )],
-            },
+            signature: image::signature(cfg.num_classes),
             cfg,
         })
     }
@@ -187,19 +171,15 @@ impl Architecture for ResNetArch {
     }
 
     fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
-        Ok(Box::new(ResNetModel {
+        Ok(Box::new(ImageModel {
             net: ResNet::load(vb, &self.cfg)?,
             signature: self.signature.clone(),
+            min_side: 1,
         }))
     }
 
     fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
-        // A small real image size rather than 1x1, so the warm-up runs every kernel on
-        // non-degenerate shapes.
-        vec![Some(HostTensor::zeros(
-            ElemKind::F32,
-            vec![1, CHANNELS, 32, 32],
-        ))]
+        image::warmup(32)
     }
 }
 
@@ -329,84 +309,15 @@ impl ResNet {
         let fc = candle_nn::linear(inplanes, cfg.num_classes, vb.pp("fc"))?;
         Ok(ResNet { stem, stages, fc })
     }
+}
 
-    /// Logits `[N, num_classes]` of an `[N, 3, H, W]` batch given as row-major values.
-    pub fn forward(
-        &self,
-        values: &[f32],
-        n: usize,
-        h: usize,
-        w: usize,
-    ) -> candle_core::Result<Tensor> {
-        let x = Planes::from_nchw(values, n, CHANNELS, h, w)?;
-        let mut x = self.stem.forward(&x, None, true)?.max_pool_3x3_s2()?;
+impl Classifier for ResNet {
+    fn logits(&self, x: &Planes) -> candle_core::Result<Tensor> {
+        let mut x = self.stem.forward(x, None, true)?.max_pool_3x3_s2()?;
         for block in self.stages.iter().flatten() {
             x = block.forward(&x)?;
         }
         self.fc.forward(&x.global_avg_pool()?)
-    }
-}
-
-struct ResNetModel {
-    net: ResNet,
-    signature: Signature,
-}
-
-/// `(rows, height, width, values)` of a prepared request.
-fn image_batch(prepared: &Prepared) -> candle_core::Result<(usize, usize, usize, &[f32])> {
-    match prepared.tensors.first() {
-        Some(Some(HostTensor { shape, data })) if shape.len() == 4 => match data.f32s() {
-            Some(values) => Ok((shape[0], shape[2], shape[3], values)),
-            None => candle_core::bail!("a prepared request lacks its F32 image input"),
-        },
-        _ => candle_core::bail!("a prepared request lacks its [N, 3, H, W] image input"),
-    }
-}
-
-impl Model for ResNetModel {
-    fn prepare(&self, inputs: Vec<Option<HostTensor>>) -> Result<Prepared, InputError> {
-        let rows = common_rows(&self.signature, &inputs)?;
-        if let Some(Some(t)) = inputs.first() {
-            if t.shape[2] == 0 || t.shape[3] == 0 {
-                return Err(InputError::EmptyDimension {
-                    input: "input".to_string(),
-                    shape: t.shape.clone(),
-                });
-            }
-        }
-        Ok(Prepared {
-            rows,
-            tensors: inputs,
-            notes: Default::default(),
-        })
-    }
-
-    /// Consecutive requests with the same image size run as one batch; a different size starts
-    /// the next batch (convolutions need one geometry per matmul).
-    fn forward(&self, batch: &[&Prepared]) -> candle_core::Result<Vec<Vec<HostTensor>>> {
-        let mut outputs = Vec::with_capacity(batch.len());
-        let mut start = 0;
-        while start < batch.len() {
-            let (_, h, w, _) = image_batch(batch[start])?;
-            let mut end = start + 1;
-            while end < batch.len()
-                && image_batch(batch[end]).is_ok_and(|(_, bh, bw, _)| (bh, bw) == (h, w))
-            {
-                end += 1;
-            }
-            let group = &batch[start..end];
-            let mut values = Vec::new();
-            let mut n = 0;
-            for prepared in group {
-                let (rows, _, _, v) = image_batch(prepared)?;
-                values.extend_from_slice(v);
-                n += rows;
-            }
-            let logits = self.net.forward(&values, n, h, w)?;
-            outputs.extend(split_rows(&logits, group.iter().map(|p| p.rows))?);
-            start = end;
-        }
-        Ok(outputs)
     }
 }
 
