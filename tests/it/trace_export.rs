@@ -213,6 +213,92 @@ async fn a_traceparent_becomes_the_parent_of_the_request_s_spans() {
     assert_eq!(own.attributes["weights_sha256"], sha);
 }
 
+/// One `ModelInfer` RPC for `simple` over hyper's HTTP/2 client, with `traceparent` metadata;
+/// returns its grpc-status.
+async fn grpc_infer(addr: &str, traceparent: &str) -> String {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use wick::grpc::pb::{model_infer_request::InferInputTensor, ModelInferRequest};
+
+    let message = ModelInferRequest {
+        model_name: "simple".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 10],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![(1..=10).flat_map(|v| (v as f32).to_le_bytes()).collect()],
+        ..Default::default()
+    };
+    let encoded = prost::Message::encode_to_vec(&message);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://localhost/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("traceparent", traceparent)
+        .body(Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await.unwrap().trailers().cloned();
+    parts
+        .headers
+        .get("grpc-status")
+        .or(trailers.as_ref().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_metadata_carries_the_traceparent_too() {
+    let (addr, spans) = collector().await;
+    let process = Process::start_logged(
+        Repo::demo(),
+        &format!("otlp_endpoint = \"http://{addr}\"\ngrpc_listen = \"127.0.0.1:0\""),
+        &crate::util::demo_models(),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    );
+    let parent = "b7ad6b7169203331";
+    let traceparent = format!("00-{TRACE_ID}-{parent}-01");
+    assert_eq!(grpc_infer(&process.grpc_addr(), &traceparent).await, "0");
+    let arrived = eventually(Duration::from_secs(20), || {
+        let spans = Arc::clone(&spans);
+        async move {
+            let spans = spans.lock().unwrap();
+            spans.iter().any(|s| s.name == "encode") && spans.iter().any(|s| s.name == "infer")
+        }
+    })
+    .await;
+    let spans = spans.lock().unwrap().clone();
+    assert!(arrived, "spans received: {spans:#?}");
+    let root = spans
+        .iter()
+        .find(|s| s.name == "infer")
+        .expect("the request's span");
+    assert_eq!(
+        (root.trace_id.as_str(), root.parent.as_str()),
+        (TRACE_ID, parent)
+    );
+    assert_eq!(root.attributes["route"], "grpc/ModelInfer");
+    for stage in ["decode", "queue", "compute", "encode"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == stage && s.parent == root.span_id),
+            "{stage}: {spans:#?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_otlp_endpoint_is_a_config_error() {
     let repo = Repo::demo();

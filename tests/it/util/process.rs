@@ -54,6 +54,8 @@ pub struct Process {
     pub addr: String,
     /// The admin listener's address, when `admin_listen` is set.
     admin: Option<String>,
+    /// The gRPC listener's address, when `grpc_listen` is set.
+    grpc: Option<String>,
     /// Every line the process logged so far.
     log: Arc<Mutex<Vec<String>>>,
     repo: Repo,
@@ -105,23 +107,26 @@ impl Process {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
                     if let Some(listen) = value["listen"].as_str() {
-                        let admin = value["admin"]
-                            .as_str()
-                            .and_then(|a| a.strip_prefix("Some(")?.strip_suffix(')'))
-                            .map(str::to_string);
-                        let _ = tx.send((listen.to_string(), admin));
+                        let optional = |key: &str| {
+                            value[key]
+                                .as_str()
+                                .and_then(|a| a.strip_prefix("Some(")?.strip_suffix(')'))
+                                .map(str::to_string)
+                        };
+                        let _ = tx.send((listen.to_string(), optional("admin"), optional("grpc")));
                     }
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let (addr, admin) = rx
+        let (addr, admin, grpc) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("wick serve logged its address");
         Process {
             child,
             addr,
             admin,
+            grpc,
             log,
             repo,
         }
@@ -130,6 +135,11 @@ impl Process {
     /// The admin listener's address.
     pub fn admin_addr(&self) -> String {
         self.admin.clone().expect("admin_listen is set")
+    }
+
+    /// The gRPC listener's address.
+    pub fn grpc_addr(&self) -> String {
+        self.grpc.clone().expect("grpc_listen is set")
     }
 
     pub fn repo(&self) -> &Repo {
