@@ -16,8 +16,10 @@ ARG TARGET_CPU=x86-64-v3
 # Symbols stripped (a smaller image); panic messages keep their file and line.
 ENV RUSTFLAGS="-C target-cpu=${TARGET_CPU}" CARGO_TERM_COLOR=never CARGO_PROFILE_RELEASE_STRIP=symbols
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change.
-COPY Cargo.toml Cargo.lock ./
+# Dependencies first: this layer is rebuilt only when Cargo.toml, Cargo.lock or the gRPC
+# protocol (build.rs compiles proto/ with protox, a build dependency) change.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
 RUN mkdir -p src examples \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
