@@ -20,10 +20,8 @@ use serde::Deserialize;
 use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::fused::Act;
 use crate::arch::kernels::planes::Planes;
-use crate::arch::vision::image::{self, Classifier, ImageModel, CHANNELS};
+use crate::arch::vision::image::{Classifier, ImageArch, Network, CHANNELS};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
-use crate::model::{Assets, HostTensor, Model, Signature};
-use crate::state_dict::Glob;
 
 /// torchvision's ConvNeXt LayerNorm epsilon (`partial(LayerNorm2d, eps=1e-6)`).
 const LN_EPS: f64 = 1e-6;
@@ -85,7 +83,7 @@ impl Preset {
 
 /// The resolved network.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Layout {
+pub struct Layout {
     stages: Vec<StageSetting>,
     num_classes: usize,
 }
@@ -149,41 +147,13 @@ impl ConvNextConfig {
     }
 }
 
-/// The configured `convnext` architecture.
-#[derive(Debug, Clone)]
-pub struct ConvNextArch {
-    layout: Layout,
-    signature: Signature,
-}
-
 impl FamilyConfig for ConvNextConfig {
     fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
-        Ok(Box::new(ConvNextArch {
-            layout: self.layout()?,
-            signature: image::signature(self.num_classes),
-        }))
-    }
-}
-
-impl Architecture for ConvNextArch {
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn optional_keys(&self) -> Vec<Glob> {
-        Vec::new()
-    }
-
-    fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
-        Ok(Box::new(ImageModel {
-            net: ConvNext::load(vb, &self.layout)?,
-            signature: self.signature.clone(),
-            min_side: self.layout.min_side(),
-        }))
-    }
-
-    fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
-        image::warmup(self.layout.min_side().max(32))
+        let num_classes = self.num_classes;
+        Ok(Box::new(ImageArch::<ConvNext>::new(
+            self.layout()?,
+            num_classes,
+        )))
     }
 }
 
@@ -262,7 +232,15 @@ pub struct ConvNext {
     head: Linear,
 }
 
-impl ConvNext {
+impl Network for ConvNext {
+    type Layout = Layout;
+    // LayerNorms, no BatchNorm.
+    const BATCH_NORM: bool = false;
+
+    fn min_side(layout: &Layout) -> usize {
+        layout.min_side()
+    }
+
     fn load(vb: VarBuilder, layout: &Layout) -> candle_core::Result<ConvNext> {
         let f = vb.pp("features");
         let c0 = layout.stages[0].input_channels;

@@ -18,11 +18,9 @@ use serde::Deserialize;
 use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::fused::Act;
 use crate::arch::kernels::planes::Planes;
-use crate::arch::vision::image::{self, make_divisible, Classifier, ImageModel, CHANNELS};
+use crate::arch::vision::image::{make_divisible, Classifier, ImageArch, Network, CHANNELS};
 use crate::arch::vision::mbconv::{BlockSpec, Gate, InvertedResidual};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
-use crate::model::{Assets, HostTensor, Model, Signature};
-use crate::state_dict::Glob;
 
 /// `nn.BatchNorm2d`'s default epsilon, which efficientnet_b0..b4 use.
 const BN_EPS: f64 = 1e-5;
@@ -85,7 +83,7 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 
 /// The resolved network: blocks per stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Layout {
+pub struct Layout {
     /// Width of the stem: the first stage's input width.
     stem: usize,
     stages: Vec<Vec<BlockSpec>>,
@@ -137,41 +135,13 @@ impl EfficientNetConfig {
     }
 }
 
-/// The configured `efficientnet` architecture.
-#[derive(Debug, Clone)]
-pub struct EfficientNetArch {
-    layout: Layout,
-    signature: Signature,
-}
-
 impl FamilyConfig for EfficientNetConfig {
     fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
-        Ok(Box::new(EfficientNetArch {
-            layout: self.layout()?,
-            signature: image::signature(self.num_classes),
-        }))
-    }
-}
-
-impl Architecture for EfficientNetArch {
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn optional_keys(&self) -> Vec<Glob> {
-        Glob::new("*.num_batches_tracked").into_iter().collect()
-    }
-
-    fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
-        Ok(Box::new(ImageModel {
-            net: EfficientNet::load(vb, &self.layout)?,
-            signature: self.signature.clone(),
-            min_side: 1,
-        }))
-    }
-
-    fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
-        image::warmup(32)
+        let num_classes = self.num_classes;
+        Ok(Box::new(ImageArch::<EfficientNet>::new(
+            self.layout()?,
+            num_classes,
+        )))
     }
 }
 
@@ -184,7 +154,9 @@ pub struct EfficientNet {
     head: Linear,
 }
 
-impl EfficientNet {
+impl Network for EfficientNet {
+    type Layout = Layout;
+
     fn load(vb: VarBuilder, layout: &Layout) -> candle_core::Result<EfficientNet> {
         let f = vb.pp("features");
         let conv_bn = |i: usize, spec| {

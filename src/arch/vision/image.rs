@@ -4,13 +4,18 @@
 //! one forward pass on channel-major planes ([`Planes`]). Requests of another size start the next
 //! batch (a convolution runs one geometry per matmul).
 
+use std::marker::PhantomData;
+
 use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
 use crate::arch::batch::split_rows;
 use crate::arch::kernels::planes::Planes;
+use crate::arch::Architecture;
 use crate::model::{
-    common_rows, ElemKind, HostTensor, InputError, IoSpec, Model, Prepared, Signature,
+    common_rows, Assets, ElemKind, HostTensor, InputError, IoSpec, Model, Prepared, Signature,
 };
+use crate::state_dict::Glob;
 
 /// Channels of the image input.
 pub const CHANNELS: usize = 3;
@@ -18,6 +23,65 @@ pub const CHANNELS: usize = 3;
 /// A network from an image batch in planes layout to its logits `[N, num_classes]`.
 pub trait Classifier: Send + Sync + 'static {
     fn logits(&self, x: &Planes) -> candle_core::Result<Tensor>;
+}
+
+/// A classifier family: the layout its config resolves to, and how its network loads from it.
+/// [`ImageArch`] makes the rest (signature, optional keys, serving, warm-up) the same for all.
+pub trait Network: Classifier + Sized {
+    /// The resolved config (preset plus overrides).
+    type Layout: Send + Sync + 'static;
+    /// Whether the network has BatchNorms: checkpoints may then carry `num_batches_tracked`,
+    /// which eval mode does not read.
+    const BATCH_NORM: bool = true;
+
+    fn load(vb: VarBuilder, layout: &Self::Layout) -> candle_core::Result<Self>;
+
+    /// The smallest height and width its strided layers accept.
+    fn min_side(_layout: &Self::Layout) -> usize {
+        1
+    }
+}
+
+/// A configured classifier family as an [`Architecture`].
+pub struct ImageArch<N: Network> {
+    layout: N::Layout,
+    signature: Signature,
+    network: PhantomData<fn() -> N>,
+}
+
+impl<N: Network> ImageArch<N> {
+    pub fn new(layout: N::Layout, num_classes: usize) -> ImageArch<N> {
+        ImageArch {
+            layout,
+            signature: signature(num_classes),
+            network: PhantomData,
+        }
+    }
+}
+
+impl<N: Network> Architecture for ImageArch<N> {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn optional_keys(&self) -> Vec<Glob> {
+        match N::BATCH_NORM {
+            true => Glob::new("*.num_batches_tracked").into_iter().collect(),
+            false => Vec::new(),
+        }
+    }
+
+    fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
+        Ok(Box::new(ImageModel {
+            net: N::load(vb, &self.layout)?,
+            signature: self.signature.clone(),
+            min_side: N::min_side(&self.layout),
+        }))
+    }
+
+    fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
+        warmup(N::min_side(&self.layout).max(32))
+    }
 }
 
 /// `input` FP32 `[-1, 3, -1, -1]` → `logits` FP32 `[-1, num_classes]`.

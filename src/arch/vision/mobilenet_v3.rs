@@ -17,11 +17,9 @@ use serde::Deserialize;
 use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::fused::Act;
 use crate::arch::kernels::planes::Planes;
-use crate::arch::vision::image::{self, make_divisible, Classifier, ImageModel, CHANNELS};
+use crate::arch::vision::image::{make_divisible, Classifier, ImageArch, Network, CHANNELS};
 use crate::arch::vision::mbconv::{hardswish, BlockSpec, Gate, InvertedResidual};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
-use crate::model::{Assets, HostTensor, Model, Signature};
-use crate::state_dict::Glob;
 
 /// MobileNetV3's BatchNorm epsilon (`partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)`).
 const BN_EPS: f64 = 1e-3;
@@ -111,7 +109,7 @@ fn table(preset: Preset, r: usize) -> (Vec<Bneck>, usize) {
 
 /// The resolved network: its blocks and the classifier's hidden width.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Layout {
+pub struct Layout {
     blocks: Vec<BlockSpec>,
     last_channel: usize,
     num_classes: usize,
@@ -153,41 +151,13 @@ impl MobileNetV3Config {
     }
 }
 
-/// The configured `mobilenet_v3` architecture.
-#[derive(Debug, Clone)]
-pub struct MobileNetV3Arch {
-    layout: Layout,
-    signature: Signature,
-}
-
 impl FamilyConfig for MobileNetV3Config {
     fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
-        Ok(Box::new(MobileNetV3Arch {
-            layout: self.layout()?,
-            signature: image::signature(self.num_classes),
-        }))
-    }
-}
-
-impl Architecture for MobileNetV3Arch {
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn optional_keys(&self) -> Vec<Glob> {
-        Glob::new("*.num_batches_tracked").into_iter().collect()
-    }
-
-    fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
-        Ok(Box::new(ImageModel {
-            net: MobileNetV3::load(vb, &self.layout)?,
-            signature: self.signature.clone(),
-            min_side: 1,
-        }))
-    }
-
-    fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
-        image::warmup(32)
+        let num_classes = self.num_classes;
+        Ok(Box::new(ImageArch::<MobileNetV3>::new(
+            self.layout()?,
+            num_classes,
+        )))
     }
 }
 
@@ -201,7 +171,9 @@ pub struct MobileNetV3 {
     head: Linear,
 }
 
-impl MobileNetV3 {
+impl Network for MobileNetV3 {
+    type Layout = Layout;
+
     fn load(vb: VarBuilder, layout: &Layout) -> candle_core::Result<MobileNetV3> {
         let f = vb.pp("features");
         let conv_bn = |i: usize, spec| {

@@ -15,10 +15,8 @@ use serde::Deserialize;
 
 use crate::arch::kernels::conv::{ConvBn, ConvSpec};
 use crate::arch::kernels::planes::Planes;
-use crate::arch::vision::image::{self, Classifier, ImageModel, CHANNELS};
+use crate::arch::vision::image::{Classifier, ImageArch, Network, CHANNELS};
 use crate::arch::{Architecture, FamilyConfig, InvalidConfig};
-use crate::model::{Assets, HostTensor, Model, Signature};
-use crate::state_dict::Glob;
 
 /// `architecture = "resnet"`: `config = { preset = "resnet50", num_classes = 1000 }`, plus
 /// torchvision's `ResNet` constructor arguments for other sizes of the preset's block type
@@ -135,51 +133,14 @@ impl ResNetConfig {
     }
 }
 
-/// The configured `resnet` architecture.
-#[derive(Debug, Clone)]
-pub struct ResNetArch {
-    cfg: ResNetConfig,
-    signature: Signature,
-}
-
-impl ResNetArch {
-    pub fn new(cfg: ResNetConfig) -> Result<ResNetArch, InvalidConfig> {
-        if cfg.num_classes == 0 {
-            return Err(InvalidConfig::new("num_classes", "must be at least 1"));
-        }
-        cfg.layout()?;
-        Ok(ResNetArch {
-            signature: image::signature(cfg.num_classes),
-            cfg,
-        })
-    }
-}
-
 impl FamilyConfig for ResNetConfig {
     fn architecture(self) -> Result<Box<dyn Architecture>, InvalidConfig> {
-        Ok(Box::new(ResNetArch::new(self)?))
-    }
-}
-
-impl Architecture for ResNetArch {
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn optional_keys(&self) -> Vec<Glob> {
-        Glob::new("*.num_batches_tracked").into_iter().collect()
-    }
-
-    fn build(&self, vb: VarBuilder<'_>, _: &Assets) -> candle_core::Result<Box<dyn Model>> {
-        Ok(Box::new(ImageModel {
-            net: ResNet::load(vb, &self.cfg)?,
-            signature: self.signature.clone(),
-            min_side: 1,
-        }))
-    }
-
-    fn warmup_inputs(&self) -> Vec<Option<HostTensor>> {
-        image::warmup(32)
+        if self.num_classes == 0 {
+            return Err(InvalidConfig::new("num_classes", "must be at least 1"));
+        }
+        self.layout()?;
+        let num_classes = self.num_classes;
+        Ok(Box::new(ImageArch::<ResNet>::new(self, num_classes)))
     }
 }
 
@@ -286,8 +247,10 @@ fn conv_bn(vb: &VarBuilder, conv: &str, bn: &str, spec: ConvSpec) -> candle_core
     ConvBn::load(vb.pp(conv), vb.pp(bn), spec)
 }
 
-impl ResNet {
-    pub fn load(vb: VarBuilder, cfg: &ResNetConfig) -> candle_core::Result<ResNet> {
+impl Network for ResNet {
+    type Layout = ResNetConfig;
+
+    fn load(vb: VarBuilder, cfg: &ResNetConfig) -> candle_core::Result<ResNet> {
         let stem = conv_bn(&vb, "conv1", "bn1", ConvSpec::dense(CHANNELS, 64, 7, 2, 3))?;
         let layout = cfg
             .layout()
