@@ -15,16 +15,15 @@ use tracing::Instrument;
 
 use crate::engine::{LoadedVersion, Outputs};
 use crate::http::infer::{
-    prepares_text, refuse_when_full, shadow_copy, submit, Admitted, DecodedParts, ShadowCopy,
+    handle, prepares_text, refuse_when_full, submit, Admitted, Call, DecodedParts, ShadowCopy,
     Split, INLINE_DECODE_BYTES,
 };
-use crate::http::{ApiError, AppState, REQUEST_ID};
+use crate::http::{ApiError, AppState};
 use crate::protocol::decode::{
     decode_message, Contents, MessageInput, MessageRequest, MessageValues,
 };
 use crate::protocol::{raw_bytes, Datatype, Decoded};
 use crate::repository::ModelSlot;
-use crate::telemetry::trace;
 
 use super::messages;
 use super::pb::{
@@ -36,41 +35,25 @@ pub async fn model_infer(
     state: &AppState,
     request: Request<ModelInferRequest>,
 ) -> Result<Response<ModelInferResponse>, Status> {
-    let started = Instant::now();
-    let request_id = request
-        .metadata()
-        .get(REQUEST_ID)
-        .map(|v| v.as_bytes().to_vec());
-    // gRPC metadata are HTTP/2 headers: a `traceparent` parents the request's span as on HTTP.
     let (metadata, _, message) = request.into_parts();
-    let slot = state
+    let slot = &state
         .slot(&message.model_name)
         .map_err(|e| e.grpc_status())?;
-    let span = trace::request_span(&metadata.into_headers(), "grpc/ModelInfer", &slot.name);
     let version = (!message.model_version.is_empty()).then(|| message.model_version.clone());
-    let picked = match state.route_version(&slot, version.as_deref(), request_id.as_deref()) {
-        Ok(picked) => picked,
-        Err(e) => {
-            trace::record_outcome(&span, false);
-            state.finish_request(&slot, None, e.outcome(), started.elapsed());
-            return Err(e.grpc_status());
-        }
+    // gRPC metadata are HTTP/2 headers: `x-request-id` and `traceparent` work as on HTTP.
+    let headers = metadata.into_headers();
+    let call = Call {
+        slot,
+        version: version.as_deref(),
+        headers: &headers,
+        route: "grpc/ModelInfer",
     };
-    trace::record_version(&span, picked.version, &picked.sha256);
-    // A shadow copies a share of the requests naming no version to its candidate.
-    let shadow = version
-        .is_none()
-        .then(|| shadow_copy(&slot, &picked, request_id.as_deref()))
-        .flatten();
-    let result = serve(state, &slot, &picked, message, shadow)
-        .instrument(span.clone())
-        .await;
-    trace::record_outcome(&span, result.is_ok());
-    let outcome = result
-        .as_ref()
-        .map_or_else(ApiError::outcome, |_| "success");
-    state.finish_request(&slot, Some(picked.version), outcome, started.elapsed());
-    let mut response = Response::new(result.map_err(|e| e.grpc_status())?);
+    let (picked, answer) = handle(state, call, |picked, shadow| async move {
+        serve(state, slot, &picked, message, shadow).await
+    })
+    .await
+    .map_err(|e| e.grpc_status())?;
+    let mut response = Response::new(answer);
     if let Ok(sha) = MetadataValue::try_from(picked.sha256.as_str()) {
         response.metadata_mut().insert("x-wick-weights-sha256", sha);
     }

@@ -62,15 +62,57 @@ async fn run(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (state, slot, headers) = (&state, &state.slot(&model)?, &headers);
+    let call = Call {
+        slot,
+        version: version.as_deref(),
+        headers,
+        route: "/v2/infer",
+    };
+    let (_, response) = handle(state, call, |picked, shadow| async move {
+        serve(state, slot, &picked, headers, body, shadow).await
+    })
+    .await?;
+    Ok(response)
+}
+
+/// One inference request as its front end received it.
+pub(crate) struct Call<'a> {
+    pub slot: &'a Arc<ModelSlot>,
+    /// The version the request names, if any.
+    pub version: Option<&'a str>,
+    /// Its headers (gRPC metadata are HTTP/2 headers): `x-request-id`, `traceparent`.
+    pub headers: &'a HeaderMap,
+    /// How its span names the route.
+    pub route: &'static str,
+}
+
+/// What every KServe v2 front end (HTTP, gRPC) does around serving a request: picks the version
+/// (a canary routes by `x-request-id`), opens the request's span (parented by `traceparent`),
+/// samples it for a shadow when it names no version, runs `serve` inside the span, and counts
+/// the outcome in the metrics and the rollout's judgement. Returns the version that answered.
+pub(crate) async fn handle<T, F, Fut>(
+    state: &AppState,
+    call: Call<'_>,
+    serve: F,
+) -> Result<(Arc<LoadedVersion>, T), ApiError>
+where
+    F: FnOnce(Arc<LoadedVersion>, Option<ShadowCopy>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
     let started = Instant::now();
-    let slot = state.slot(&model)?;
-    let span = trace::request_span(&headers, "/v2/infer", &model);
-    let picked = state.route_version(&slot, version.as_deref(), request_id(&headers));
-    let picked = match picked {
+    let Call {
+        slot,
+        version,
+        headers,
+        route,
+    } = call;
+    let span = trace::request_span(headers, route, &slot.name);
+    let picked = match state.route_version(slot, version, request_id(headers)) {
         Ok(picked) => picked,
         Err(e) => {
             trace::record_outcome(&span, false);
-            state.finish_request(&slot, None, e.outcome(), started.elapsed());
+            state.finish_request(slot, None, e.outcome(), started.elapsed());
             return Err(e);
         }
     };
@@ -78,17 +120,17 @@ async fn run(
     // A shadow copies a share of the requests naming no version to its candidate.
     let shadow = version
         .is_none()
-        .then(|| shadow_copy(&slot, &picked, request_id(&headers)))
+        .then(|| shadow_copy(slot, &picked, request_id(headers)))
         .flatten();
-    let result = serve(&state, &slot, &picked, &headers, body, shadow)
+    let result = serve(Arc::clone(&picked), shadow)
         .instrument(span.clone())
         .await;
     trace::record_outcome(&span, result.is_ok());
     let outcome = result
         .as_ref()
         .map_or_else(ApiError::outcome, |_| "success");
-    state.finish_request(&slot, Some(picked.version), outcome, started.elapsed());
-    result
+    state.finish_request(slot, Some(picked.version), outcome, started.elapsed());
+    Ok((picked, result?))
 }
 
 /// Where a sampled request's copy goes: the shadow and its candidate.
