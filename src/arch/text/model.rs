@@ -19,8 +19,8 @@ use super::groups::{collect_rows, pad_group, plan_groups};
 use super::head::Head;
 use super::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::{
-    common_rows, ElemKind, ForwardLimits, HostData, HostTensor, InputError, Model, Notes, Prepared,
-    Signature,
+    common_rows, ElemKind, ForwardLimits, HostData, HostTensor, InputError, Ints, Model, Notes,
+    Prepared, Signature,
 };
 
 /// Where each input sits in the signature.
@@ -196,14 +196,13 @@ impl TextModel {
             }
         }
         if let Some(mask) = &inputs[self.slots.mask] {
-            let attended: Vec<bool> = mask.data.ints().map_or(Vec::new(), |m| {
-                let flags: Vec<i64> = m.iter().collect();
-                flags
-                    .chunks(len)
-                    .map(|r| r.iter().any(|v| *v != 0))
-                    .collect()
-            });
-            if let Some(row) = attended.iter().position(|any| !any) {
+            // Read in place, whichever width the mask is stored in.
+            let unattended = match mask.data.ints() {
+                Some(Ints::I64(m)) => m.chunks(len).position(|r| r.iter().all(|v| *v == 0)),
+                Some(Ints::Ids(m)) => m.chunks(len).position(|r| r.iter().all(|v| *v == 0)),
+                None => None,
+            };
+            if let Some(row) = unattended {
                 return Err(InputError::NothingAttended { row });
             }
         }
